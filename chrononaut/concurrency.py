@@ -1,0 +1,147 @@
+"""Optimistic concurrency: explaining stale writes (SPEC §5).
+
+SQLAlchemy's ``version_id_col`` detects a stale UPDATE or DELETE (its row count is
+0) and raises ``StaleDataError`` without saying which record or what happened.
+Chrononaut turns that into a :class:`~chrononaut.StaleWriteError` that names the
+record, the version the session had, the row's version now and the history rows
+in between: who changed what, and when.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import instance_state
+
+from chrononaut.errors import StaleWriteError
+from chrononaut.versioning.model import VERSION_KEY, VersionMeta, meta_of
+
+__all__ = ["explain_stale_write", "stale_write_error"]
+
+
+def _pk_of(obj: Any, meta: VersionMeta) -> tuple[Any, ...]:
+    state = instance_state(obj)
+    if state.key is not None:
+        return tuple(state.key[1])
+    return tuple(getattr(obj, key) for key in meta.pk_keys)
+
+
+def _describe_changes(
+    changes: Sequence[Any], meta: VersionMeta, current: dict[str, Any] | None
+) -> list[str]:
+    parts = []
+    for index, record in enumerate(changes):
+        after: Any = changes[index + 1] if index + 1 < len(changes) else current
+        fields: list[str] = []
+        for key in meta.tracked:
+            if key in meta.pk_keys:
+                continue
+            before_value = getattr(record, key, None)
+            after_value = (
+                after.get(key) if isinstance(after, dict) else getattr(after, key, None)
+            ) if after is not None else None
+            if after is not None and before_value != after_value:
+                fields.append(key)
+        info = record.change_info or {}
+        fields.extend(info.get("hidden_cols_changed", ()))
+        who = info.get("user_id") or "someone"
+        when = record.changed.isoformat(timespec="seconds") if record.changed else "?"
+        verb = "deleted it" if info.get("deleted") else (
+            f"changed {', '.join(fields)}" if fields else "changed it"
+        )
+        parts.append(f"{who} {verb} at {when} (version {record.version})")
+    return parts
+
+
+def stale_write_error(
+    session_bind: sa.Engine | sa.Connection,
+    obj: Any,
+    expected_version: int,
+) -> StaleWriteError | None:
+    """Build the error for ``obj`` if its row no longer has ``expected_version``.
+
+    Reads the row and its history through a connection of its own: the failed
+    flush left the session's transaction unusable, and the other writers'
+    changes are committed, so a fresh connection sees them.
+
+    :returns: ``None`` when the row still has ``expected_version``.
+    """
+    meta = meta_of(type(obj))
+    if meta is None:
+        return None
+    pk = _pk_of(obj, meta)
+    mapper = meta.mapper
+    base = meta.tables[0]
+    version_col = mapper.version_id_col
+    live = version_col.table
+    pk_cols = [live.c[col_key] for _, col_key in base.pk]
+    engine = session_bind.engine if isinstance(session_bind, sa.Connection) else session_bind
+    tracked_cols = [
+        mapper.attrs[key].columns[0]  # type: ignore[attr-defined]
+        for key in meta.tracked
+    ]
+    with engine.connect() as connection:
+        row = connection.execute(
+            sa.select(version_col, *tracked_cols).where(
+                *[c == v for c, v in zip(pk_cols, pk, strict=True)]
+            )
+        ).one_or_none()
+        current_version: int | None = None if row is None else row[0]
+        if current_version == expected_version:
+            return None
+        current = None if row is None else dict(zip(meta.tracked, row[1:], strict=True))
+        with Session(bind=connection) as reader:
+            history_cls = meta.history_mapper.class_
+            query = reader.query(history_cls).filter(
+                *[base.history.c[col_key] == v for (_, col_key), v in zip(base.pk, pk, strict=True)],
+                base.history.c[VERSION_KEY] >= expected_version,
+            )
+            if current_version is not None:
+                query = query.filter(base.history.c[VERSION_KEY] < current_version)
+            changes = query.order_by(base.history.c[VERSION_KEY]).all()
+            reader.expunge_all()
+    key_repr = repr(pk[0]) if len(pk) == 1 else repr(pk)
+    what = f"{type(obj).__name__} {key_repr}"
+    described = _describe_changes(changes, meta, current)
+    since = "; ".join(described) if described else "it was changed by another transaction"
+    now = "was deleted" if current_version is None else f"is at version {current_version}"
+    message = (
+        f"{what} {now}, but this write was based on version {expected_version}: {since}. "
+        f"Nothing was written; reload the record and apply the change again."
+    )
+    return StaleWriteError(
+        message,
+        record=obj,
+        expected_version=expected_version,
+        current_version=current_version,
+        changes=changes,
+    )
+
+
+def explain_stale_write(
+    session: Session, candidates: Sequence[tuple[Any, int | None]], original: Exception
+) -> StaleWriteError:
+    """The :class:`StaleWriteError` for a failed flush of ``candidates``.
+
+    :param candidates: ``(record, version the session had)`` for each versioned
+        record the flush updated or deleted.
+    :param original: SQLAlchemy's ``StaleDataError``, used when no record can be
+        identified (its message is kept).
+    """
+    for obj, expected in candidates:
+        if expected is None:
+            continue
+        meta = meta_of(type(obj))
+        if meta is None:
+            continue
+        bind = session.get_bind(mapper=meta.mapper)
+        error = stale_write_error(bind, obj, expected)
+        if error is not None:
+            return error
+    return StaleWriteError(
+        f"{original} Another transaction changed or deleted a row this flush was "
+        f"based on; reload and apply the change again."
+    )

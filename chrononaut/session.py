@@ -1,0 +1,117 @@
+"""Enabling Chrononaut on a session factory (SPEC §1).
+
+Listeners go only on the factory we are given: a ``sessionmaker`` keeps a private
+``Session`` subclass of its own, and SQLAlchemy attaches session events registered
+on a sessionmaker to that subclass, so two factories (or two apps) never see each
+other's listeners, and nothing is registered on the global ``Session``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+from chrononaut.errors import StaleWriteError
+from chrononaut.versioning.capture import CANDIDATES_KEY, Capture
+from chrononaut.versioning.change_info import Settings, StaticSettings
+
+__all__ = ["versioned_session"]
+
+_MARK = "__chrononaut_versioned__"
+
+S = TypeVar("S", bound=Session)
+
+
+class _ExplainingSession(Session):
+    """Turns SQLAlchemy's bare ``StaleDataError`` into an explained StaleWriteError."""
+
+    def flush(self, objects: Any = None) -> None:
+        try:
+            super().flush(objects)
+        except StaleDataError as exc:
+            if isinstance(exc, StaleWriteError):
+                raise
+            from chrononaut.concurrency import explain_stale_write
+
+            candidates = self.info.pop(CANDIDATES_KEY, None) or []
+            raise explain_stale_write(self, candidates, exc) from exc
+
+
+def _session_class(base: type[S]) -> type[S]:
+    if issubclass(base, _ExplainingSession):
+        return base
+    return type(base.__name__, (_ExplainingSession, base), {_MARK: True})
+
+
+def _listen(target: Any, settings: Settings) -> None:
+    capture = Capture(settings)
+    event.listen(target, "before_flush", capture.before_flush)
+    event.listen(target, "after_flush", capture.after_flush)
+    event.listen(target, "do_orm_execute", capture.do_orm_execute)
+
+
+@overload
+def versioned_session(
+    factory: sessionmaker[S],
+    *,
+    extra_change_info_func: Callable[[], Mapping[str, Any]] | None = ...,
+    require_extra_change_info: bool = ...,
+    settings: Settings | None = ...,
+) -> sessionmaker[S]: ...
+
+
+@overload
+def versioned_session(
+    factory: type[S],
+    *,
+    extra_change_info_func: Callable[[], Mapping[str, Any]] | None = ...,
+    require_extra_change_info: bool = ...,
+    settings: Settings | None = ...,
+) -> type[S]: ...
+
+
+def versioned_session(
+    factory: sessionmaker[S] | type[S],
+    *,
+    extra_change_info_func: Callable[[], Mapping[str, Any]] | None = None,
+    require_extra_change_info: bool = False,
+    settings: Settings | None = None,
+) -> sessionmaker[S] | type[S]:
+    """Make sessions from ``factory`` capture history and explain stale writes.
+
+    For plain SQLAlchemy (``VersionedSQLAlchemy`` does this for Flask)::
+
+        Session = versioned_session(sessionmaker(engine))
+
+    :param factory: a ``sessionmaker`` (changed in place and returned) or a
+        ``Session`` subclass (a subclass of it is returned: use that one).
+    :param extra_change_info_func: a callable returning a dict merged into
+        ``change_info["extra"]`` of every history row (context managers win).
+    :param require_extra_change_info: refuse to flush a versioned change made
+        outside :func:`~chrononaut.extra_change_info` / :func:`~chrononaut.rationale`.
+    :param settings: where those two settings come from instead (used by
+        ``VersionedSQLAlchemy`` to read the Flask config).
+    :raises TypeError: for anything but a sessionmaker or a Session subclass.
+    """
+    if settings is None:
+        settings = StaticSettings(extra_change_info_func, require_extra_change_info)
+    if isinstance(factory, sessionmaker):
+        if getattr(factory.class_, _MARK, False) and factory.class_.__dict__.get(_MARK):
+            return factory  # already versioned: don't capture twice
+        factory.class_ = _session_class(factory.class_)
+        _listen(factory, settings)
+        return factory
+    if isinstance(factory, type) and issubclass(factory, Session):
+        if factory.__dict__.get(_MARK):
+            return factory
+        cls = _session_class(factory)
+        _listen(cls, settings)
+        return cls
+    raise TypeError(
+        f"versioned_session() takes a sessionmaker or a Session subclass, not "
+        f"{type(factory).__name__}"
+    )

@@ -1,0 +1,3 @@
+"""Version history: history tables (``tables``), the ``Versioned`` mixin and its
+history classes (``model``), capture of changes (``capture``), change_info
+(``change_info``) and the read API (``history``)."""

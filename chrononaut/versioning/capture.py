@@ -1,0 +1,381 @@
+"""History capture: turning flushes and ORM bulk statements into history rows.
+
+One flush writes at most one INSERT per history table (an executemany), emitted in
+``after_flush``: *after* SQLAlchemy's version-checked UPDATE/DELETE statements, so a
+stale write fails as a stale write and never as a duplicate history key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
+from sqlalchemy.orm.attributes import NO_VALUE, instance_state, set_committed_value
+from sqlalchemy.orm.state import InstanceState
+
+from chrononaut.context import extra_info_active, versioning_suppressed
+from chrononaut.errors import ChrononautException
+from chrononaut.versioning.change_info import ChangeInfoBuilder, Settings, consume_appended
+from chrononaut.versioning.model import VERSION_KEY, VersionMeta, meta_of
+
+__all__ = ["Capture"]
+
+PENDING_KEY = "chrononaut.pending_history"
+CANDIDATES_KEY = "chrononaut.flush_candidates"
+_BULK_GUARD = "chrononaut_bulk_internal"
+
+Row = dict[str, Any]
+
+
+class _Batch:
+    """History rows waiting to be inserted, grouped by history table."""
+
+    def __init__(self) -> None:
+        self.rows: dict[sa.Table, list[Row]] = {}
+        self.states: list[InstanceState[Any]] = []
+        self.mapper_for: dict[sa.Table, Any] = {}
+
+    def add(
+        self,
+        meta: VersionMeta,
+        values: dict[str, Any],
+        version: int,
+        changed: dt.datetime,
+        change_info: dict[str, Any],
+    ) -> None:
+        for tmap in meta.tables:
+            row: Row = {col_key: values[key] for key, col_key in tmap.columns}
+            row[VERSION_KEY] = version
+            if tmap.base:
+                row["changed"] = changed
+                row["change_info"] = change_info
+            self.rows.setdefault(tmap.history, []).append(row)
+            self.mapper_for.setdefault(tmap.history, meta.mapper)
+
+    def write(self, session: Session) -> None:
+        for table, rows in self.rows.items():
+            # One executemany needs the same keys in every row; subclasses sharing a
+            # history table (single-table inheritance) leave each other's columns NULL.
+            keys = {key for row in rows for key in row}
+            if any(len(row) != len(keys) for row in rows):
+                rows = [{key: row.get(key) for key in keys} for row in rows]
+            connection = session.connection(bind_arguments={"mapper": self.mapper_for[table]})
+            connection.execute(table.insert(), rows)
+        for state in self.states:
+            consume_appended(state)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _require_context(settings: Settings) -> None:
+    if settings.require_extra_change_info() and not extra_info_active():
+        raise ChrononautException(
+            "CHRONONAUT_REQUIRE_EXTRA_CHANGE_INFO is set: wrap this change in "
+            "chrononaut.extra_change_info(...) or chrononaut.rationale(...)"
+        )
+
+
+def _load_missing(session: Session, obj: Any, state: InstanceState[Any], meta: VersionMeta,
+                  keys: Iterable[str]) -> dict[str, Any]:
+    """Old values the session does not hold (set while expired, or flag_modified).
+
+    Rare path: one SELECT of just those columns for this record.
+    """
+    mapper = meta.mapper
+    columns = [mapper.attrs[key].columns[0] for key in keys]  # type: ignore[attr-defined]
+    pk_criteria = [
+        mapper.attrs[key].columns[0] == value  # type: ignore[attr-defined]
+        for key, value in zip(meta.pk_keys, state.key[1] if state.key else (), strict=True)
+    ]
+    connection = session.connection(bind_arguments={"mapper": mapper})
+    row = connection.execute(sa.select(*columns).where(*pk_criteria)).one_or_none()
+    if row is None:
+        return {}
+    return dict(zip(keys, row, strict=True))
+
+
+class Capture:
+    """The session listeners of one versioned session factory."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # -- flushes -----------------------------------------------------------------
+
+    def before_flush(self, session: Session, flush_context: UOWTransaction, instances: Any) -> None:
+        candidates: list[tuple[Any, int | None]] = []
+        session.info[CANDIDATES_KEY] = candidates
+        batch = _Batch()
+        session.info[PENDING_KEY] = batch
+        suppressed = versioning_suppressed()
+        builder: ChangeInfoBuilder | None = None
+        changed_at: dt.datetime | None = None
+
+        for obj in session.dirty:
+            meta = meta_of(type(obj))
+            if meta is None:
+                continue
+            state = instance_state(obj)
+            committed = state.committed_state
+            dict_ = state.dict
+            old_version = committed.get(VERSION_KEY, dict_.get(VERSION_KEY, NO_VALUE))
+            if old_version is NO_VALUE:
+                old_version = getattr(obj, VERSION_KEY)
+            candidates.append((obj, old_version))
+            if suppressed:
+                continue
+            watched = meta.watched
+            changed_tracked: list[str] = []
+            changed_hidden: list[str] = []
+            unknown: list[str] = []
+            manager = state.manager
+            for key in committed:
+                if key not in watched:
+                    continue
+                old = committed[key]
+                if old is NO_VALUE:
+                    unknown.append(key)
+                    continue
+                if manager[key].impl.is_equal(old, dict_.get(key)):
+                    continue
+                (changed_hidden if key in meta.hidden else changed_tracked).append(key)
+            if not (changed_tracked or changed_hidden or unknown):
+                continue
+            old_values: dict[str, Any] = {}
+            if unknown:
+                fetched = _load_missing(session, obj, state, meta, unknown)
+                for key in unknown:
+                    if key in fetched and manager[key].impl.is_equal(fetched[key], dict_.get(key)):
+                        continue
+                    (changed_hidden if key in meta.hidden else changed_tracked).append(key)
+                    old_values[key] = fetched.get(key)
+                if not (changed_tracked or changed_hidden):
+                    continue
+            if builder is None:
+                _require_context(self.settings)
+                builder = ChangeInfoBuilder(session, self.settings)
+                changed_at = _now()
+            for key in meta.tracked:
+                if key in old_values:
+                    continue
+                if key in committed:
+                    old_values[key] = committed[key]
+                elif key in dict_:
+                    old_values[key] = dict_[key]
+                else:
+                    # Expired or deferred and untouched: load the stored value.
+                    old_values[key] = getattr(obj, key)
+            info = builder.build(type(obj), state, hidden_changed=changed_hidden)
+            assert changed_at is not None
+            batch.add(meta, old_values, old_version, changed_at, info)
+            batch.states.append(state)
+            setattr(obj, VERSION_KEY, old_version + 1)
+
+        for obj in session.deleted:
+            meta = meta_of(type(obj))
+            if meta is None:
+                continue
+            state = instance_state(obj)
+            committed = state.committed_state
+            old_version = committed.get(VERSION_KEY, state.dict.get(VERSION_KEY, NO_VALUE))
+            if old_version is NO_VALUE:
+                old_version = getattr(obj, VERSION_KEY)
+            candidates.append((obj, old_version))
+            if suppressed:
+                continue
+            if builder is None:
+                _require_context(self.settings)
+                builder = ChangeInfoBuilder(session, self.settings)
+                changed_at = _now()
+            values = {}
+            for key in meta.tracked:
+                if key in committed and committed[key] is not NO_VALUE:
+                    values[key] = committed[key]
+                else:
+                    values[key] = getattr(obj, key)
+            info = builder.build(type(obj), state, deleted=True)
+            assert changed_at is not None
+            batch.add(meta, values, old_version, changed_at, info)
+            batch.states.append(state)
+
+        for obj in session.new:
+            meta = meta_of(type(obj))
+            if meta is not None:
+                self._continue_sequence(obj, meta)
+
+    @staticmethod
+    def _continue_sequence(obj: Any, meta: VersionMeta) -> None:
+        """Give a new row whose key was used before the next version of that key.
+
+        Only rows whose primary key is set in Python can collide with an old key;
+        generated keys are new by construction and keep version 0 at no cost.
+        """
+        state = instance_state(obj)
+        dict_ = state.dict
+        if dict_.get(VERSION_KEY) is not None:
+            return
+        values = [dict_.get(key) for key in meta.pk_keys]
+        if any(value is None for value in values):
+            return
+        base = meta.tables[0]
+        history = base.history
+        criteria = [
+            history.c[col_key] == sa.literal(value, type_=history.c[col_key].type)
+            for (_, col_key), value in zip(base.pk, values, strict=True)
+        ]
+        next_version = (
+            sa.select(sa.func.coalesce(sa.func.max(history.c.version) + 1, 0))
+            .where(*criteria)
+            .scalar_subquery()
+        )
+        setattr(obj, VERSION_KEY, next_version)
+
+    def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
+        batch = session.info.pop(PENDING_KEY, None)
+        session.info.pop(CANDIDATES_KEY, None)
+        if batch:
+            batch.write(session)
+
+    # -- ORM bulk statements -----------------------------------------------------
+
+    def do_orm_execute(self, orm_execute_state: ORMExecuteState) -> Any:
+        state = orm_execute_state
+        if not (state.is_update or state.is_delete):
+            return None
+        if state.execution_options.get(_BULK_GUARD) or versioning_suppressed():
+            return None
+        mapper = state.bind_arguments.get("mapper")
+        meta = meta_of(mapper.class_) if mapper is not None else None
+        if meta is None:
+            return None
+        return _BulkStatement(self, state, meta).run()
+
+
+class _BulkStatement:
+    """History for one ORM bulk UPDATE or DELETE (SPEC §2, "ORM bulk statements").
+
+    The affected rows are selected FOR UPDATE first (so nobody changes them
+    between our read and the statement), the statement runs restricted to
+    exactly those rows, and the rows whose tracked or hidden values changed get
+    their history row and version bump. Several round trips, but bulk statements
+    are not the per-request hot path, and correctness beats one clever query.
+    """
+
+    def __init__(self, capture: Capture, state: ORMExecuteState, meta: VersionMeta) -> None:
+        self.capture = capture
+        self.state = state
+        self.meta = meta
+        self.session = state.session
+        self.cls = meta.mapper.class_
+
+    def _attr(self, key: str) -> Any:
+        return getattr(self.cls, key)
+
+    def _pk_clause(self, pks: list[tuple[Any, ...]]) -> sa.ColumnElement[bool]:
+        columns = [self._attr(key) for key in self.meta.pk_keys]
+        if len(columns) == 1:
+            return columns[0].in_([pk[0] for pk in pks])  # type: ignore[no-any-return]
+        return sa.tuple_(*columns).in_(pks)
+
+    def _select(self, keys: list[str], where: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
+        n = len(self.meta.pk_keys)
+        statement = sa.select(*[self._attr(k) for k in (*self.meta.pk_keys, *keys)]).where(where)
+        statement = statement.with_for_update().execution_options(**{_BULK_GUARD: True})
+        rows = self.session.execute(statement).all()
+        return {tuple(row[:n]): dict(zip(keys, row[n:], strict=True)) for row in rows}
+
+    def run(self) -> Any:
+        state = self.state
+        meta = self.meta
+        statement = state.statement
+        watched = sorted(meta.watched)
+        keys = [VERSION_KEY, *[k for k in meta.tracked if k not in meta.pk_keys], *sorted(meta.hidden)]
+        keys = list(dict.fromkeys(keys))
+        params = state.parameters
+        if isinstance(params, list) and params and all(isinstance(p, dict) for p in params):
+            # ORM bulk UPDATE by primary key: the rows are named in the parameters.
+            try:
+                pks = [tuple(p[k] for k in meta.pk_keys) for p in params]
+            except KeyError:
+                return None
+            where: Any = self._pk_clause(pks)
+            restrict = False
+        else:
+            where = statement.whereclause  # type: ignore[attr-defined]
+            if where is None:
+                where = sa.true()
+            restrict = True
+        old = self._select(keys, where)
+        if not old:
+            return None
+        if restrict:
+            statement = statement.where(self._pk_clause(list(old)))  # type: ignore[attr-defined]
+        result = state.invoke_statement(statement=statement)
+
+        builder = ChangeInfoBuilder(self.session, self.capture.settings)
+        batch = _Batch()
+        changed_at = _now()
+        identity_map = self.session.identity_map
+        if state.is_delete:
+            _require_context(self.capture.settings)
+            for pk, values in old.items():
+                obj_state = self._identity_state(identity_map, pk)
+                row_values = dict(zip(meta.pk_keys, pk, strict=True))
+                row_values.update(values)
+                info = builder.build(self.cls, obj_state, deleted=True)
+                batch.add(meta, row_values, values[VERSION_KEY], changed_at, info)
+            batch.write(self.session)
+            return result
+
+        new = self._select(keys, self._pk_clause(list(old)))
+        bumped: list[tuple[Any, ...]] = []
+        for pk, values in old.items():
+            after = new.get(pk)
+            if after is None:
+                continue
+            changed = [k for k in watched if k in values and values[k] != after.get(k)]
+            if not changed:
+                continue
+            if not bumped:
+                _require_context(self.capture.settings)
+            bumped.append(pk)
+            obj_state = self._identity_state(identity_map, pk)
+            row_values = dict(zip(meta.pk_keys, pk, strict=True))
+            row_values.update(values)
+            hidden = [k for k in changed if k in meta.hidden]
+            info = builder.build(self.cls, obj_state, hidden_changed=hidden)
+            batch.add(meta, row_values, values[VERSION_KEY], changed_at, info)
+            if obj_state is not None:
+                batch.states.append(obj_state)
+        if bumped:
+            base_table = meta.tables[0]
+            version_col = meta.mapper.version_id_col
+            table = version_col.table
+            pk_columns = [table.c[col_key] for _, col_key in base_table.pk]
+            if len(pk_columns) == 1:
+                pk_where = pk_columns[0].in_([pk[0] for pk in bumped])
+            else:
+                pk_where = sa.tuple_(*pk_columns).in_(bumped)
+            connection = self.session.connection(bind_arguments={"mapper": meta.mapper})
+            connection.execute(
+                sa.update(table).where(pk_where).values({version_col.key: version_col + 1})
+            )
+            batch.write(self.session)
+            for pk in bumped:
+                obj_state = self._identity_state(identity_map, pk)
+                if obj_state is not None and obj_state.obj() is not None:
+                    set_committed_value(obj_state.obj(), VERSION_KEY, old[pk][VERSION_KEY] + 1)
+        return result
+
+    def _identity_state(self, identity_map: Any, pk: tuple[Any, ...]) -> InstanceState[Any] | None:
+        key = self.meta.mapper.identity_key_from_primary_key(pk)
+        obj = identity_map.get(key)
+        return instance_state(obj) if obj is not None else None

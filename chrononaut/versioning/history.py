@@ -1,0 +1,244 @@
+"""Reading history: the methods every ``Versioned`` record has (SPEC §2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+from sqlalchemy.orm import Query, Session, object_session
+from sqlalchemy.orm.attributes import instance_state
+
+from chrononaut.errors import ChrononautException
+
+if TYPE_CHECKING:
+    from chrononaut.versioning.model import HistoryRecord, VersionMeta
+
+__all__ = ["HistoryReadMixin"]
+
+
+def _as_utc(value: object, name: str) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None:
+        # Naive datetimes are taken as UTC, the way history stores time.
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+class HistoryReadMixin:
+    """History read API, mixed into :class:`~chrononaut.Versioned`."""
+
+    def _chrononaut_meta(self) -> VersionMeta:
+        from chrononaut.versioning.model import meta_of
+
+        meta = meta_of(type(self))
+        if meta is None:  # pragma: no cover - Versioned classes always have one
+            raise ChrononautException(f"{type(self).__name__} is not a mapped Versioned model")
+        return meta
+
+    def _chrononaut_session(self) -> Session:
+        session = object_session(self)
+        if session is None:
+            raise ChrononautException(
+                f"this {type(self).__name__} is not in a session; add it to one (or load it "
+                f"through one) to read its history"
+            )
+        return session
+
+    def _history_query(self) -> Query[Any]:
+        meta = self._chrononaut_meta()
+        state = instance_state(self)
+        if state.key is None:
+            raise ChrononautException(
+                f"this {type(self).__name__} has not been saved yet, so it has no history"
+            )
+        history_cls = meta.history_mapper.class_
+        base = meta.tables[0]
+        criteria = [
+            base.history.c[col_key] == value
+            for (_, col_key), value in zip(base.pk, state.key[1], strict=True)
+        ]
+        return (
+            self._chrononaut_session()
+            .query(history_cls)
+            .filter(*criteria)
+            .order_by(base.history.c.version)
+        )
+
+    @overload
+    def versions(
+        self,
+        before: dt.datetime | None = ...,
+        after: dt.datetime | None = ...,
+        return_query: Literal[False] = ...,
+    ) -> list[Any]: ...
+
+    @overload
+    def versions(
+        self,
+        before: dt.datetime | None = ...,
+        after: dt.datetime | None = ...,
+        *,
+        return_query: Literal[True],
+    ) -> Query[Any]: ...
+
+    def versions(
+        self,
+        before: dt.datetime | None = None,
+        after: dt.datetime | None = None,
+        return_query: bool = False,
+    ) -> list[Any] | Query[Any]:
+        """This record's history records, oldest first.
+
+        ``versions()[0]`` is the record as first saved (when it has changed since).
+
+        :param before: keep versions that stopped being current at or before this time.
+        :param after: keep versions that stopped being current at or after this time.
+        :param return_query: return a query (``.all()``, ``.first()``, ``.count()``,
+            ``.filter()``) instead of a list.
+        :raises TypeError: for a ``before``/``after`` that is not a datetime (naive
+            datetimes are taken as UTC).
+        """
+        query = self._history_query()
+        changed = self._chrononaut_meta().tables[0].history.c.changed
+        if before is not None:
+            query = query.filter(changed <= _as_utc(before, "before"))
+        if after is not None:
+            query = query.filter(changed >= _as_utc(after, "after"))
+        return query if return_query else query.all()
+
+    def version_at(self, at: dt.datetime) -> Any:
+        """The history record that was current at ``at``, or this record itself when
+        it has not changed since.
+
+        :param at: the moment to look at (naive datetimes are taken as UTC).
+        """
+        changed = self._chrononaut_meta().tables[0].history.c.changed
+        found = self._history_query().filter(changed > _as_utc(at, "at")).first()
+        return self if found is None else found
+
+    def has_changed_since(self, since: dt.datetime) -> bool:
+        """Whether a tracked or hidden change was made after ``since``.
+
+        :param since: the moment to compare with (naive datetimes are taken as UTC).
+        """
+        changed = self._chrononaut_meta().tables[0].history.c.changed
+        query = self._history_query().filter(changed > _as_utc(since, "since"))
+        return bool(self._chrononaut_session().query(query.exists()).scalar())
+
+    def previous_version(self) -> Any:
+        """The newest history record, or ``None`` when the record never changed."""
+        version = self._chrononaut_meta().tables[0].history.c.version
+        return self._history_query().order_by(None).order_by(version.desc()).first()
+
+    def _check_own_history(self, record: object, name: str) -> HistoryRecord:
+        from chrononaut.versioning.model import HistoryRecord
+
+        meta = self._chrononaut_meta()
+        if not isinstance(record, HistoryRecord):
+            raise ChrononautException(
+                f"{name} must be a history record of this {type(self).__name__} "
+                f"(from versions()), not {type(record).__name__}"
+            )
+        base_model = meta.mapper.base_mapper.class_
+        if not issubclass(type(record).__chrononaut_model__, base_model):
+            raise ChrononautException(
+                f"{name} is a history record of {type(record).__chrononaut_model__.__name__}, "
+                f"not of {type(self).__name__}"
+            )
+        own = tuple(getattr(self, key) for key in meta.pk_keys)
+        theirs = tuple(record.__dict__.get(key) for key in meta.pk_keys)
+        if own != theirs:
+            raise ChrononautException(
+                f"{name} is a history record of another {type(self).__name__} "
+                f"(key {theirs!r}, not {own!r})"
+            )
+        return record
+
+    def diff(
+        self, from_model: Any, to: Any = None, include_hidden: bool = False
+    ) -> dict[str, tuple[Any, Any]]:
+        """The tracked attributes that differ between two versions of this record.
+
+        :param from_model: a history record of this record.
+        :param to: a later history record of this record, or ``None`` for the
+            record's current state.
+        :param include_hidden: also list each hidden column changed in between, as
+            ``{name: (None, None)}`` (values are never available).
+        :returns: ``{attribute: (from_value, to_value)}``.
+        :raises ChrononautException: when a record is not a history record of this
+            record, or ``from_model`` is newer than ``to``.
+        """
+        meta = self._chrononaut_meta()
+        start = self._check_own_history(from_model, "from_model")
+        target: Any
+        if to is None or to is self:
+            target = self
+            end_version = None
+        else:
+            target = self._check_own_history(to, "to")
+            end_version = target.version
+            if end_version < start.version:
+                raise ChrononautException(
+                    f"from_model (version {start.version}) is newer than to (version "
+                    f"{end_version}); pass the older version first"
+                )
+        result: dict[str, tuple[Any, Any]] = {}
+        for key in meta.tracked:
+            if key in meta.pk_keys:
+                continue
+            old = getattr(start, key, None)
+            new = getattr(target, key, None)
+            if old != new:
+                result[key] = (old, new)
+        if include_hidden and meta.hidden:
+            version = meta.tables[0].history.c.version
+            query = self._history_query().filter(version >= start.version)
+            if end_version is not None:
+                query = query.filter(version < end_version)
+            changed_hidden: set[str] = set()
+            for record in query:
+                info = record.change_info or {}
+                changed_hidden.update(info.get("hidden_cols_changed", ()))
+            for name in sorted(changed_hidden & meta.hidden):
+                result[name] = (None, None)
+        return result
+
+    def restore(self, version: int | Any) -> None:
+        """Set the tracked columns to their values in ``version``.
+
+        A normal change: it writes history when flushed. Hidden and untracked
+        columns keep their current values. Does not commit.
+
+        :param version: a version number, or a history record of this record.
+        :raises ChrononautException: when this record has no such version.
+        """
+        meta = self._chrononaut_meta()
+        from chrononaut.versioning.model import HistoryRecord
+
+        if isinstance(version, HistoryRecord):
+            record = self._check_own_history(version, "version")
+        else:
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise TypeError(
+                    f"version must be a version number or a history record, not "
+                    f"{type(version).__name__}"
+                )
+            column = meta.tables[0].history.c.version
+            found = self._history_query().filter(column == version).first()
+            if found is None:
+                raise ChrononautException(
+                    f"{type(self).__name__} {self._pk_repr()} has no history version "
+                    f"{version}"
+                )
+            record = found
+        for key in meta.tracked:
+            if key in meta.pk_keys:
+                continue
+            if key in record.__dict__:
+                setattr(self, key, record.__dict__[key])
+
+    def _pk_repr(self) -> str:
+        meta = self._chrononaut_meta()
+        values = [getattr(self, key) for key in meta.pk_keys]
+        return repr(values[0]) if len(values) == 1 else repr(tuple(values))
