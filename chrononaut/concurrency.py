@@ -41,16 +41,20 @@ def _describe_changes(
                 continue
             before_value = getattr(record, key, None)
             after_value = (
-                after.get(key) if isinstance(after, dict) else getattr(after, key, None)
-            ) if after is not None else None
+                (after.get(key) if isinstance(after, dict) else getattr(after, key, None))
+                if after is not None
+                else None
+            )
             if after is not None and before_value != after_value:
                 fields.append(key)
         info = record.change_info or {}
         fields.extend(info.get("hidden_cols_changed", ()))
         who = info.get("user_id") or "someone"
         when = record.changed.isoformat(timespec="seconds") if record.changed else "?"
-        verb = "deleted it" if info.get("deleted") else (
-            f"changed {', '.join(fields)}" if fields else "changed it"
+        verb = (
+            "deleted it"
+            if info.get("deleted")
+            else (f"changed {', '.join(fields)}" if fields else "changed it")
         )
         parts.append(f"{who} {verb} at {when} (version {record.version})")
     return parts
@@ -73,16 +77,12 @@ def stale_write_error(
     if meta is None:
         return None
     pk = _pk_of(obj, meta)
-    mapper = meta.mapper
     base = meta.tables[0]
-    version_col = mapper.version_id_col
+    version_col = meta.version_column
     live = version_col.table
     pk_cols = [live.c[col_key] for _, col_key in base.pk]
     engine = session_bind.engine if isinstance(session_bind, sa.Connection) else session_bind
-    tracked_cols = [
-        mapper.attrs[key].columns[0]  # type: ignore[attr-defined]
-        for key in meta.tracked
-    ]
+    tracked_cols = [meta.columns[key] for key in meta.tracked]
     with engine.connect() as connection:
         row = connection.execute(
             sa.select(version_col, *tracked_cols).where(
@@ -96,7 +96,10 @@ def stale_write_error(
         with Session(bind=connection) as reader:
             history_cls = meta.history_mapper.class_
             query = reader.query(history_cls).filter(
-                *[base.history.c[col_key] == v for (_, col_key), v in zip(base.pk, pk, strict=True)],
+                *[
+                    base.history.c[col_key] == v
+                    for (_, col_key), v in zip(base.pk, pk, strict=True)
+                ],
                 base.history.c[VERSION_KEY] >= expected_version,
             )
             if current_version is not None:

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
@@ -35,7 +36,8 @@ class Actor:
 
 
 _actor: ContextVar[Actor | None] = ContextVar("chrononaut_actor", default=None)
-_extra: ContextVar[Mapping[str, Any]] = ContextVar("chrononaut_extra", default={})
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+_extra: ContextVar[Mapping[str, Any]] = ContextVar("chrononaut_extra", default=_NO_EXTRA)
 _suppressed: ContextVar[bool] = ContextVar("chrononaut_suppressed", default=False)
 _in_extra_block: ContextVar[bool] = ContextVar("chrononaut_in_extra_block", default=False)
 

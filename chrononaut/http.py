@@ -28,7 +28,9 @@ def stale_write_body(error: StaleWriteError) -> dict[str, Any]:
         pk_keys = getattr(getattr(type(record_obj), "__chrononaut_meta__", None), "pk_keys", ())
         if following is not None:
             for key in tracked:
-                if key not in pk_keys and getattr(record, key, None) != getattr(following, key, None):
+                if key not in pk_keys and getattr(record, key, None) != getattr(
+                    following, key, None
+                ):
                     fields.append(key)
         fields.extend(info.get("hidden_cols_changed", ()))
         changes.append(

@@ -26,12 +26,18 @@ _MARK = "__chrononaut_versioned__"
 S = TypeVar("S", bound=Session)
 
 
-class _ExplainingSession(Session):
-    """Turns SQLAlchemy's bare ``StaleDataError`` into an explained StaleWriteError."""
+def _explain_stale_writes(cls: type[Session]) -> None:
+    """Make ``cls.flush`` raise an explained StaleWriteError for a stale write.
 
-    def flush(self, objects: Any = None) -> None:
+    SQLAlchemy has no event through which a flush error can be replaced, so the
+    flush method of the class we were given is wrapped (for a sessionmaker, the
+    private subclass it made for itself).
+    """
+    original = cls.flush
+
+    def flush(self: Session, objects: Any = None) -> None:
         try:
-            super().flush(objects)
+            original(self, objects)
         except StaleDataError as exc:
             if isinstance(exc, StaleWriteError):
                 raise
@@ -40,11 +46,10 @@ class _ExplainingSession(Session):
             candidates = self.info.pop(CANDIDATES_KEY, None) or []
             raise explain_stale_write(self, candidates, exc) from exc
 
-
-def _session_class(base: type[S]) -> type[S]:
-    if issubclass(base, _ExplainingSession):
-        return base
-    return type(base.__name__, (_ExplainingSession, base), {_MARK: True})
+    flush.__doc__ = original.__doc__
+    flush.__wrapped__ = original  # type: ignore[attr-defined]
+    cls.flush = flush  # type: ignore[method-assign]
+    setattr(cls, _MARK, True)
 
 
 def _listen(target: Any, settings: Settings) -> None:
@@ -87,8 +92,8 @@ def versioned_session(
 
         Session = versioned_session(sessionmaker(engine))
 
-    :param factory: a ``sessionmaker`` (changed in place and returned) or a
-        ``Session`` subclass (a subclass of it is returned: use that one).
+    :param factory: a ``sessionmaker`` or a ``Session`` subclass of your own;
+        changed in place and returned.
     :param extra_change_info_func: a callable returning a dict merged into
         ``change_info["extra"]`` of every history row (context managers win).
     :param require_extra_change_info: refuse to flush a versioned change made
@@ -100,18 +105,21 @@ def versioned_session(
     if settings is None:
         settings = StaticSettings(extra_change_info_func, require_extra_change_info)
     if isinstance(factory, sessionmaker):
-        if getattr(factory.class_, _MARK, False) and factory.class_.__dict__.get(_MARK):
-            return factory  # already versioned: don't capture twice
-        factory.class_ = _session_class(factory.class_)
-        _listen(factory, settings)
-        return factory
-    if isinstance(factory, type) and issubclass(factory, Session):
-        if factory.__dict__.get(_MARK):
-            return factory
-        cls = _session_class(factory)
-        _listen(cls, settings)
-        return cls
-    raise TypeError(
-        f"versioned_session() takes a sessionmaker or a Session subclass, not "
-        f"{type(factory).__name__}"
-    )
+        target: type[Session] = factory.class_
+    elif isinstance(factory, type) and issubclass(factory, Session):
+        if factory is Session:
+            raise TypeError(
+                "versioned_session() would change every Session in the process; pass a "
+                "sessionmaker or a Session subclass of your own"
+            )
+        target = factory
+    else:
+        raise TypeError(
+            f"versioned_session() takes a sessionmaker or a Session subclass, not "
+            f"{type(factory).__name__}"
+        )
+    if getattr(target, _MARK, False):
+        return factory  # already versioned (itself or a base class): capture once
+    _explain_stale_writes(target)
+    _listen(target, settings)
+    return factory

@@ -13,7 +13,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
-from sqlalchemy.orm.attributes import NO_VALUE, instance_state, set_committed_value
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
+from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.state import InstanceState
 
 from chrononaut.context import extra_info_active, versioning_suppressed
@@ -83,16 +84,17 @@ def _require_context(settings: Settings) -> None:
         )
 
 
-def _load_missing(session: Session, obj: Any, state: InstanceState[Any], meta: VersionMeta,
-                  keys: Iterable[str]) -> dict[str, Any]:
+def _load_missing(
+    session: Session, obj: Any, state: InstanceState[Any], meta: VersionMeta, keys: Iterable[str]
+) -> dict[str, Any]:
     """Old values the session does not hold (set while expired, or flag_modified).
 
     Rare path: one SELECT of just those columns for this record.
     """
     mapper = meta.mapper
-    columns = [mapper.attrs[key].columns[0] for key in keys]  # type: ignore[attr-defined]
+    columns = [meta.columns[key] for key in keys]
     pk_criteria = [
-        mapper.attrs[key].columns[0] == value  # type: ignore[attr-defined]
+        meta.columns[key] == value
         for key, value in zip(meta.pk_keys, state.key[1] if state.key else (), strict=True)
     ]
     connection = session.connection(bind_arguments={"mapper": mapper})
@@ -100,6 +102,14 @@ def _load_missing(session: Session, obj: Any, state: InstanceState[Any], meta: V
     if row is None:
         return {}
     return dict(zip(keys, row, strict=True))
+
+
+def _committed_version(obj: Any, committed: dict[str, Any], dict_: dict[str, Any]) -> int:
+    """The version the row had when the session loaded it (what the UPDATE checks)."""
+    version = committed.get(VERSION_KEY, dict_.get(VERSION_KEY, NO_VALUE))
+    if version is NO_VALUE or version is None:
+        version = getattr(obj, VERSION_KEY)
+    return int(version)
 
 
 class Capture:
@@ -126,9 +136,7 @@ class Capture:
             state = instance_state(obj)
             committed = state.committed_state
             dict_ = state.dict
-            old_version = committed.get(VERSION_KEY, dict_.get(VERSION_KEY, NO_VALUE))
-            if old_version is NO_VALUE:
-                old_version = getattr(obj, VERSION_KEY)
+            old_version = _committed_version(obj, committed, dict_)
             candidates.append((obj, old_version))
             if suppressed:
                 continue
@@ -153,10 +161,10 @@ class Capture:
             if unknown:
                 fetched = _load_missing(session, obj, state, meta, unknown)
                 for key in unknown:
+                    old_values[key] = fetched.get(key)
                     if key in fetched and manager[key].impl.is_equal(fetched[key], dict_.get(key)):
                         continue
                     (changed_hidden if key in meta.hidden else changed_tracked).append(key)
-                    old_values[key] = fetched.get(key)
                 if not (changed_tracked or changed_hidden):
                     continue
             if builder is None:
@@ -166,7 +174,7 @@ class Capture:
             for key in meta.tracked:
                 if key in old_values:
                     continue
-                if key in committed:
+                if key in committed and committed[key] is not NO_VALUE:
                     old_values[key] = committed[key]
                 elif key in dict_:
                     old_values[key] = dict_[key]
@@ -185,9 +193,7 @@ class Capture:
                 continue
             state = instance_state(obj)
             committed = state.committed_state
-            old_version = committed.get(VERSION_KEY, state.dict.get(VERSION_KEY, NO_VALUE))
-            if old_version is NO_VALUE:
-                old_version = getattr(obj, VERSION_KEY)
+            old_version = _committed_version(obj, committed, state.dict)
             candidates.append((obj, old_version))
             if suppressed:
                 continue
@@ -297,7 +303,11 @@ class _BulkStatement:
         meta = self.meta
         statement = state.statement
         watched = sorted(meta.watched)
-        keys = [VERSION_KEY, *[k for k in meta.tracked if k not in meta.pk_keys], *sorted(meta.hidden)]
+        keys = [
+            VERSION_KEY,
+            *[k for k in meta.tracked if k not in meta.pk_keys],
+            *sorted(meta.hidden),
+        ]
         keys = list(dict.fromkeys(keys))
         params = state.parameters
         if isinstance(params, list) and params and all(isinstance(p, dict) for p in params):
@@ -357,7 +367,7 @@ class _BulkStatement:
                 batch.states.append(obj_state)
         if bumped:
             base_table = meta.tables[0]
-            version_col = meta.mapper.version_id_col
+            version_col = meta.version_column
             table = version_col.table
             pk_columns = [table.c[col_key] for _, col_key in base_table.pk]
             if len(pk_columns) == 1:

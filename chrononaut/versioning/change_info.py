@@ -90,7 +90,7 @@ class FlaskSettings:
             raise ChrononautException(
                 "CHRONONAUT_EXTRA_CHANGE_INFO_FUNC must be a callable returning a dict"
             )
-        return func  # type: ignore[no-any-return]
+        return func
 
     def require_extra_change_info(self) -> bool:
         from flask import current_app, has_app_context

@@ -228,8 +228,7 @@ class HistoryReadMixin:
             found = self._history_query().filter(column == version).first()
             if found is None:
                 raise ChrononautException(
-                    f"{type(self).__name__} {self._pk_repr()} has no history version "
-                    f"{version}"
+                    f"{type(self).__name__} {self._pk_repr()} has no history version {version}"
                 )
             record = found
         for key in meta.tracked:

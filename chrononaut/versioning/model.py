@@ -16,7 +16,7 @@ from chrononaut.locking import LockableMixin
 from chrononaut.versioning import tables
 from chrononaut.versioning.history import HistoryReadMixin
 
-__all__ = ["HistoryRecord", "Versioned", "VersionMeta", "history_class", "meta_of"]
+__all__ = ["HistoryRecord", "VersionMeta", "Versioned", "history_class", "meta_of"]
 
 VERSION_KEY = "version"
 
@@ -44,6 +44,10 @@ class VersionMeta:
     tables: list[TableMap]
     pk_keys: tuple[str, ...]
     history_mapper: Mapper[Any]
+    #: the ``version`` column (on the root table of the hierarchy)
+    version_column: sa.Column[Any]
+    #: attribute key -> the column it maps to in its own table
+    columns: dict[str, sa.Column[Any]]
 
     @property
     def watched(self) -> frozenset[str]:
@@ -192,7 +196,7 @@ def _configure(mapper: Mapper[Any]) -> None:
         for column in table.c:
             try:
                 prop = mapper.get_property_by_column(column)
-            except Exception:  # noqa: BLE001 - a column not mapped by this class
+            except Exception:
                 out.add(column.key)
                 continue
             if prop.key in excluded_keys:
@@ -235,7 +239,9 @@ def _configure(mapper: Mapper[Any]) -> None:
         # shared history table.
         base_map = parent_meta.tables[0]
         new_columns = [
-            c for c in local.c if c.key not in base_map.history.c and c.key not in excluded_columns(local)
+            c
+            for c in local.c
+            if c.key not in base_map.history.c and c.key not in excluded_columns(local)
         ]
         tables.add_history_columns(base_map.history, new_columns)
         own_map = TableMap(
@@ -279,9 +285,7 @@ def _configure(mapper: Mapper[Any]) -> None:
     for prop in _column_props(mapper):
         prop.active_history = True
 
-    tracked = tuple(
-        p.key for p in _column_props(mapper) if p.key not in excluded_keys
-    )
+    tracked = tuple(p.key for p in _column_props(mapper) if p.key not in excluded_keys)
     parent_history_cls = parent_meta.history_mapper.class_ if parent_meta else HistoryRecord
     history_cls: type[HistoryRecord] = type(
         f"{cls.__name__}History",
@@ -312,7 +316,15 @@ def _configure(mapper: Mapper[Any]) -> None:
     for name in ("before_insert", "before_update", "before_delete"):
         event.listen(history_mapper, name, _refuse_write)
 
+    columns: dict[str, sa.Column[Any]] = {}
+    for prop in _column_props(mapper):
+        column = prop.columns[0]
+        if isinstance(column, sa.Column):
+            columns[prop.key] = column
+    version_column = parent_meta.version_column if parent_meta else local.c[VERSION_KEY]
     meta = VersionMeta(
+        version_column=version_column,
+        columns=columns,
         mapper=mapper,
         tracked=tracked,
         hidden=hidden,

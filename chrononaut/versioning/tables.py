@@ -57,7 +57,7 @@ def copy_column(column: sa.Column[object]) -> sa.Column[object]:
     # Schema-bound types (Enum, Boolean with constraints) attach themselves to
     # the table they are used in; each table needs its own copy.
     if isinstance(type_, SchemaEventTarget):
-        type_ = type_.copy()  # type: ignore[attr-defined]
+        type_ = type_.copy()
     return sa.Column(
         column.name,
         type_,
@@ -85,7 +85,9 @@ def _generated_columns(base: bool) -> list[sa.Column[object]]:
                 info={INFO_KEY: "changed"},
             )
         )
-        columns.append(sa.Column("change_info", JSONB, nullable=True, info={INFO_KEY: "change_info"}))
+        columns.append(
+            sa.Column("change_info", JSONB, nullable=True, info={INFO_KEY: "change_info"})
+        )
     return columns
 
 
