@@ -104,6 +104,90 @@ def _load_missing(
     return dict(zip(keys, row, strict=True))
 
 
+def _fast_eligible(meta: VersionMeta, committed: dict[str, Any], dict_: dict[str, Any]) -> bool:
+    """Whether a dirty record's change can go through the one-statement path."""
+    if not meta.fast_path_possible():
+        return False
+    columns = meta.columns
+    for key in committed:
+        if key not in columns or key in meta.pk_keys:
+            return False  # relationship changes and key changes need SQLAlchemy's ordering
+        if isinstance(dict_.get(key), sa.ClauseElement):
+            return False  # SQL expressions are evaluated by SQLAlchemy's UPDATE
+    return True
+
+
+class _FastUpdates:
+    """Version-checked UPDATEs that write their history rows in the same statement.
+
+    For each group of records of one class changing the same columns, one
+    statement does everything::
+
+        WITH v AS (<key, old version, new values, change_info> per record),
+             h AS (INSERT INTO t_history SELECT <tracked columns of t>, ...
+                   FROM t JOIN v ON key and version match ON CONFLICT DO NOTHING)
+        UPDATE t SET <columns> = v.<columns>, version = v.version + 1
+        FROM v WHERE key and version match RETURNING <key>
+
+    The history row is copied from the row as stored, by the database, in the
+    statement's snapshot: no extra round trip, no SELECT of unloaded columns.
+    A record whose version no longer matches is not updated and gets no history
+    row; it is left to SQLAlchemy's own UPDATE, which then fails as a stale
+    write (and ON CONFLICT keeps a concurrent writer's history row from turning
+    that into a duplicate-key error).
+    """
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[Any, tuple[str, ...]], list[tuple[Any, Any, int, Any]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+    def add(
+        self,
+        meta: VersionMeta,
+        obj: Any,
+        state: InstanceState[Any],
+        old_version: int,
+        info: dict[str, Any],
+    ) -> None:
+        keys = tuple(sorted(key for key in state.committed_state if key != VERSION_KEY))
+        self.groups.setdefault((meta, keys), []).append((obj, state, old_version, info))
+
+    def execute(self, session: Session, changed_at: dt.datetime) -> set[int]:
+        """Run the statements; return ids of the records written."""
+        done: set[int] = set()
+        for (meta, keys), members in self.groups.items():
+            connection = session.connection(bind_arguments={"mapper": meta.mapper})
+            for start in range(0, len(members), _FAST_CHUNK):
+                chunk = members[start : start + _FAST_CHUNK]
+                statement = meta.fast_update_statement(keys, len(chunk))
+                params: dict[str, Any] = {"changed": changed_at}
+                for n, (obj, state, old_version, info) in enumerate(chunk):
+                    dict_ = state.dict
+                    for i, key in enumerate(meta.pk_keys):
+                        params[f"k{i}r{n}"] = state.key[1][i] if state.key else dict_[key]
+                    params[f"vr{n}"] = old_version
+                    params[f"cir{n}"] = info
+                    for i, key in enumerate(keys):
+                        params[f"s{i}r{n}"] = dict_.get(key)
+                written = {tuple(row) for row in connection.execute(statement, params)}
+                for obj, state, old_version, _ in chunk:
+                    pk = tuple(state.key[1]) if state.key else ()
+                    if pk not in written:
+                        continue  # stale: SQLAlchemy's UPDATE will report it
+                    dict_ = state.dict
+                    for key in keys:
+                        set_committed_value(obj, key, dict_.get(key))
+                    set_committed_value(obj, VERSION_KEY, old_version + 1)
+                    consume_appended(state)
+                    done.add(id(obj))
+        return done
+
+
+_FAST_CHUNK = 100
+
+
 def _committed_version(obj: Any, committed: dict[str, Any], dict_: dict[str, Any]) -> int:
     """The version the row had when the session loaded it (what the UPDATE checks)."""
     version = committed.get(VERSION_KEY, dict_.get(VERSION_KEY, NO_VALUE))
@@ -128,8 +212,16 @@ class Capture:
         suppressed = versioning_suppressed()
         builder: ChangeInfoBuilder | None = None
         changed_at: dt.datetime | None = None
+        dirty: Iterable[Any] = session.dirty
+        only = None if instances is None else {id(o) for o in instances}
+        if only is not None:
+            dirty = [o for o in dirty if id(o) in only]
+        # The one-statement path runs before SQLAlchemy's own statements, so it is
+        # used only when the flush has no INSERT or DELETE it might need to follow.
+        fast_allowed = only is None and not suppressed and not session.new and not session.deleted
+        fast = _FastUpdates()
 
-        for obj in session.dirty:
+        for obj in dirty:
             meta = meta_of(type(obj))
             if meta is None:
                 continue
@@ -156,6 +248,14 @@ class Capture:
                     continue
                 (changed_hidden if key in meta.hidden else changed_tracked).append(key)
             if not (changed_tracked or changed_hidden or unknown):
+                continue
+            if fast_allowed and not unknown and _fast_eligible(meta, committed, dict_):
+                if builder is None:
+                    _require_context(self.settings)
+                    builder = ChangeInfoBuilder(session, self.settings)
+                    changed_at = _now()
+                info = builder.build(type(obj), state, hidden_changed=changed_hidden)
+                fast.add(meta, obj, state, old_version, info)
                 continue
             old_values: dict[str, Any] = {}
             if unknown:
@@ -187,7 +287,16 @@ class Capture:
             batch.states.append(state)
             setattr(obj, VERSION_KEY, old_version + 1)
 
+        if fast:
+            assert changed_at is not None
+            done = fast.execute(session, changed_at)
+            if done:
+                session.info[CANDIDATES_KEY] = [c for c in candidates if id(c[0]) not in done]
+                candidates = session.info[CANDIDATES_KEY]
+
         for obj in session.deleted:
+            if only is not None and id(obj) not in only:
+                continue
             meta = meta_of(type(obj))
             if meta is None:
                 continue

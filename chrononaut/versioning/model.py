@@ -33,7 +33,7 @@ class TableMap:
     base: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
 class VersionMeta:
     """What Chrononaut knows about one ``Versioned`` class (computed once)."""
 
@@ -56,6 +56,139 @@ class VersionMeta:
 
     def __post_init__(self) -> None:
         self._watched = frozenset(self.tracked) | self.hidden
+        self._fast_statements: dict[tuple[tuple[str, ...], int], sa.Update] = {}
+
+    def fast_path_possible(self) -> bool:
+        """Whether updates of this class may use the one-statement path.
+
+        Not for joined inheritance (several tables), tables with ``onupdate`` /
+        ``server_onupdate`` columns (SQLAlchemy computes those), or mappers with
+        ``before_update`` / ``after_update`` listeners (they expect SQLAlchemy's
+        UPDATE). Listeners can be added at any time, so this is checked per flush.
+        """
+        if len(self.tables) != 1 or self._has_onupdate:
+            return False
+        dispatch = self.mapper.dispatch
+        return not (dispatch.before_update or dispatch.after_update)
+
+    @property
+    def _has_onupdate(self) -> bool:
+        table = self.version_column.table
+        return any(c.onupdate is not None or c.server_onupdate is not None for c in table.c)
+
+    def fast_update_statement(self, keys: tuple[str, ...], rows: int) -> sa.Update:
+        """The one-statement UPDATE + history INSERT for ``rows`` records setting ``keys``.
+
+        Built once per (keys, rows) and reused, so SQLAlchemy's compiled cache
+        serves every later execution. Parameters: ``k<i>r<n>`` (primary key),
+        ``vr<n>`` (old version), ``s<i>r<n>`` (new values), ``cir<n>``
+        (change_info) and ``changed``.
+        """
+        cache_key = (keys, rows)
+        statement = self._fast_statements.get(cache_key)
+        if statement is None:
+            statement = self._build_fast_statement(keys, rows)
+            self._fast_statements[cache_key] = statement
+        return statement
+
+    def _build_fast_statement(self, keys: tuple[str, ...], rows: int) -> sa.Update:
+        from sqlalchemy.dialects.postgresql import JSONB
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        table = self.version_column.table
+        tmap = self.tables[0]
+        history = tmap.history
+        pk_columns = [self.columns[key] for key in self.pk_keys]
+        set_columns = [self.columns[key] for key in keys]
+
+        def typed(name: str, type_: Any) -> sa.Cast[Any]:
+            # Explicit casts: PostgreSQL must not guess the types of a VALUES list.
+            return sa.cast(sa.bindparam(name, type_=type_), type_)
+
+        history_columns = [history.c[col_key] for _, col_key in tmap.columns]
+        target_columns = [
+            *history_columns,
+            history.c.version,
+            history.c.changed,
+            history.c.change_info,
+        ]
+        version = table.c[self.version_column.key]
+        changed = typed("changed", sa.DateTime(timezone=True))
+        if rows == 1:
+            # One record (the common request): plain parameters, no VALUES list,
+            # so the server plans a simple statement.
+            match = sa.and_(
+                *[c == sa.bindparam(f"k{i}r0", type_=c.type) for i, c in enumerate(pk_columns)],
+                version == sa.bindparam("vr0", type_=sa.Integer()),
+            )
+            source = sa.select(
+                *[table.c[col_key] for _, col_key in tmap.columns],
+                version,
+                changed,
+                typed("cir0", JSONB()),
+            ).where(match)
+            one_insert = (
+                pg_insert(history)
+                .from_select(target_columns, source)
+                .on_conflict_do_nothing()
+                .cte("chrononaut_h")
+            )
+            return (
+                sa.update(table)
+                .where(match)
+                .values(
+                    {
+                        **{
+                            c: sa.bindparam(f"s{i}r0", type_=c.type)
+                            for i, c in enumerate(set_columns)
+                        },
+                        version: sa.bindparam("vr0", type_=sa.Integer()) + 1,
+                    }
+                )
+                .returning(*pk_columns)
+                .add_cte(one_insert)
+            )
+
+        selects = []
+        for n in range(rows):
+            selects.append(
+                sa.select(
+                    *[typed(f"k{i}r{n}", c.type).label(f"k{i}") for i, c in enumerate(pk_columns)],
+                    typed(f"vr{n}", sa.Integer()).label("v"),
+                    *[typed(f"s{i}r{n}", c.type).label(f"s{i}") for i, c in enumerate(set_columns)],
+                    typed(f"cir{n}", JSONB()).label("ci"),
+                )
+            )
+        values = (sa.union_all(*selects) if rows > 1 else selects[0]).cte("chrononaut_v")
+        match = sa.and_(
+            *[c == values.c[f"k{i}"] for i, c in enumerate(pk_columns)],
+            table.c[self.version_column.key] == values.c.v,
+        )
+        source = sa.select(
+            *[table.c[col_key] for _, col_key in tmap.columns],
+            version,
+            changed,
+            values.c.ci,
+        ).select_from(table.join(values, match))
+        insert = (
+            pg_insert(history)
+            .from_select(target_columns, source)
+            .on_conflict_do_nothing()
+            .cte("chrononaut_h")
+        )
+        return (
+            sa.update(table)
+            .where(match)
+            .values(
+                {
+                    **{c: values.c[f"s{i}"] for i, c in enumerate(set_columns)},
+                    self.version_column: values.c.v + 1,
+                }
+            )
+            .returning(*pk_columns)
+            .add_cte(values)
+            .add_cte(insert)
+        )
 
 
 class HistoryRecord:

@@ -1,0 +1,201 @@
+"""Argument checks, error translation, per-transaction lock state and the
+``application_name`` tag that lets other sessions see who holds a lock."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, unquote
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.state import InstanceState
+
+from chrononaut.errors import DeadlockError
+
+ROW_MODES = ("update", "no_key_update", "share", "key_share")
+
+#: ``FOR ...`` clause and SQLAlchemy ``with_for_update`` arguments per mode.
+FOR_UPDATE_ARGS: dict[str, dict[str, bool]] = {
+    "update": {},
+    "no_key_update": {"key_share": True},
+    "share": {"read": True},
+    "key_share": {"read": True, "key_share": True},
+}
+
+# Strength order, to keep the strongest mode when a row is locked twice.
+_STRENGTH = {"key_share": 0, "share": 1, "no_key_update": 2, "update": 3}
+
+# lock_timeout is an int of milliseconds on the server.
+_MAX_TIMEOUT_MS = 2**31 - 1
+
+LOCKS_KEY = "chrononaut.locks"
+DEPTH_KEY = "chrononaut.lock_depth"
+
+SQLSTATE_DEADLOCK = "40P01"
+SQLSTATE_LOCK_NOT_AVAILABLE = "55P03"
+
+APP_TAG = "chrononaut"
+# application_name holds at most 63 bytes; the tag and ':' take 11.
+_APP_USER_ROOM = 63 - len(APP_TAG) - 1
+_TRUNCATED = "~"
+
+
+def check_mode(mode: object) -> str:
+    """Return ``mode`` if it is one of the four row-lock modes, else raise ValueError."""
+    if not isinstance(mode, str) or mode not in FOR_UPDATE_ARGS:
+        raise ValueError(
+            f"lock mode must be one of {', '.join(repr(m) for m in ROW_MODES)}, got {mode!r}"
+        )
+    return mode
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool, else raise TypeError naming the argument."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_wait(nowait: object, timeout: object) -> int | None:
+    """Validate ``nowait``/``timeout``; return the timeout in whole milliseconds.
+
+    :raises TypeError: ``nowait`` is not a bool.
+    :raises ValueError: ``timeout`` is not a number > 0 (or too large for the
+        server), or ``nowait`` and ``timeout`` are both given.
+    """
+    check_bool("nowait", nowait)
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    seconds = float(timeout)
+    if math.isnan(seconds) or seconds <= 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    if nowait:
+        raise ValueError("pass either nowait=True or timeout=, not both")
+    millis = math.ceil(seconds * 1000)
+    if millis > _MAX_TIMEOUT_MS:
+        raise ValueError(f"timeout must be at most {_MAX_TIMEOUT_MS / 1000:.0f} seconds")
+    return millis
+
+
+def check_session(session: object) -> Session:
+    """Return ``session`` if it is a SQLAlchemy session (or scoped_session), else TypeError."""
+    from sqlalchemy.orm import scoped_session
+
+    if isinstance(session, scoped_session):
+        real: object = session()
+    else:
+        real = session
+    if not isinstance(real, Session):
+        raise TypeError(f"session must be a SQLAlchemy Session, got {type(session).__name__}")
+    return real
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE of a driver error (psycopg2 or psycopg 3), if any."""
+    orig = error.orig if isinstance(error, sa_exc.DBAPIError) else error
+    code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
+    return code if isinstance(code, str) else None
+
+
+def deadlock_from(error: BaseException) -> DeadlockError | None:
+    """A :class:`DeadlockError` for ``error`` when PostgreSQL reported a deadlock."""
+    if isinstance(error, DeadlockError):
+        return None
+    if isinstance(error, sa_exc.DBAPIError) and sqlstate(error) == SQLSTATE_DEADLOCK:
+        detail = str(error.orig).strip().splitlines()
+        return DeadlockError(
+            "PostgreSQL detected a deadlock and aborted the transaction; roll back and "
+            "run the unit of work again (lock rows in one order, e.g. with lock_all()). "
+            + (detail[0] if detail else "")
+        )
+    return None
+
+
+def app_name(user_id: str | None) -> str:
+    """The ``application_name`` a transaction holding Chrononaut locks carries.
+
+    ``chrononaut`` for no user, else ``chrononaut:<percent-encoded user id>`` (the
+    server keeps 63 printable ASCII bytes; longer ids are cut and marked with ``~``).
+    """
+    if user_id is None:
+        return APP_TAG
+    encoded = quote(user_id, safe="@.-_+=!*()',;$")
+    if len(encoded) > _APP_USER_ROOM:
+        cut = encoded[: _APP_USER_ROOM - 1]
+        # Never cut a %XX escape in half.
+        pos = cut.rfind("%")
+        if pos >= len(cut) - 2 and pos != -1:
+            cut = cut[:pos]
+        return f"{APP_TAG}{_TRUNCATED}{cut}"
+    return f"{APP_TAG}:{encoded}"
+
+
+def user_from_app_name(name: str | None) -> tuple[bool, str | None]:
+    """``(tagged, user_id)`` from a backend's ``application_name``.
+
+    A truncated user id comes back with a trailing ``…``.
+    """
+    if not name or not name.startswith(APP_TAG):
+        return False, None
+    rest = name[len(APP_TAG) :]
+    if rest == "":
+        return True, None
+    if rest.startswith(":"):
+        return True, unquote(rest[1:])
+    if rest.startswith(_TRUNCATED):
+        return True, unquote(rest[1:]) + "…"
+    return False, None
+
+
+@dataclass
+class TxnLocks:
+    """Row locks this session's current transaction took through Chrononaut."""
+
+    txn: weakref.ReferenceType[Any]
+    rows: dict[tuple[Any, tuple[Any, ...]], dict[str, Any]] = field(default_factory=dict)
+
+
+def _current_txn(session: Session) -> Any:
+    return session.get_transaction()
+
+
+def record_row_lock(
+    session: Session, identity: tuple[Any, tuple[Any, ...]], mode: str, user_id: str | None
+) -> None:
+    """Remember that this transaction holds ``identity``'s row in ``mode``."""
+    txn = _current_txn(session)
+    locks: TxnLocks | None = session.info.get(LOCKS_KEY)
+    if locks is None or locks.txn() is None or locks.txn() is not txn:
+        locks = TxnLocks(weakref.ref(txn))
+        session.info[LOCKS_KEY] = locks
+    held = locks.rows.get(identity)
+    if held is not None and _STRENGTH[held["mode"]] >= _STRENGTH[mode]:
+        return
+    locks.rows[identity] = {
+        "user_id": user_id,
+        "mode": mode,
+        "acquired_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+    }
+
+
+def held_row_lock(session: Session, state: InstanceState[Any]) -> dict[str, Any] | None:
+    """The lock info of ``state``'s row if this transaction locked it through Chrononaut."""
+    locks: TxnLocks | None = session.info.get(LOCKS_KEY)
+    if locks is None:
+        return None
+    taken_in = locks.txn()
+    if taken_in is None or taken_in is not _current_txn(session):
+        # The transaction that took these locks has ended: they are gone.
+        session.info.pop(LOCKS_KEY, None)
+        return None
+    key = state.key
+    if key is None:
+        return None
+    info = locks.rows.get((key[0], key[1]))
+    return dict(info) if info is not None else None

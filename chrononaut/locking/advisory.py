@@ -1,0 +1,407 @@
+"""Advisory locks: :func:`advisory_lock` and ``record.advisory_lock()``."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from chrononaut.context import resolve_actor
+from chrononaut.errors import (
+    ChrononautException,
+    LockError,
+    LockNotAvailableError,
+    LockTimeoutError,
+)
+from chrononaut.locking import _block
+from chrononaut.locking._common import (
+    SQLSTATE_LOCK_NOT_AVAILABLE,
+    app_name,
+    check_bool,
+    check_session,
+    check_wait,
+    sqlstate,
+)
+from chrononaut.locking._holders import advisory_holder
+from chrononaut.locking._keys import AdvisoryKey, advisory_key
+
+SCOPES = ("transaction", "session")
+
+
+def default_session() -> Session:
+    """``db.session`` of the current Flask app's Flask-SQLAlchemy extension."""
+    try:
+        from flask import current_app, has_app_context
+    except ImportError:  # pragma: no cover - Flask is a dependency
+        has_app_context = None  # type: ignore[assignment]
+    if has_app_context is None or not has_app_context():
+        raise ChrononautException(
+            "no session given and no Flask app context: pass session= explicitly"
+        )
+    ext = current_app.extensions.get("sqlalchemy")
+    if ext is None or not hasattr(ext, "session"):
+        raise ChrononautException(
+            "no session given and the app has no Flask-SQLAlchemy extension: pass session="
+        )
+    return check_session(ext.session)
+
+
+def _function(shared: bool, nowait: bool, scope: str) -> str:
+    name = "pg_try_advisory" if nowait else "pg_advisory"
+    name += "_xact_lock" if scope == "transaction" else "_lock"
+    return name + ("_shared" if shared else "")
+
+
+def _args(key: AdvisoryKey) -> tuple[str, dict[str, int]]:
+    if isinstance(key, tuple):
+        return "CAST(:k1 AS integer), CAST(:k2 AS integer)", {"k1": key[0], "k2": key[1]}
+    return "CAST(:k AS bigint)", {"k": key}
+
+
+_statements: dict[tuple[str, ...], sa.TextClause] = {}
+
+
+def _statement(kind: str, function: str, args: str) -> sa.TextClause:
+    """The (cached) statement of one kind of lock attempt.
+
+    The lock function is evaluated before ``set_config`` (target lists are
+    evaluated left to right), so a waiter is tagged only once it holds the lock.
+    """
+    cache_key = (kind, function, args)
+    stmt = _statements.get(cache_key)
+    if stmt is None:
+        local = "true" if kind.startswith("xact") else "false"
+        if kind.endswith("try"):
+            sql = (
+                f"SELECT s.ok, CASE WHEN s.ok THEN set_config('application_name', :app, {local}) "
+                f"END FROM (SELECT {function}({args}) AS ok OFFSET 0) AS s"
+            )
+        elif kind == "xact-timeout":
+            sql = (
+                f"SELECT {function}({args}), set_config('application_name', :app, true), "
+                "set_config('lock_timeout', :old, true)"
+            )
+        elif kind == "session-timeout":
+            # Autocommit: the statement is its own transaction, so a local
+            # lock_timeout lasts for this attempt only.
+            sql = (
+                "SELECT set_config('lock_timeout', :t, true), "
+                f"{function}({args}), set_config('application_name', :app, false)"
+            )
+        else:
+            sql = f"SELECT {function}({args}), set_config('application_name', :app, {local})"
+        stmt = _statements[cache_key] = sa.text(sql)
+    return stmt
+
+
+def _not_available(key: object, holder: Any) -> LockNotAvailableError:
+    who = _who(holder)
+    return LockNotAvailableError(
+        f"advisory lock {key!r} is held by another session{who}; try again later",
+        holder=holder,
+    )
+
+
+def _timed_out(key: object, timeout_ms: int, holder: Any) -> LockTimeoutError:
+    return LockTimeoutError(
+        f"could not take advisory lock {key!r} within {timeout_ms / 1000:g} s{_who(holder)}",
+        holder=holder,
+    )
+
+
+def _who(holder: Any) -> str:
+    if holder is None:
+        return ""
+    user = f"user {holder.user_id}" if holder.user_id is not None else "an unknown user"
+    return f" (held by {user}, server pid {holder.pid})"
+
+
+def _check(
+    key: object,
+    shared: object,
+    nowait: object,
+    timeout: object,
+    scope: object,
+    commit: object,
+    session: object,
+) -> tuple[AdvisoryKey, int | None]:
+    normalised = advisory_key(key)
+    check_bool("shared", shared)
+    timeout_ms = check_wait(nowait, timeout)
+    if not isinstance(scope, str) or scope not in SCOPES:
+        raise ValueError(f"scope must be 'transaction' or 'session', got {scope!r}")
+    check_bool("commit", commit)
+    if session is not None:
+        check_session(session)
+    return normalised, timeout_ms
+
+
+def advisory_lock(
+    key: int | str | tuple[int, int],
+    *,
+    shared: bool = False,
+    nowait: bool = False,
+    timeout: float | None = None,
+    scope: str = "transaction",
+    session: Session | Any | None = None,
+    commit: bool = True,
+) -> contextlib.AbstractContextManager[None]:
+    """Hold a PostgreSQL advisory lock for the block.
+
+    :param key: an int in the signed 64-bit range, a str (hashed to a stable 64-bit
+        key, see :func:`chrononaut.locking.string_key`), or a pair of ints in the
+        signed 32-bit range.
+    :param shared: take a shared lock (many holders; excludes exclusive ones).
+    :param nowait: raise :class:`~chrononaut.LockNotAvailableError` at once when held.
+    :param timeout: seconds (> 0) before :class:`~chrononaut.LockTimeoutError`,
+        decided by the server's ``lock_timeout``.
+    :param scope: ``"transaction"`` (default; ``pg_advisory_xact_lock`` in the
+        session's transaction, released when it ends; the block commits / rolls
+        back like ``record.lock()``) or ``"session"`` (``pg_advisory_lock`` on a
+        connection of its own held for the block and released on exit; the ORM
+        session's transaction is left alone).
+    :param session: the ORM session (default: the Flask app's ``db.session``).
+    :param commit: with ``scope="transaction"``: commit on normal exit of the
+        outermost lock block. Ignored for ``scope="session"``.
+    :raises TypeError: a key of another type; a non-bool flag; a non-session.
+    :raises ValueError: a key out of range, a bad ``timeout`` or ``scope``, or both
+        ``nowait`` and ``timeout``.
+    """
+    normalised, timeout_ms = _check(key, shared, nowait, timeout, scope, commit, session)
+    real = check_session(session) if session is not None else default_session()
+    user_id = resolve_actor(None).user_id
+    if scope == "session":
+        return _session_lock(real, key, normalised, shared, nowait, timeout_ms, user_id)
+    return _transaction_lock(real, key, normalised, shared, nowait, timeout_ms, commit, user_id)
+
+
+def _transaction_lock(
+    session: Session,
+    key: object,
+    normalised: AdvisoryKey,
+    shared: bool,
+    nowait: bool,
+    timeout_ms: int | None,
+    commit: bool,
+    user_id: str | None,
+    bind_mapper: Any = None,
+) -> contextlib.AbstractContextManager[None]:
+    function = _function(shared, nowait, "transaction")
+    args, params = _args(normalised)
+    params_any: dict[str, Any] = dict(params)
+    params_any["app"] = app_name(user_id)
+
+    def acquire() -> None:
+        if bind_mapper is not None:
+            conn = session.connection(bind_arguments={"mapper": bind_mapper})
+        else:
+            conn = session.connection()
+        if nowait:
+            ok = conn.execute(_statement("xact-try", function, args), params_any).scalar()
+            if not ok:
+                holder = advisory_holder(conn, normalised, exclude_self=True)
+                raise _not_available(key, holder)
+            return
+        if timeout_ms is None:
+            conn.execute(_statement("xact", function, args), params_any)
+            return
+        _block.savepoint(conn)
+        try:
+            old = conn.execute(
+                sa.text(
+                    "SELECT current_setting('lock_timeout'), set_config('lock_timeout', :t, true)"
+                ),
+                {"t": f"{timeout_ms}ms"},
+            ).scalar()
+            params_any["old"] = str(old)
+            conn.execute(_statement("xact-timeout", function, args), params_any)
+        except sa_exc.DBAPIError as error:
+            _block.undo(conn)
+            if sqlstate(error) == SQLSTATE_LOCK_NOT_AVAILABLE:
+                holder = advisory_holder(conn, normalised, exclude_self=True)
+                raise _timed_out(key, timeout_ms, holder) from None
+            raise
+        except BaseException:
+            _block.undo(conn)
+            raise
+        _block.release(conn)
+
+    return _block.transaction_block(session, commit, acquire)
+
+
+# Session-scope locks: one dedicated connection per (thread, engine), shared by
+# nested blocks of that thread so a key taken twice is re-entrant instead of a
+# self-deadlock between two connections.
+_local = threading.local()
+
+
+@dataclass
+class _Dedicated:
+    conn: Connection
+    depth: int = 0
+
+
+def _dedicated() -> dict[Engine, _Dedicated]:
+    held: dict[Engine, _Dedicated] | None = getattr(_local, "held", None)
+    if held is None:
+        held = _local.held = {}
+    return held
+
+
+_UNLOCK = {
+    (False, False): "SELECT pg_advisory_unlock({args})",
+    (True, False): "SELECT pg_advisory_unlock_shared({args})",
+}
+_RESET_APP = (
+    ", set_config('application_name', "
+    "(SELECT reset_val FROM pg_settings WHERE name = 'application_name'), false)"
+)
+
+
+@contextlib.contextmanager
+def _session_lock(
+    session: Session,
+    key: object,
+    normalised: AdvisoryKey,
+    shared: bool,
+    nowait: bool,
+    timeout_ms: int | None,
+    user_id: str | None,
+    bind_mapper: Any = None,
+) -> Iterator[None]:
+    engine = session.get_bind(mapper=bind_mapper)
+    if not isinstance(engine, Engine):
+        engine = engine.engine
+    held = _dedicated()
+    entry = held.get(engine)
+    if entry is None:
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        entry = held[engine] = _Dedicated(conn)
+    entry.depth += 1
+    function = _function(shared, nowait, "session")
+    args, params = _args(normalised)
+    params_any: dict[str, Any] = dict(params)
+    params_any["app"] = app_name(user_id)
+    try:
+        try:
+            if nowait:
+                ok = entry.conn.execute(
+                    _statement("session-try", function, args), params_any
+                ).scalar()
+                if not ok:
+                    raise _not_available(
+                        key, advisory_holder(entry.conn, normalised, exclude_self=True)
+                    )
+            elif timeout_ms is not None:
+                params_any["t"] = f"{timeout_ms}ms"
+                entry.conn.execute(_statement("session-timeout", function, args), params_any)
+            else:
+                entry.conn.execute(_statement("session", function, args), params_any)
+        except sa_exc.DBAPIError as error:
+            if sqlstate(error) == SQLSTATE_LOCK_NOT_AVAILABLE and timeout_ms is not None:
+                holder = advisory_holder(entry.conn, normalised, exclude_self=True)
+                raise _timed_out(key, timeout_ms, holder) from None
+            raise
+    except BaseException:
+        entry.depth -= 1
+        _release_session_lock(engine, entry, normalised, shared, acquired=False, report=False)
+        raise
+    try:
+        yield
+    except BaseException:
+        entry.depth -= 1
+        _release_session_lock(engine, entry, normalised, shared, acquired=True, report=False)
+        raise
+    entry.depth -= 1
+    _release_session_lock(engine, entry, normalised, shared, acquired=True, report=True)
+
+
+def _release_session_lock(
+    engine: Engine,
+    entry: _Dedicated,
+    key: AdvisoryKey,
+    shared: bool,
+    *,
+    acquired: bool,
+    report: bool,
+) -> None:
+    """Unlock (if taken) and hand the connection back when the last block ends.
+
+    A failed unlock (the connection died) invalidates the connection, so a lock
+    can never stay behind on a pooled connection.
+    """
+    last = entry.depth == 0
+    if last:
+        _dedicated().pop(engine, None)
+    args, params = _args(key)
+    sql = _UNLOCK[(shared, False)].format(args=args)
+    if last:
+        sql += _RESET_APP
+    lost: sa_exc.DBAPIError | None = None
+    try:
+        if acquired:
+            entry.conn.execute(sa.text(sql), params)
+        elif last:
+            entry.conn.execute(sa.text("SELECT 1" + _RESET_APP))
+    except sa_exc.DBAPIError as error:
+        lost = error
+        with contextlib.suppress(Exception):
+            entry.conn.invalidate()
+    if last:
+        with contextlib.suppress(Exception):
+            entry.conn.close()
+    if lost is not None and acquired and report:
+        raise LockError(
+            f"lost the session-scope advisory lock {key!r}: its connection failed "
+            f"while the block ran ({lost.orig!r}); the work done under it was not protected"
+        ) from lost
+
+
+def record_key(record: object) -> str:
+    """The string key of ``record.advisory_lock()``: ``"<schema.table>/<pk>"``."""
+    from chrononaut.locking._keys import pk_text
+    from chrononaut.locking.rows import check_record, target
+
+    state, _ = check_record(record)
+    tgt = target(state.mapper)
+    pk = state.key[1] if state.key is not None else ()
+    return f"{tgt.table.fullname}/{pk_text(pk)}"
+
+
+def record_advisory_lock(
+    record: object,
+    *,
+    shared: bool = False,
+    nowait: bool = False,
+    timeout: float | None = None,
+    scope: str = "transaction",
+    session: Session | None = None,
+    commit: bool = True,
+) -> contextlib.AbstractContextManager[None]:
+    """``record.advisory_lock()``: :func:`advisory_lock` keyed by the record's row."""
+    from chrononaut.locking.rows import check_record
+
+    check_bool("shared", shared)
+    timeout_ms = check_wait(nowait, timeout)
+    if not isinstance(scope, str) or scope not in SCOPES:
+        raise ValueError(f"scope must be 'transaction' or 'session', got {scope!r}")
+    check_bool("commit", commit)
+    state, own_session = check_record(record)
+    real = check_session(session) if session is not None else own_session
+    key = record_key(record)
+    normalised = advisory_key(key)
+    user_id = resolve_actor(type(record)).user_id
+    if scope == "session":
+        return _session_lock(
+            real, key, normalised, shared, nowait, timeout_ms, user_id, state.mapper
+        )
+    return _transaction_lock(
+        real, key, normalised, shared, nowait, timeout_ms, commit, user_id, state.mapper
+    )
