@@ -9,17 +9,107 @@ in between: who changed what, and when.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.state import InstanceState
 
-from chrononaut.errors import StaleWriteError
-from chrononaut.versioning.model import VERSION_KEY, VersionMeta, meta_of
+from chrononaut.errors import ChrononautException, StaleWriteError
 
-__all__ = ["explain_stale_write", "stale_write_error"]
+if TYPE_CHECKING:
+    from chrononaut.versioning.model import VersionMeta
+
+__all__ = [
+    "OptimisticMixin",
+    "check_expected_version",
+    "explain_stale_write",
+    "stale_write_error",
+]
+
+VERSION_KEY = "version"
+
+# Versions that came back from a client, per record (identity, not __eq__).
+_expected: weakref.WeakKeyDictionary[InstanceState[Any], int] = weakref.WeakKeyDictionary()
+
+
+def meta_of(cls: type[Any]) -> VersionMeta | None:
+    from chrononaut.versioning.model import meta_of as _meta_of
+
+    return _meta_of(cls)
+
+
+class OptimisticMixin:
+    """Optimistic-concurrency methods of :class:`~chrononaut.Versioned` records."""
+
+    def expect_version(self, version: int) -> None:
+        """Declare the version a client based its edit on (a form field, ``If-Match``).
+
+        Raises :class:`~chrononaut.StaleWriteError` at once unless ``version`` is the
+        record's current version; the record's next write is then checked against
+        it too, even if the record is refreshed (for example by ``lock()``) in between.
+
+        :param version: the version the client saw.
+        :raises TypeError: when ``version`` is not an int.
+        :raises ChrononautException: when the record is not persistent.
+        :raises StaleWriteError: when the record has moved on since ``version``.
+        """
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"version must be an int, not {type(version).__name__}")
+        state = instance_state(self)
+        if state.key is None or state.deleted or state.detached:
+            raise ChrononautException(
+                f"expect_version() needs a persistent {type(self).__name__} loaded from the "
+                f"database"
+            )
+        current = getattr(self, VERSION_KEY)
+        if current != version:
+            session = state.session
+            error = None
+            meta = meta_of(type(self))
+            if session is not None and meta is not None:
+                error = stale_write_error(session.get_bind(mapper=meta.mapper), self, version)
+            if error is None:
+                error = StaleWriteError(
+                    f"{type(self).__name__} is at version {current}, not {version}; reload "
+                    f"it and apply the change again",
+                    record=self,
+                    expected_version=version,
+                    current_version=current,
+                )
+            raise error
+        _expected[state] = version
+
+
+def check_expected_version(
+    session: Session, obj: Any, state: InstanceState[Any], version: int
+) -> None:
+    """Refuse to flush ``obj`` when a version declared with ``expect_version`` differs
+    from the version the write is based on. Called by history capture per flush."""
+    expected = _expected.get(state)
+    if expected is None or expected == version:
+        return
+    meta = meta_of(type(obj))
+    error = None
+    if meta is not None:
+        error = stale_write_error(session.get_bind(mapper=meta.mapper), obj, expected)
+    if error is None:
+        error = StaleWriteError(
+            f"{type(obj).__name__} was expected at version {expected} but the write is based "
+            f"on version {version}; reload it and apply the change again",
+            record=obj,
+            expected_version=expected,
+            current_version=version,
+        )
+    raise error
+
+
+def forget_expected_version(state: InstanceState[Any]) -> None:
+    """Drop the declared version once the write it guarded was flushed."""
+    _expected.pop(state, None)
 
 
 def _pk_of(obj: Any, meta: VersionMeta) -> tuple[Any, ...]:

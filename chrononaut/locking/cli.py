@@ -103,6 +103,9 @@ def held_locks(conn: sa.Connection) -> list[HeldLock]:
         held.append(HeldLock("advisory", target, lock_mode, user_id, int(pid), since))
     for lock in held:
         lock.waiting = sorted(waiters.get(lock.pid, []))
+    # Oldest holder first; per holder its row locks, then its advisory locks.
+    epoch = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
+    held.sort(key=lambda lock: (lock.since or epoch, lock.pid, lock.kind != "row"))
     return held
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -427,6 +427,9 @@ def lock_all(
     for state, _ in checked:
         unique.setdefault(id(state), state)
     states = sorted(unique.values(), key=_sort_key)
+    # The session's identity map holds records weakly: keep them alive for the block.
+    by_state = {id(state): record for (state, _), record in zip(checked, items, strict=True)}
+    ordered: list[R] = [by_state[id(state)] for state in states]
 
     def acquire() -> list[R]:
         if not states:
@@ -440,7 +443,7 @@ def lock_all(
         _run_attempt(
             session, conn, run, states, nowait=nowait, timeout_ms=timeout_ms, restore_after=True
         )
-        return [cast(R, s.obj()) for s in states]
+        return ordered
 
     return _block.transaction_block(session, commit, acquire)
 

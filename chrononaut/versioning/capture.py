@@ -17,6 +17,7 @@ from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.state import InstanceState
 
+from chrononaut.concurrency import check_expected_version, forget_expected_version
 from chrononaut.context import extra_info_active, versioning_suppressed
 from chrononaut.errors import ChrononautException
 from chrononaut.versioning.change_info import ChangeInfoBuilder, Settings, consume_appended
@@ -67,6 +68,7 @@ class _Batch:
             connection.execute(table.insert(), rows)
         for state in self.states:
             consume_appended(state)
+            forget_expected_version(state)
 
     def __bool__(self) -> bool:
         return bool(self.rows)
@@ -163,7 +165,7 @@ class _FastUpdates:
                 chunk = members[start : start + _FAST_CHUNK]
                 statement = meta.fast_update_statement(keys, len(chunk))
                 params: dict[str, Any] = {"changed": changed_at}
-                for n, (obj, state, old_version, info) in enumerate(chunk):
+                for n, (_obj, state, old_version, info) in enumerate(chunk):
                     dict_ = state.dict
                     for i, key in enumerate(meta.pk_keys):
                         params[f"k{i}r{n}"] = state.key[1][i] if state.key else dict_[key]
@@ -181,6 +183,7 @@ class _FastUpdates:
                         set_committed_value(obj, key, dict_.get(key))
                     set_committed_value(obj, VERSION_KEY, old_version + 1)
                     consume_appended(state)
+                    forget_expected_version(state)
                     done.add(id(obj))
         return done
 
@@ -229,6 +232,7 @@ class Capture:
             committed = state.committed_state
             dict_ = state.dict
             old_version = _committed_version(obj, committed, dict_)
+            check_expected_version(session, obj, state, old_version)
             candidates.append((obj, old_version))
             if suppressed:
                 continue
@@ -303,6 +307,7 @@ class Capture:
             state = instance_state(obj)
             committed = state.committed_state
             old_version = _committed_version(obj, committed, state.dict)
+            check_expected_version(session, obj, state, old_version)
             candidates.append((obj, old_version))
             if suppressed:
                 continue
