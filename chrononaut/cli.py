@@ -1,20 +1,36 @@
-"""The ``flask chrononaut`` command group."""
+"""The ``flask chrononaut`` command group.
+
+Commands live next to the feature they operate (``chrononaut.locking.cli``,
+``chrononaut.maintenance.cli``); this module only gathers them.
+"""
 
 from __future__ import annotations
 
+import importlib
+
+import click
 from flask.cli import AppGroup
 
 __all__ = ["chrononaut_cli"]
 
 chrononaut_cli = AppGroup("chrononaut", help="Chrononaut: history, locks and maintenance.")
 
+_COMMAND_MODULES = ("chrononaut.locking.cli", "chrononaut.maintenance.cli")
+
 
 def _register() -> None:
-    try:
-        from chrononaut.locking.cli import locks_command
-    except ImportError:
-        return
-    chrononaut_cli.add_command(locks_command)
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        commands = getattr(module, "COMMANDS", None)
+        if commands is None:
+            commands = [v for v in vars(module).values() if isinstance(v, click.Command)]
+        for command in commands:
+            chrononaut_cli.add_command(command)
 
 
 _register()
