@@ -23,8 +23,8 @@ def _register() -> None:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
+            if exc.name is None or not (name + ".").startswith(exc.name + "."):
+                raise  # a missing dependency inside the module, not the module itself
             continue
         commands = getattr(module, "COMMANDS", None)
         if commands is None:
