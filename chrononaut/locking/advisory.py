@@ -256,9 +256,11 @@ def _dedicated() -> dict[Engine, _Dedicated]:
 
 
 _UNLOCK = {
-    (False, False): "SELECT pg_advisory_unlock({args})",
-    (True, False): "SELECT pg_advisory_unlock_shared({args})",
+    False: "SELECT pg_advisory_unlock({args})",
+    True: "SELECT pg_advisory_unlock_shared({args})",
 }
+# The last block of the thread puts the pooled connection's application_name
+# back to its connect-time value before the connection returns to the pool.
 _RESET_APP = (
     ", set_config('application_name', "
     "(SELECT reset_val FROM pg_settings WHERE name = 'application_name'), false)"
@@ -341,7 +343,7 @@ def _release_session_lock(
     if last:
         _dedicated().pop(engine, None)
     args, params = _args(key)
-    sql = _UNLOCK[(shared, False)].format(args=args)
+    sql = _UNLOCK[shared].format(args=args)
     if last:
         sql += _RESET_APP
     lost: sa_exc.DBAPIError | None = None
@@ -369,7 +371,7 @@ def record_key(record: object) -> str:
     from chrononaut.locking._keys import pk_text
     from chrononaut.locking.rows import check_record, target
 
-    state, _ = check_record(record)
+    state, _ = check_record(record, "take an advisory lock on")
     tgt = target(state.mapper)
     pk = state.key[1] if state.key is not None else ()
     return f"{tgt.table.fullname}/{pk_text(pk)}"
@@ -393,7 +395,7 @@ def record_advisory_lock(
     if not isinstance(scope, str) or scope not in SCOPES:
         raise ValueError(f"scope must be 'transaction' or 'session', got {scope!r}")
     check_bool("commit", commit)
-    state, own_session = check_record(record)
+    state, own_session = check_record(record, "take an advisory lock on")
     real = check_session(session) if session is not None else own_session
     key = record_key(record)
     normalised = advisory_key(key)

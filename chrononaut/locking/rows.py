@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -17,6 +17,7 @@ from sqlalchemy.orm.state import InstanceState
 from chrononaut.context import resolve_actor
 from chrononaut.errors import (
     ChrononautException,
+    DeadlockError,
     LockHolder,
     LockTimeoutError,
     RecordLockedError,
@@ -31,6 +32,7 @@ from chrononaut.locking._common import (
     check_session,
     check_wait,
     record_row_lock,
+    sqlstate,
 )
 from chrononaut.locking._holders import row_holder
 from chrononaut.locking._keys import row_marker
@@ -54,10 +56,11 @@ def describe(record: object) -> str:
     return f"{type(record).__name__}({', '.join(repr(v) for v in pk)})"
 
 
-def check_record(record: object) -> tuple[InstanceState[Any], Session]:
+def check_record(record: object, action: str = "lock") -> tuple[InstanceState[Any], Session]:
     """The state and session of a persistent record, or the error SPEC §4 names.
 
     :raises TypeError: ``record`` is not an instance of a mapped class.
+    :param action: what was asked, for the message ("lock", ...).
     :raises ChrononautException: the record is transient, pending, detached or deleted.
     """
     state = sa.inspect(record, raiseerr=False)
@@ -66,22 +69,22 @@ def check_record(record: object) -> tuple[InstanceState[Any], Session]:
     name = type(record).__name__
     if state.transient:
         raise ChrononautException(
-            f"cannot lock a transient {name}: add it to a session and commit it first"
+            f"cannot {action} a transient {name}: add it to a session and commit it first"
         )
     if state.pending:
         raise ChrononautException(
-            f"cannot lock a pending {name}: it has no row yet; flush or commit it first"
+            f"cannot {action} a pending {name}: it has no row yet; flush or commit it first"
         )
     if state.deleted or state.was_deleted:
-        raise ChrononautException(f"cannot lock {describe(record)}: it was deleted")
+        raise ChrononautException(f"cannot {action} {describe(record)}: it was deleted")
     session = state.session
     if state.detached or session is None:
         raise ChrononautException(
-            f"cannot lock a detached {name}: merge it into a session (session.merge) first"
+            f"cannot {action} a detached {name}: merge it into a session (session.merge) first"
         )
     if record in session.deleted:
         raise ChrononautException(
-            f"cannot lock {describe(record)}: it is marked for deletion in its session"
+            f"cannot {action} {describe(record)}: it is marked for deletion in its session"
         )
     return state, session
 
@@ -225,7 +228,7 @@ def _lock_failed(
     timeout_ms: int | None,
 ) -> BaseException:
     """The Chrononaut error for a failed attempt (after the savepoint was undone)."""
-    if _block.as_deadlock(error) is not None or _code(error) != SQLSTATE_LOCK_NOT_AVAILABLE:
+    if _block.as_deadlock(error) is not None or sqlstate(error) != SQLSTATE_LOCK_NOT_AVAILABLE:
         deadlock = _block.as_deadlock(error)
         return deadlock if deadlock is not None else error
     holder: LockHolder | None = None
@@ -244,12 +247,6 @@ def _lock_failed(
     return LockTimeoutError(
         f"could not lock {what} within {(timeout_ms or 0) / 1000:g} s{who}", holder=holder
     )
-
-
-def _code(error: BaseException) -> str | None:
-    from chrononaut.locking._common import sqlstate
-
-    return sqlstate(error)
 
 
 def _who(holder: LockHolder | None) -> str:
@@ -297,6 +294,9 @@ def _run_attempt(
         )
         if failure is error:
             raise
+        if isinstance(failure, DeadlockError):
+            raise failure from error
+        # A lock error says all there is to say; the driver's error adds noise.
         raise failure from None
     except BaseException:
         _block.undo(conn)
@@ -435,7 +435,7 @@ def lock_all(
         if not states:
             return []
         session.flush()
-        conn = session.connection()
+        conn = session.connection(bind_arguments={"mapper": states[0].mapper})
 
         def run(old: str | None) -> None:
             _lock_many(session, conn, states, mode, nowait)
@@ -560,13 +560,8 @@ def lock_next(
 
 def record_holder(record: object) -> LockHolder | None:
     """Who holds a lock on ``record``'s row (``record.lock_holder()``), or ``None``."""
-    state, session = check_record(record)
+    state, session = check_record(record, "look up the lock holder of")
     tgt = target(state.mapper)
     conn = session.connection(bind_arguments={"mapper": state.mapper})
     pk = state.key[1] if state.key is not None else ()
     return row_holder(conn, tgt.table, tgt.pk_columns, pk, exclude_self=False)
-
-
-@contextlib.contextmanager
-def _nothing() -> Iterator[None]:  # pragma: no cover - placeholder for typing tools
-    yield None
