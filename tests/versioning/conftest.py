@@ -1,0 +1,91 @@
+"""Shared models and helpers for the versioning tests (SPEC §1-§3).
+
+Models are defined per test on the function-scoped ``db`` fixture of
+``tests/conftest.py``: each test gets its own declarative registry and MetaData,
+and ``db`` drops the tables when the test ends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from chrononaut import Versioned, VersionedSQLAlchemy
+
+HistoryReader = Callable[..., list[dict[str, Any]]]
+
+
+@pytest.fixture()
+def User(db: VersionedSQLAlchemy) -> type[Any]:
+    """The README's seed model (``appuser``), its tables created."""
+
+    class User(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "appuser"
+        __chrononaut_untracked__ = ["login_count"]
+        __chrononaut_hidden__ = ["password"]
+
+        id = db.Column(db.Integer, primary_key=True)
+        name = db.Column(db.String(80), unique=False)
+        email = db.Column(db.String(255), unique=True)
+        password = db.Column(db.Text())
+        login_count = db.Column(db.Integer())
+
+    db.create_all()
+    return User
+
+
+@pytest.fixture()
+def make_user(db: VersionedSQLAlchemy, User: type[Any]) -> Callable[..., Any]:
+    """Create and commit a ``User`` (version 0) with sensible defaults."""
+
+    def make(**values: Any) -> Any:
+        values.setdefault("name", "alice")
+        values.setdefault("email", f"{values['name']}@example.com")
+        values.setdefault("password", "pw-0")
+        values.setdefault("login_count", 0)
+        user = User(**values)
+        db.session.add(user)
+        db.session.commit()
+        return user
+
+    return make
+
+
+@pytest.fixture()
+def history_rows(db: VersionedSQLAlchemy) -> HistoryReader:
+    """Read a history table with raw SQL.
+
+    ``history_rows("appuser_history")`` reads committed rows on a connection of its
+    own; ``committed=False`` reads through ``db.session`` (its open transaction).
+    """
+
+    def read(
+        table: str, *, order_by: str = "id, version", committed: bool = True
+    ) -> list[dict[str, Any]]:
+        sql = sa.text(f"SELECT * FROM {table} ORDER BY {order_by}")
+        if committed:
+            with db.engine.connect() as conn:
+                return [dict(row) for row in conn.execute(sql).mappings()]
+        return [dict(row) for row in db.session.execute(sql).mappings()]
+
+    return read
+
+
+@pytest.fixture()
+def utcnow() -> Callable[[], dt.datetime]:
+    """The current time as an aware UTC datetime."""
+    return lambda: dt.datetime.now(dt.timezone.utc)
+
+
+#: ``change_info`` of a change made outside requests, ``acting_as`` and extra blocks.
+PLAIN_INFO: dict[str, Any] = {"user_id": None, "remote_addr": None}
+
+
+@pytest.fixture()
+def plain_info() -> dict[str, Any]:
+    """The exact ``change_info`` of a plain change (no actor, no request, no extra)."""
+    return dict(PLAIN_INFO)

@@ -1,0 +1,252 @@
+"""SPEC §2 "Versioned models and history tables": the version column, the history
+table's shape and naming, and the history class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.dialects import postgresql
+
+from chrononaut import Versioned, VersionedSQLAlchemy, history_class
+
+
+def _columns(db: VersionedSQLAlchemy, table: str, schema: str = "public") -> dict[str, Any]:
+    """information_schema.columns rows of ``table``, by column name."""
+    sql = sa.text(
+        "SELECT column_name, data_type, is_nullable, column_default, datetime_precision "
+        "FROM information_schema.columns WHERE table_schema = :s AND table_name = :t"
+    )
+    with db.engine.connect() as conn:
+        return {r.column_name: r for r in conn.execute(sql, {"s": schema, "t": table})}
+
+
+def _define(db: VersionedSQLAlchemy, namespace: dict[str, Any]) -> type[Any]:
+    """Define a ``Versioned`` model named ``Bad`` from ``namespace`` (runs the metaclass fully)."""
+    base: Any = db.Model
+    return type(base)("Bad", (base, Versioned), dict(namespace))  # type: ignore[no-any-return]
+
+
+def test_version_column_added(User: Any) -> None:
+    """The mixin adds an Integer ``version`` column to the model's table."""
+    column = User.__table__.c.version
+    assert isinstance(column.type, sa.Integer)
+    assert column.nullable is False
+
+
+def test_version_column_not_null_in_database(db: VersionedSQLAlchemy, User: Any) -> None:
+    """The created ``version`` column is NOT NULL in PostgreSQL."""
+    assert _columns(db, "appuser")["version"].is_nullable == "NO"
+
+
+def test_version_is_version_id_col(User: Any) -> None:
+    """``version`` is the mapper's ``version_id_col``."""
+    assert sa.inspect(User).version_id_col is User.__table__.c.version
+
+
+def test_new_record_has_version_zero(make_user: Any) -> None:
+    """A newly inserted record has ``version == 0``."""
+    assert make_user().version == 0
+
+
+def test_default_history_table_name(db: VersionedSQLAlchemy, User: Any) -> None:
+    """The history table is ``<table>_history`` in the model's MetaData."""
+    assert "appuser_history" in db.metadata.tables
+    assert history_class(User).__table__ is db.metadata.tables["appuser_history"]
+
+
+def test_custom_history_table_name(db: VersionedSQLAlchemy) -> None:
+    """``__chrononaut_tablename__`` names the history table."""
+
+    class User(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "appuser"
+        __chrononaut_tablename__ = "appuser_audit"
+        id = db.Column(db.Integer, primary_key=True)
+        name = db.Column(db.String(80))
+
+    assert history_class(User).__table__.name == "appuser_audit"
+    assert "appuser_history" not in db.metadata.tables
+    db.create_all()
+    assert set(_columns(db, "appuser_audit")) == {"id", "name", "version", "changed", "change_info"}
+
+
+def test_history_table_created_by_create_all(db: VersionedSQLAlchemy, User: Any) -> None:
+    """``create_all`` creates the history table in the database."""
+    assert set(_columns(db, "appuser_history")) == {
+        "id",
+        "name",
+        "email",
+        "version",
+        "changed",
+        "change_info",
+    }
+
+
+def test_history_table_in_model_schema(db: VersionedSQLAlchemy) -> None:
+    """A model in a schema gets its history table in the same schema."""
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA IF NOT EXISTS chron_other"))
+
+    class Doc(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "doc"
+        __table_args__ = {"schema": "chron_other"}
+        id = db.Column(db.Integer, primary_key=True)
+        title = db.Column(db.String(80))
+
+    table = history_class(Doc).__table__
+    assert (table.schema, table.name) == ("chron_other", "doc_history")
+    db.create_all()
+    assert set(_columns(db, "doc_history", schema="chron_other")) == {
+        "id",
+        "title",
+        "version",
+        "changed",
+        "change_info",
+    }
+
+
+def test_history_columns_exclude_hidden_untracked(User: Any) -> None:
+    """The history table copies tracked columns only (no hidden/untracked columns)."""
+    assert set(history_class(User).__table__.c.keys()) == {
+        "id",
+        "name",
+        "email",
+        "version",
+        "changed",
+        "change_info",
+    }
+
+
+def test_history_columns_keep_types(User: Any) -> None:
+    """Copied columns keep the original column types."""
+    columns = history_class(User).__table__.c
+    assert isinstance(columns.id.type, sa.Integer)
+    assert isinstance(columns.name.type, sa.String) and columns.name.type.length == 80
+    assert isinstance(columns.email.type, sa.String) and columns.email.type.length == 255
+
+
+def test_history_primary_key(User: Any) -> None:
+    """The history primary key is the model's primary key plus ``version``."""
+    pk = history_class(User).__table__.primary_key.columns
+    assert {c.name for c in pk} == {"id", "version"}
+
+
+def test_history_generated_column_types(User: Any) -> None:
+    """``version`` is Integer, ``changed`` timestamptz, ``change_info`` JSONB."""
+    columns = history_class(User).__table__.c
+    assert isinstance(columns.version.type, sa.Integer)
+    assert isinstance(columns.changed.type, sa.DateTime) and columns.changed.type.timezone
+    assert isinstance(columns.change_info.type, postgresql.JSONB)
+
+
+def test_history_generated_column_types_in_database(db: VersionedSQLAlchemy, User: Any) -> None:
+    """In PostgreSQL, ``changed`` is timestamptz(6) and ``change_info`` is jsonb."""
+    columns = _columns(db, "appuser_history")
+    assert columns["version"].data_type == "integer"
+    assert columns["changed"].data_type == "timestamp with time zone"
+    assert columns["changed"].datetime_precision == 6
+    assert columns["change_info"].data_type == "jsonb"
+
+
+def test_generated_columns_carry_info(User: Any) -> None:
+    """The generated history columns are marked in ``Column.info["chrononaut"]``."""
+    columns = history_class(User).__table__.c
+    for name in ("version", "changed", "change_info"):
+        assert "chrononaut" in columns[name].info, name
+
+
+def test_history_columns_drop_constraints_and_defaults(db: VersionedSQLAlchemy) -> None:
+    """Copied columns have no unique constraint, default, server default or NOT NULL."""
+
+    class Thing(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "thing"
+        id = db.Column(db.Integer, primary_key=True)
+        code = db.Column(db.String(20), unique=True, nullable=False)
+        status = db.Column(db.String(20), default="new", server_default="new", nullable=False)
+        created = db.Column(db.DateTime(timezone=True), server_default=sa.func.now())
+
+    table = history_class(Thing).__table__
+    for name in ("code", "status", "created"):
+        column = table.c[name]
+        assert not column.unique, name
+        assert column.default is None, name
+        assert column.server_default is None, name
+        assert column.nullable, name
+    assert not [c for c in table.constraints if isinstance(c, sa.UniqueConstraint)]
+    db.create_all()
+    in_db = _columns(db, "thing_history")
+    for name in ("code", "status", "created"):
+        assert in_db[name].column_default is None, name
+        assert in_db[name].is_nullable == "YES", name
+
+
+def test_history_class_matches_mapper(User: Any) -> None:
+    """``history_class(User)`` is ``User.__history_mapper__.class_``."""
+    assert history_class(User) is User.__history_mapper__.class_
+
+
+def test_history_class_maps_history_table(User: Any) -> None:
+    """The history class is mapped to the history table."""
+    assert sa.inspect(history_class(User)).local_table is history_class(User).__table__
+
+
+def test_alembic_autogenerate_sees_history_table(db: VersionedSQLAlchemy, User: Any) -> None:
+    """Alembic autogenerate finds the history table in the model's MetaData."""
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE appuser_history"))
+        diffs = compare_metadata(MigrationContext.configure(conn), db.metadata)
+    added = [d[1].name for d in diffs if d[0] == "add_table"]
+    assert added == ["appuser_history"]
+
+
+def test_alembic_autogenerate_clean_after_create_all(db: VersionedSQLAlchemy, User: Any) -> None:
+    """After ``create_all`` Alembic autogenerate finds no difference."""
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), db.metadata) == []
+
+
+@pytest.mark.parametrize("attr", ["__chrononaut_hidden__", "__chrononaut_untracked__"])
+def test_unknown_column_name_rejected(db: VersionedSQLAlchemy, attr: str) -> None:
+    """An unknown name in hidden/untracked raises ``ChrononautException`` at class definition."""
+    from chrononaut import ChrononautException
+
+    namespace = {
+        "__tablename__": "bad",
+        "id": sa.Column(sa.Integer, primary_key=True),
+        "name": sa.Column(sa.String(80)),
+        attr: ["nosuchcolumn"],
+    }
+    with pytest.raises(ChrononautException, match="nosuchcolumn"):
+        _define(db, namespace)
+
+
+@pytest.mark.parametrize("attr", ["__chrononaut_hidden__", "__chrononaut_untracked__"])
+def test_primary_key_name_rejected(db: VersionedSQLAlchemy, attr: str) -> None:
+    """A primary-key column in hidden/untracked raises ``ChrononautException`` when defined."""
+    from chrononaut import ChrononautException
+
+    namespace = {
+        "__tablename__": "bad",
+        "id": sa.Column(sa.Integer, primary_key=True),
+        "name": sa.Column(sa.String(80)),
+        attr: ["id"],
+    }
+    with pytest.raises(ChrononautException, match=r"\bid\b"):
+        _define(db, namespace)
+
+
+def test_overlapping_names_rejected(db: VersionedSQLAlchemy) -> None:
+    """A column both hidden and untracked raises ``ChrononautException`` at class definition."""
+    from chrononaut import ChrononautException
+
+    with pytest.raises(ChrononautException, match=r"\bname\b"):
+
+        class Bad(db.Model, Versioned):  # type: ignore[name-defined,misc]
+            __tablename__ = "bad"
+            __chrononaut_hidden__ = ["name"]
+            __chrononaut_untracked__ = ["name"]
+            id = db.Column(db.Integer, primary_key=True)
+            name = db.Column(db.String(80))
