@@ -72,6 +72,13 @@ class OptimisticMixin:
             meta = meta_of(type(self))
             if session is not None and meta is not None:
                 error = stale_write_error(session.get_bind(mapper=meta.mapper), self, version)
+                if error is None and not state.modified:
+                    # The row *is* at the client's version; only this session's copy
+                    # is older (a long-lived session). Catch up instead of refusing.
+                    session.refresh(self)
+                    if getattr(self, VERSION_KEY) == version:
+                        _expected[state] = version
+                        return
             if error is None:
                 error = StaleWriteError(
                     f"{type(self).__name__} is at version {current}, not {version}; reload "
@@ -119,26 +126,39 @@ def _pk_of(obj: Any, meta: VersionMeta) -> tuple[Any, ...]:
     return tuple(getattr(obj, key) for key in meta.pk_keys)
 
 
-def _describe_changes(
+def _changed_fields(
     changes: Sequence[Any], meta: VersionMeta, current: dict[str, Any] | None
-) -> list[str]:
-    parts = []
+) -> list[list[str]]:
+    """The names of the fields each history record's change touched.
+
+    A change is the step from history record ``i`` to record ``i + 1`` (or to the
+    live row, ``current``, for the newest); hidden columns come by name from
+    ``change_info["hidden_cols_changed"]``. A delete (``current`` is ``None``)
+    lists no field.
+    """
+    result = []
     for index, record in enumerate(changes):
         after: Any = changes[index + 1] if index + 1 < len(changes) else current
         fields: list[str] = []
-        for key in meta.tracked:
-            if key in meta.pk_keys:
-                continue
-            before_value = getattr(record, key, None)
-            after_value = (
-                (after.get(key) if isinstance(after, dict) else getattr(after, key, None))
-                if after is not None
-                else None
-            )
-            if after is not None and before_value != after_value:
-                fields.append(key)
+        if after is not None:
+            for key in meta.tracked:
+                if key in meta.pk_keys:
+                    continue
+                after_value = (
+                    after.get(key) if isinstance(after, dict) else getattr(after, key, None)
+                )
+                if getattr(record, key, None) != after_value:
+                    fields.append(key)
         info = record.change_info or {}
         fields.extend(info.get("hidden_cols_changed", ()))
+        result.append(fields)
+    return result
+
+
+def _describe_changes(changes: Sequence[Any], fields_per_change: list[list[str]]) -> list[str]:
+    parts = []
+    for record, fields in zip(changes, fields_per_change, strict=True):
+        info = record.change_info or {}
         who = info.get("user_id") or "someone"
         when = record.changed.isoformat(timespec="seconds") if record.changed else "?"
         verb = (
@@ -154,6 +174,9 @@ def stale_write_error(
     session_bind: sa.Engine | sa.Connection,
     obj: Any,
     expected_version: int,
+    *,
+    model: type[Any] | None = None,
+    pk: tuple[Any, ...] | None = None,
 ) -> StaleWriteError | None:
     """Build the error for ``obj`` if its row no longer has ``expected_version``.
 
@@ -161,12 +184,16 @@ def stale_write_error(
     flush left the session's transaction unusable, and the other writers'
     changes are committed, so a fresh connection sees them.
 
+    :param obj: the record, or ``None`` for a row the session does not hold
+        (an ORM bulk statement); then ``model`` and ``pk`` name the row.
     :returns: ``None`` when the row still has ``expected_version``.
     """
-    meta = meta_of(type(obj))
-    if meta is None:
+    cls = type(obj) if obj is not None else model
+    meta = meta_of(cls) if cls is not None else None
+    if meta is None or cls is None:
         return None
-    pk = _pk_of(obj, meta)
+    if pk is None:
+        pk = _pk_of(obj, meta)
     base = meta.tables[0]
     version_col = meta.version_column
     live = version_col.table
@@ -197,8 +224,9 @@ def stale_write_error(
             changes = query.order_by(base.history.c[VERSION_KEY]).all()
             reader.expunge_all()
     key_repr = repr(pk[0]) if len(pk) == 1 else repr(pk)
-    what = f"{type(obj).__name__} {key_repr}"
-    described = _describe_changes(changes, meta, current)
+    what = f"{cls.__name__} {key_repr}"
+    fields = _changed_fields(changes, meta, current)
+    described = _describe_changes(changes, fields)
     since = "; ".join(described) if described else "it was changed by another transaction"
     now = "was deleted" if current_version is None else f"is at version {current_version}"
     message = (
@@ -211,6 +239,7 @@ def stale_write_error(
         expected_version=expected_version,
         current_version=current_version,
         changes=changes,
+        changed_fields=fields,
     )
 
 

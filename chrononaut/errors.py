@@ -59,6 +59,8 @@ class StaleWriteError(ChrononautException, StaleDataError):
     :param current_version: the row's version now, ``None`` when it was deleted.
     :param changes: history records from ``expected_version`` up to
         ``current_version``: who changed what, and when.
+    :param changed_fields: for each of ``changes``, the names of the fields that
+        change touched (hidden columns by name only; empty for a delete).
     """
 
     def __init__(
@@ -69,12 +71,16 @@ class StaleWriteError(ChrononautException, StaleDataError):
         expected_version: int | None = None,
         current_version: int | None = None,
         changes: Sequence[Any] = (),
+        changed_fields: Sequence[Sequence[str]] | None = None,
     ) -> None:
         super().__init__(message)
         self.record = record
         self.expected_version = expected_version
         self.current_version = current_version
         self.changes: list[Any] = list(changes)
+        self.changed_fields: list[list[str]] | None = (
+            None if changed_fields is None else [list(names) for names in changed_fields]
+        )
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,18 @@ import sqlalchemy as sa
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.base import NO_VALUE
+from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
-from chrononaut.concurrency import check_expected_version, forget_expected_version
+from chrononaut.concurrency import (
+    check_expected_version,
+    forget_expected_version,
+    stale_write_error,
+)
 from chrononaut.context import extra_info_active, versioning_suppressed
-from chrononaut.errors import ChrononautException
+from chrononaut.errors import ChrononautException, StaleWriteError
 from chrononaut.versioning.change_info import ChangeInfoBuilder, Settings, consume_appended
 from chrononaut.versioning.model import VERSION_KEY, VersionMeta, meta_of
 
@@ -472,10 +479,19 @@ class _BulkStatement:
             restrict = True
         old = self._select(keys, where)
         if not old:
+            # Nothing matched. A statement pinning one row's key and version is a
+            # hand-written optimistic check: if that version is gone, say so.
+            self._check_pinned(statement if restrict else None, params)
             return None
         if restrict:
             statement = statement.where(self._pk_clause(list(old)))  # type: ignore[attr-defined]
-        result = state.invoke_statement(statement=statement)
+        try:
+            result = state.invoke_statement(statement=statement)
+        except StaleDataError as exc:
+            # ORM bulk UPDATE by primary key compares the version parameters itself.
+            if not isinstance(exc, StaleWriteError):
+                self._check_pinned(None, params)
+            raise
 
         builder = ChangeInfoBuilder(self.session, self.capture.settings)
         batch = _Batch()
@@ -532,7 +548,71 @@ class _BulkStatement:
                     set_committed_value(obj_state.obj(), VERSION_KEY, old[pk][VERSION_KEY] + 1)
         return result
 
+    def _check_pinned(self, statement: Any, params: Any) -> None:
+        """Raise :class:`StaleWriteError` for a pinned ``(key, version)`` that is gone.
+
+        A row is pinned by a WHERE clause of equalities on every primary-key column
+        and ``version`` (``update(Doc).where(Doc.id == 1, Doc.version == 3)``), or by
+        a parameter set of an ORM bulk UPDATE by primary key that includes ``version``.
+        """
+        pinned: list[tuple[tuple[Any, ...], int]] = []
+        if statement is not None:
+            found = _pinned_row(statement.whereclause, self.meta)
+            if found is not None:
+                pinned.append(found)
+        elif isinstance(params, list):
+            for p in params:
+                if isinstance(p, dict) and isinstance(p.get(VERSION_KEY), int):
+                    try:
+                        pk = tuple(p[k] for k in self.meta.pk_keys)
+                    except KeyError:
+                        continue
+                    pinned.append((pk, p[VERSION_KEY]))
+        if not pinned:
+            return
+        bind = self.session.get_bind(mapper=self.meta.mapper)
+        identity_map = self.session.identity_map
+        for pk, version in pinned:
+            obj_state = self._identity_state(identity_map, pk)
+            obj = obj_state.obj() if obj_state is not None else None
+            error = stale_write_error(bind, obj, version, model=self.cls, pk=pk)
+            if error is not None:
+                raise error
+
     def _identity_state(self, identity_map: Any, pk: tuple[Any, ...]) -> InstanceState[Any] | None:
         key = self.meta.mapper.identity_key_from_primary_key(pk)
         obj = identity_map.get(key)
         return instance_state(obj) if obj is not None else None
+
+
+def _equalities(clause: Any, found: list[tuple[Any, Any]]) -> None:
+    """Collect ``column = value`` terms of a conjunction (AND at any depth)."""
+    if isinstance(clause, BooleanClauseList) and clause.operator is operators.and_:
+        for term in clause.clauses:
+            _equalities(term, found)
+    elif isinstance(clause, BinaryExpression) and clause.operator is operators.eq:
+        left, right = clause.left, clause.right
+        if isinstance(left, BindParameter):
+            left, right = right, left
+        if isinstance(left, sa.Column) and isinstance(right, BindParameter):
+            found.append((left, right.effective_value))
+
+
+def _pinned_row(where: Any, meta: VersionMeta) -> tuple[tuple[Any, ...], int] | None:
+    """``(primary key, version)`` when ``where`` pins exactly one row and its version."""
+    if where is None:
+        return None
+    terms: list[tuple[Any, Any]] = []
+    _equalities(where, terms)
+
+    def value_of(column: sa.Column[Any]) -> Any:
+        values = {repr(v) for c, v in terms if column in c.proxy_set}
+        if len(values) != 1:
+            return None  # absent, or contradictory terms: not a pin
+        return next(v for c, v in terms if column in c.proxy_set)
+
+    pk = tuple(value_of(meta.columns[key]) for key in meta.pk_keys)
+    version = value_of(meta.version_column)
+    if any(value is None for value in pk) or not isinstance(version, int):
+        return None
+    return pk, version
