@@ -18,6 +18,7 @@ from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql import operators
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
 from chrononaut.concurrency import (
@@ -72,8 +73,8 @@ class _Batch:
             if any(len(row) != len(keys) for row in rows):
                 rows = [{key: row.get(key) for key in keys} for row in rows]
             connection = session.connection(bind_arguments={"mapper": self.mapper_for[table]})
-            if len(rows) == 1 and LEAN:
-                _insert_one(connection, table, rows[0])
+            if len(rows) == 1:
+                _execute_lean(connection, table.insert(), rows[0], (table, tuple(rows[0])))
             else:
                 connection.execute(table.insert(), rows)
         for state in self.states:
@@ -84,34 +85,41 @@ class _Batch:
         return bool(self.rows)
 
 
-LEAN = True  # see _insert_one
-_lean_cache: dict[tuple[Any, Any, tuple[str, ...]], tuple[str, list[tuple[str, Any]]]] = {}
+_lean_cache: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any]]]] = {}
 
 
-def _insert_one(connection: sa.Connection, table: sa.Table, row: Row) -> None:
-    """Insert one history row with the driver directly.
+def _execute_lean(
+    connection: sa.Connection,
+    statement: sa.ClauseElement,
+    params: dict[str, Any],
+    cache_key: Any = None,
+) -> sa.CursorResult[Any]:
+    """Execute a statement of ours with the driver, skipping Core's per-call work.
 
-    A Core INSERT costs about as much Python time as the round trip itself; the
-    compiled SQL and the columns' bind processors are computed once per table,
-    dialect and set of keys, so all that is left is the driver call.
+    On the per-request path a Core execution costs about as much Python time as
+    the round trip itself. The compiled SQL and the bind processors of its
+    parameters are computed once per statement and dialect; each call then only
+    converts the values and hands them to the driver.
     """
     dialect = connection.dialect
-    keys = tuple(row)
-    cache_key = (table, dialect, keys)
-    entry = _lean_cache.get(cache_key)
+    key = (statement if cache_key is None else cache_key, dialect)
+    entry = _lean_cache.get(key)
     if entry is None:
-        compiled = table.insert().compile(dialect=dialect, column_keys=list(keys))
-        processors = []
-        for key in keys:
-            type_ = table.c[key].type.dialect_impl(dialect)
-            processors.append((key, type_.bind_processor(dialect)))
+        column_keys = list(params) if isinstance(statement, sa.Insert) else None
+        compiled = statement.compile(dialect=dialect, column_keys=column_keys)
+        assert isinstance(compiled, SQLCompiler)
+        processors = [
+            (name, bind.type.dialect_impl(dialect).bind_processor(dialect))
+            for name, bind in compiled.binds.items()
+        ]
         entry = (str(compiled), processors)
-        _lean_cache[cache_key] = entry
+        _lean_cache[key] = entry
     sql, processors = entry
-    params = {
-        key: (process(row[key]) if process is not None else row[key]) for key, process in processors
+    values = {
+        name: (process(params[name]) if process is not None else params[name])
+        for name, process in processors
     }
-    connection.exec_driver_sql(sql, params)
+    return connection.exec_driver_sql(sql, values)
 
 
 def _now() -> dt.datetime:
@@ -201,34 +209,78 @@ class _FastUpdates:
         done: set[int] = set()
         for (meta, keys), members in self.groups.items():
             connection = session.connection(bind_arguments={"mapper": meta.mapper})
-            for start in range(0, len(members), _FAST_CHUNK):
-                chunk = members[start : start + _FAST_CHUNK]
-                statement = meta.fast_update_statement(keys, len(chunk))
-                params: dict[str, Any] = {"changed": changed_at}
-                for n, (_obj, state, old_version, info) in enumerate(chunk):
-                    dict_ = state.dict
-                    for i, key in enumerate(meta.pk_keys):
-                        params[f"k{i}r{n}"] = state.key[1][i] if state.key else dict_[key]
-                    params[f"vr{n}"] = old_version
-                    params[f"cir{n}"] = info
-                    for i, key in enumerate(keys):
-                        params[f"s{i}r{n}"] = dict_.get(key)
-                written = {tuple(row) for row in connection.execute(statement, params)}
-                for obj, state, old_version, _ in chunk:
-                    pk = tuple(state.key[1]) if state.key else ()
-                    if pk not in written:
-                        continue  # stale: SQLAlchemy's UPDATE will report it
-                    dict_ = state.dict
-                    for key in keys:
-                        set_committed_value(obj, key, dict_.get(key))
-                    set_committed_value(obj, VERSION_KEY, old_version + 1)
-                    consume_appended(state)
-                    forget_expected_version(state)
-                    done.add(id(obj))
+            if len(members) > 1 and meta.arrays_supported(keys):
+                for start in range(0, len(members), _FAST_CHUNK):
+                    chunk = members[start : start + _FAST_CHUNK]
+                    written = self._many(connection, meta, keys, chunk, changed_at)
+                    for member in chunk:
+                        if _key_of(member[1]) in written:
+                            done.add(self._written(meta, keys, member))
+            else:
+                for member in members:
+                    if self._one(connection, meta, keys, member, changed_at):
+                        done.add(self._written(meta, keys, member))
         return done
 
+    @staticmethod
+    def _one(
+        connection: sa.Connection,
+        meta: VersionMeta,
+        keys: tuple[str, ...],
+        member: tuple[Any, Any, int, Any],
+        changed_at: dt.datetime,
+    ) -> bool:
+        _, state, old_version, info = member
+        dict_ = state.dict
+        params: dict[str, Any] = {"changed": changed_at, "v": old_version, "ci": info}
+        for i, value in enumerate(_key_of(state)):
+            params[f"k{i}"] = value
+        for i, key in enumerate(keys):
+            params[f"s{i}"] = dict_.get(key)
+        statement = meta.fast_update_statement(keys, many=False)
+        result = _execute_lean(connection, statement, params)
+        # 0 rows: the version moved on; SQLAlchemy's UPDATE will report it as stale.
+        return result.rowcount == 1
 
-_FAST_CHUNK = 100
+    @staticmethod
+    def _many(
+        connection: sa.Connection,
+        meta: VersionMeta,
+        keys: tuple[str, ...],
+        chunk: list[tuple[Any, Any, int, Any]],
+        changed_at: dt.datetime,
+    ) -> set[tuple[Any, ...]]:
+        params: dict[str, Any] = {"changed": changed_at}
+        params["v"] = [member[2] for member in chunk]
+        params["ci"] = [member[3] for member in chunk]
+        key_values = [_key_of(member[1]) for member in chunk]
+        for i in range(len(meta.pk_keys)):
+            params[f"k{i}"] = [pk[i] for pk in key_values]
+        for i, key in enumerate(keys):
+            params[f"s{i}"] = [member[1].dict.get(key) for member in chunk]
+        statement = meta.fast_update_statement(keys, many=True)
+        return {tuple(row) for row in connection.execute(statement, params)}
+
+    @staticmethod
+    def _written(
+        meta: VersionMeta, keys: tuple[str, ...], member: tuple[Any, Any, int, Any]
+    ) -> int:
+        """Tell the session the record's row now holds its values: no UPDATE left."""
+        obj, state, old_version, _ = member
+        dict_ = state.dict
+        for key in keys:
+            set_committed_value(obj, key, dict_.get(key))
+        set_committed_value(obj, VERSION_KEY, old_version + 1)
+        consume_appended(state)
+        forget_expected_version(state)
+        return id(obj)
+
+
+def _key_of(state: InstanceState[Any]) -> tuple[Any, ...]:
+    return tuple(state.key[1]) if state.key else ()
+
+
+_FAST_CHUNK = 1000
 
 
 def _committed_version(obj: Any, committed: dict[str, Any], dict_: dict[str, Any]) -> int:

@@ -77,23 +77,30 @@ class VersionMeta:
         table = self.version_column.table
         return any(c.onupdate is not None or c.server_onupdate is not None for c in table.c)
 
-    def fast_update_statement(self, keys: tuple[str, ...], rows: int) -> sa.Update:
-        """The one-statement UPDATE + history INSERT for ``rows`` records setting ``keys``.
+    def fast_update_statement(self, keys: tuple[str, ...], many: bool) -> sa.Update:
+        """The one-statement UPDATE + history INSERT for records setting ``keys``.
 
-        Built once per (keys, rows) and reused, so SQLAlchemy's compiled cache
-        serves every later execution. Parameters: ``k<i>r<n>`` (primary key),
-        ``vr<n>`` (old version), ``s<i>r<n>`` (new values), ``cir<n>``
-        (change_info) and ``changed``.
+        ``many=False``: one record, parameters ``k<i>`` (primary key), ``v`` (old
+        version), ``s<i>`` (new values), ``ci`` (change_info) and ``changed``.
+        ``many=True``: the same names carry arrays, one element per record, that
+        ``unnest`` turns into rows; the SQL text does not depend on the number of
+        records, so it is compiled (and, with psycopg 3, prepared) once.
+        Built once per (keys, many) and reused.
         """
-        cache_key = (keys, rows)
+        cache_key = (keys, many)
         statement = self._fast_statements.get(cache_key)
         if statement is None:
-            statement = self._build_fast_statement(keys, rows)
+            statement = self._build_fast_statement(keys, many)
             self._fast_statements[cache_key] = statement
         return statement
 
-    def _build_fast_statement(self, keys: tuple[str, ...], rows: int) -> sa.Update:
-        from sqlalchemy.dialects.postgresql import JSONB
+    def arrays_supported(self, keys: tuple[str, ...]) -> bool:
+        """Whether the columns of ``keys`` (and the key) can travel as arrays."""
+        names = (*self.pk_keys, *keys)
+        return not any(isinstance(self.columns[k].type, sa.ARRAY) for k in names)
+
+    def _build_fast_statement(self, keys: tuple[str, ...], many: bool) -> sa.Update:
+        from sqlalchemy.dialects.postgresql import ARRAY, JSONB
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         table = self.version_column.table
@@ -101,95 +108,77 @@ class VersionMeta:
         history = tmap.history
         pk_columns = [self.columns[key] for key in self.pk_keys]
         set_columns = [self.columns[key] for key in keys]
+        version = table.c[self.version_column.key]
 
         def typed(name: str, type_: Any) -> sa.Cast[Any]:
-            # Explicit casts: PostgreSQL must not guess the types of a VALUES list.
+            # Explicit casts: PostgreSQL must not guess parameter types here.
             return sa.cast(sa.bindparam(name, type_=type_), type_)
 
-        history_columns = [history.c[col_key] for _, col_key in tmap.columns]
-        target_columns = [
-            *history_columns,
-            history.c.version,
-            history.c.changed,
-            history.c.change_info,
-        ]
-        version = table.c[self.version_column.key]
-        changed = typed("changed", sa.DateTime(timezone=True))
-        if rows == 1:
-            # One record (the common request): plain parameters, no VALUES list,
-            # so the server plans a simple statement.
-            match = sa.and_(
-                *[c == sa.bindparam(f"k{i}r0", type_=c.type) for i, c in enumerate(pk_columns)],
-                version == sa.bindparam("vr0", type_=sa.Integer()),
-            )
-            source = sa.select(
-                *[table.c[col_key] for _, col_key in tmap.columns],
-                version,
-                changed,
-                typed("cir0", JSONB()),
-            ).where(match)
-            one_insert = (
-                pg_insert(history)
-                .from_select(target_columns, source)
-                .on_conflict_do_nothing()
-                .cte("chrononaut_h")
-            )
-            return (
-                sa.update(table)
-                .where(match)
-                .values(
-                    {
-                        **{
-                            c: sa.bindparam(f"s{i}r0", type_=c.type)
-                            for i, c in enumerate(set_columns)
-                        },
-                        version: sa.bindparam("vr0", type_=sa.Integer()) + 1,
-                    }
-                )
-                .returning(*pk_columns)
-                .add_cte(one_insert)
-            )
-
-        selects = []
-        for n in range(rows):
-            selects.append(
-                sa.select(
-                    *[typed(f"k{i}r{n}", c.type).label(f"k{i}") for i, c in enumerate(pk_columns)],
-                    typed(f"vr{n}", sa.Integer()).label("v"),
-                    *[typed(f"s{i}r{n}", c.type).label(f"s{i}") for i, c in enumerate(set_columns)],
-                    typed(f"cir{n}", JSONB()).label("ci"),
-                )
-            )
-        values = (sa.union_all(*selects) if rows > 1 else selects[0]).cte("chrononaut_v")
+        if many:
+            # One row per record, from parallel arrays.
+            array_of = ARRAY
+            arrays = [
+                *[typed(f"k{i}", array_of(c.type)) for i, c in enumerate(pk_columns)],
+                typed("v", array_of(sa.Integer())),
+                *[typed(f"s{i}", array_of(c.type)) for i, c in enumerate(set_columns)],
+                typed("ci", array_of(JSONB())),
+            ]
+            names = [
+                *[sa.column(f"k{i}", c.type) for i, c in enumerate(pk_columns)],
+                sa.column("v", sa.Integer()),
+                *[sa.column(f"s{i}", c.type) for i, c in enumerate(set_columns)],
+                sa.column("ci", JSONB()),
+            ]
+            rows = sa.func.unnest(*arrays).table_valued(*names).render_derived(name="u")
+            source_rows = sa.select(*rows.c).cte("chrononaut_v")
+            key_values: list[Any] = [source_rows.c[f"k{i}"] for i in range(len(pk_columns))]
+            old_version: Any = source_rows.c.v
+            new_values: list[Any] = [source_rows.c[f"s{i}"] for i in range(len(set_columns))]
+            change_info: Any = source_rows.c.ci
+        else:
+            # One record (the common request): plain parameters, a simple plan.
+            source_rows = None
+            key_values = [sa.bindparam(f"k{i}", type_=c.type) for i, c in enumerate(pk_columns)]
+            old_version = sa.bindparam("v", type_=sa.Integer())
+            new_values = [sa.bindparam(f"s{i}", type_=c.type) for i, c in enumerate(set_columns)]
+            change_info = typed("ci", JSONB())
         match = sa.and_(
-            *[c == values.c[f"k{i}"] for i, c in enumerate(pk_columns)],
-            table.c[self.version_column.key] == values.c.v,
+            *[c == value for c, value in zip(pk_columns, key_values, strict=True)],
+            version == old_version,
         )
         source = sa.select(
             *[table.c[col_key] for _, col_key in tmap.columns],
             version,
-            changed,
-            values.c.ci,
-        ).select_from(table.join(values, match))
-        insert = (
+            typed("changed", sa.DateTime(timezone=True)),
+            change_info,
+        ).where(match)
+        history_insert = (
             pg_insert(history)
-            .from_select(target_columns, source)
+            .from_select(
+                [
+                    *[history.c[col_key] for _, col_key in tmap.columns],
+                    history.c.version,
+                    history.c.changed,
+                    history.c.change_info,
+                ],
+                source,
+            )
             .on_conflict_do_nothing()
             .cte("chrononaut_h")
         )
-        return (
+        statement = (
             sa.update(table)
             .where(match)
             .values(
                 {
-                    **{c: values.c[f"s{i}"] for i, c in enumerate(set_columns)},
-                    self.version_column: values.c.v + 1,
+                    **{c: value for c, value in zip(set_columns, new_values, strict=True)},
+                    version: old_version + sa.literal_column("1"),
                 }
             )
-            .returning(*pk_columns)
-            .add_cte(values)
-            .add_cte(insert)
         )
+        if source_rows is not None:
+            statement = statement.returning(*pk_columns).add_cte(source_rows)
+        return statement.add_cte(history_insert)
 
 
 class HistoryRecord:
