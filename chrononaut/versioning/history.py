@@ -114,7 +114,13 @@ class HistoryReadMixin:
         :param at: the moment to look at (naive datetimes are taken as UTC).
         """
         changed = self._chrononaut_meta().tables[0].history.c.changed
-        found = self._history_query().filter(changed > _as_utc(at, "at")).first()
+        found = (
+            self._history_query()
+            .filter(changed > _as_utc(at, "at"))
+            .order_by(None)
+            .order_by(changed, self._chrononaut_meta().tables[0].history.c.version)
+            .first()
+        )
         return self if found is None else found
 
     def has_changed_since(self, since: dt.datetime) -> bool:

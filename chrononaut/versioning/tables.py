@@ -119,16 +119,39 @@ def build_history_table(
                 f"__chrononaut_untracked__"
             )
     columns = [copy_column(c) for c in table.c if c.key not in exclude]
-    if not any(c.primary_key for c in columns):
+    key_columns = [c for c in columns if c.primary_key]
+    if not key_columns:
         raise ChrononautException(f"table {table.name!r} has no primary key to version by")
+    name = name or history_table_name(table.name)
+    added = _generated_columns(base)
+    indexes = []
+    if base:
+        # version_at() and has_changed_since() look for a record's rows by time:
+        # (key, changed) lets them range-scan instead of filtering every version.
+        changed = next(c for c in added if c.name == "changed")
+        indexes.append(
+            sa.Index(_index_name(name, "changed"), *[c.name for c in key_columns], changed.name)
+        )
     return sa.Table(
-        name or history_table_name(table.name),
+        name,
         metadata if metadata is not None else table.metadata,
         *columns,
-        *_generated_columns(base),
+        *added,
+        *indexes,
         schema=table.schema,
         comment=f"History of {table.fullname} (written by Chrononaut)",
     )
+
+
+def _index_name(table_name: str, suffix: str) -> str:
+    """``ix_<table>_<suffix>``, shortened to PostgreSQL's 63-byte identifier limit."""
+    name = f"ix_{table_name}_{suffix}"
+    if len(name.encode()) <= 63:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name.encode()[:50].decode(errors='ignore')}_{digest}"
 
 
 def add_history_columns(history: sa.Table, columns: Iterable[sa.Column[object]]) -> None:

@@ -59,6 +59,8 @@ def described(operations: list[ops.MigrateOperation]) -> set[tuple[str, str, str
             out.add(("drop_column", op.table_name, op.column_name))
         elif isinstance(op, ops.AlterColumnOp):
             out.add(("alter_column", op.table_name, op.column_name))
+        elif isinstance(op, ops.CreateIndexOp):
+            out.add(("create_index", op.table_name, op.index_name))
         else:
             out.add((type(op).__name__, getattr(op, "table_name", ""), None))
     return out

@@ -58,6 +58,7 @@ def test_empty_database_gets_both_tables(engine: sa.Engine, prefix: str) -> None
     assert described(applied) == {
         ("create_table", f"{prefix}article", None),
         ("create_table", f"{prefix}article_history", None),
+        ("create_index", f"{prefix}article_history", f"ix_{prefix}article_history_changed"),
     }
     assert _columns(engine, f"{prefix}article") == {"id", "title", "secret", "version"}
     assert _columns(engine, f"{prefix}article_history") == {
@@ -123,6 +124,7 @@ def test_existing_table_with_rows_becomes_versioned(engine: sa.Engine, prefix: s
     assert described(applied) == {
         ("add_column", f"{prefix}article", "version"),
         ("create_table", f"{prefix}article_history", None),
+        ("create_index", f"{prefix}article_history", f"ix_{prefix}article_history_changed"),
     }
     added = next(op for op in applied if isinstance(op, ops.AddColumnOp))
     assert added.column.nullable is False
@@ -162,6 +164,7 @@ def test_flask_models_need_no_setup_step(
     assert described(applied) == {
         ("create_table", f"{prefix}staff", None),
         ("create_table", f"{prefix}staff_history", None),
+        ("create_index", f"{prefix}staff_history", f"ix_{prefix}staff_history_changed"),
         ("create_table", f"{prefix}engineer", None),
         ("create_table", f"{prefix}engineer_history", None),
     }

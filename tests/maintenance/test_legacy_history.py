@@ -84,7 +84,8 @@ def _adopt(engine: sa.Engine, prefix: str) -> tuple[type[Any], Any]:
 
 
 def test_autogenerate_only_tightens_nullability(engine: sa.Engine, prefix: str) -> None:
-    """Against 0.2's tables Alembic proposes NOT NULL on two columns and table comments only."""
+    """Against 0.2's tables Alembic proposes NOT NULL on two columns, the (key, changed)
+    index and table comments only."""
     with engine.begin() as conn:
         conn.exec_driver_sql(LEGACY.format(p=prefix))
     model = _model(prefix)
@@ -95,6 +96,7 @@ def test_autogenerate_only_tightens_nullability(engine: sa.Engine, prefix: str) 
         ("alter_column", f"{prefix}todos", "version"),
         ("alter_column", f"{prefix}todos_history", "changed"),
         ("CreateTableCommentOp", f"{prefix}todos_history", None),
+        ("create_index", f"{prefix}todos_history", f"ix_{prefix}todos_history_changed"),
     }
     assert diff(engine, model.metadata, prefix) == []
 
