@@ -57,7 +57,7 @@ class VersionMeta:
 
     def __post_init__(self) -> None:
         self._watched = frozenset(self.tracked) | self.hidden
-        self._fast_statements: dict[tuple[tuple[str, ...], int], sa.Update] = {}
+        self._fast_statements: dict[tuple[tuple[str, ...], bool], sa.Update] = {}
 
     def fast_path_possible(self) -> bool:
         """Whether updates of this class may use the one-statement path.
