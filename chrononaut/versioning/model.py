@@ -253,7 +253,8 @@ def _names(cls: type[Any], attribute: str) -> tuple[str, ...]:
 def _resolve_keys(mapper: Mapper[Any], names: Sequence[str], attribute: str) -> frozenset[str]:
     """Map column names or attribute keys to attribute keys, refusing unknown ones."""
     props: dict[str, str] = {}
-    for prop in mapper.column_attrs:
+    known = _column_props(mapper)
+    for prop in known:
         props[prop.key] = prop.key
         for column in prop.columns:
             if isinstance(column, sa.Column):
@@ -264,14 +265,27 @@ def _resolve_keys(mapper: Mapper[Any], names: Sequence[str], attribute: str) -> 
             raise ChrononautException(
                 f"{mapper.class_.__name__}.{attribute} names {name!r}, which is not a mapped "
                 f"column of {mapper.class_.__name__}; known columns: "
-                f"{', '.join(sorted(p.key for p in mapper.column_attrs))}"
+                f"{', '.join(sorted(p.key for p in known))}"
             )
         keys.add(props[name])
     return frozenset(keys)
 
 
 def _column_props(mapper: Mapper[Any]) -> list[ColumnProperty[Any]]:
-    return [p for p in mapper.column_attrs if isinstance(p, ColumnProperty)]
+    """The mapper's column attributes that map table columns, in mapper order.
+
+    Read from ``mapper.columns`` rather than ``mapper.column_attrs``: the latter
+    configures every mapper of the registry, and this runs while the class is
+    being defined, before the classes its relationships name may exist.
+    """
+    found: dict[str, ColumnProperty[Any]] = {}
+    for column in mapper.columns:
+        if not isinstance(column, sa.Column) or not isinstance(column.table, sa.Table):
+            continue  # column_property() over an expression: nothing to copy
+        prop = mapper.get_property_by_column(column)
+        if isinstance(prop, ColumnProperty) and prop.key not in found:
+            found[prop.key] = prop
+    return list(found.values())
 
 
 def _configure(mapper: Mapper[Any]) -> None:
@@ -396,15 +410,16 @@ def _configure(mapper: Mapper[Any]) -> None:
             "inherit_condition": sa.and_(*conditions),
         }
         for key, col_key in child_map.columns:
-            if key in parent_meta.history_mapper.attrs:
-                existing = parent_meta.history_mapper.attrs[key]
+            if parent_meta.history_mapper.has_property(key):
+                existing = parent_meta.history_mapper.get_property(key, _configure_mappers=False)
                 props[key] = [history.c[col_key], *existing.columns]
             else:
                 props[key] = history.c[col_key]
         props[VERSION_KEY] = [history.c[VERSION_KEY], parent_history.c[VERSION_KEY]]
 
     # Setting an expired attribute must load its old value, or history would not
-    # know what it replaced (SQLAlchemy otherwise skips the load for speed).
+    # know what it replaced (SQLAlchemy otherwise skips the load for speed, and a
+    # flush would need a SELECT per changed record to find it).
     for prop in _column_props(mapper):
         prop.active_history = True
 
