@@ -283,6 +283,32 @@ def _key_of(state: InstanceState[Any]) -> tuple[Any, ...]:
 _FAST_CHUNK = 1000
 
 
+def _stored_values(
+    obj: Any, meta: VersionMeta, known: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The tracked values the row holds in the database before this flush.
+
+    ``known`` values win (fetched for attributes whose old value the session lost);
+    then the session's committed values; then current values of untouched
+    attributes; attributes not loaded at all (expired, deferred) are loaded.
+    """
+    state = instance_state(obj)
+    committed = state.committed_state
+    dict_ = state.dict
+    values = dict(known) if known else {}
+    for key in meta.tracked:
+        if key in values:
+            continue
+        old = committed.get(key, NO_VALUE)
+        if old is not NO_VALUE:
+            values[key] = old
+        elif key in dict_ and key not in committed:
+            values[key] = dict_[key]
+        else:
+            values[key] = getattr(obj, key)
+    return values
+
+
 def _committed_version(obj: Any, committed: dict[str, Any], dict_: dict[str, Any]) -> int:
     """The version the row had when the session loaded it (what the UPDATE checks)."""
     version = committed.get(VERSION_KEY, dict_.get(VERSION_KEY, NO_VALUE))
@@ -306,7 +332,17 @@ class Capture:
         session.info[PENDING_KEY] = batch
         suppressed = versioning_suppressed()
         builder: ChangeInfoBuilder | None = None
-        changed_at: dt.datetime | None = None
+        changed_at = _now()
+
+        def change_info() -> ChangeInfoBuilder:
+            # Built on the first versioned change only: flushes of other objects pay
+            # nothing, and the required-context check fires only when history is written.
+            nonlocal builder
+            if builder is None:
+                _require_context(self.settings)
+                builder = ChangeInfoBuilder(session, self.settings)
+            return builder
+
         dirty: Iterable[Any] = session.dirty
         only = None if instances is None else {id(o) for o in instances}
         if only is not None:
@@ -346,11 +382,7 @@ class Capture:
             if not (changed_tracked or changed_hidden or unknown):
                 continue
             if fast_allowed and not unknown and _fast_eligible(meta, committed, dict_):
-                if builder is None:
-                    _require_context(self.settings)
-                    builder = ChangeInfoBuilder(session, self.settings)
-                    changed_at = _now()
-                info = builder.build(type(obj), state, hidden_changed=changed_hidden)
+                info = change_info().build(type(obj), state, hidden_changed=changed_hidden)
                 fast.add(meta, obj, state, old_version, info)
                 continue
             old_values: dict[str, Any] = {}
@@ -363,28 +395,12 @@ class Capture:
                     (changed_hidden if key in meta.hidden else changed_tracked).append(key)
                 if not (changed_tracked or changed_hidden):
                     continue
-            if builder is None:
-                _require_context(self.settings)
-                builder = ChangeInfoBuilder(session, self.settings)
-                changed_at = _now()
-            for key in meta.tracked:
-                if key in old_values:
-                    continue
-                if key in committed and committed[key] is not NO_VALUE:
-                    old_values[key] = committed[key]
-                elif key in dict_:
-                    old_values[key] = dict_[key]
-                else:
-                    # Expired or deferred and untouched: load the stored value.
-                    old_values[key] = getattr(obj, key)
-            info = builder.build(type(obj), state, hidden_changed=changed_hidden)
-            assert changed_at is not None
-            batch.add(meta, old_values, old_version, changed_at, info)
+            info = change_info().build(type(obj), state, hidden_changed=changed_hidden)
+            batch.add(meta, _stored_values(obj, meta, old_values), old_version, changed_at, info)
             batch.states.append(state)
             setattr(obj, VERSION_KEY, old_version + 1)
 
         if fast:
-            assert changed_at is not None
             done = fast.execute(session, changed_at)
             if done:
                 session.info[CANDIDATES_KEY] = [c for c in candidates if id(c[0]) not in done]
@@ -403,19 +419,8 @@ class Capture:
             candidates.append((obj, old_version))
             if suppressed:
                 continue
-            if builder is None:
-                _require_context(self.settings)
-                builder = ChangeInfoBuilder(session, self.settings)
-                changed_at = _now()
-            values = {}
-            for key in meta.tracked:
-                if key in committed and committed[key] is not NO_VALUE:
-                    values[key] = committed[key]
-                else:
-                    values[key] = getattr(obj, key)
-            info = builder.build(type(obj), state, deleted=True)
-            assert changed_at is not None
-            batch.add(meta, values, old_version, changed_at, info)
+            info = change_info().build(type(obj), state, deleted=True)
+            batch.add(meta, _stored_values(obj, meta), old_version, changed_at, info)
             batch.states.append(state)
 
         for obj in session.new:
