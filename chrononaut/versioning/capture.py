@@ -480,10 +480,11 @@ class _BulkStatement:
     """History for one ORM bulk UPDATE or DELETE (SPEC §2, "ORM bulk statements").
 
     The affected rows are selected FOR UPDATE first (so nobody changes them
-    between our read and the statement), the statement runs restricted to
-    exactly those rows, and the rows whose tracked or hidden values changed get
-    their history row and version bump. Several round trips, but bulk statements
-    are not the per-request hot path, and correctness beats one clever query.
+    between our read and the statement; hidden columns as md5 digests, so their
+    values never leave the server), the statement runs restricted to exactly
+    those rows, and the rows whose tracked or hidden values changed get their
+    history row and version bump — in one more statement that compares in the
+    database where arrays can carry the columns, else row by row here.
     """
 
     def __init__(self, capture: Capture, state: ORMExecuteState, meta: VersionMeta) -> None:
@@ -504,7 +505,14 @@ class _BulkStatement:
 
     def _select(self, keys: list[str], where: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
         n = len(self.meta.pk_keys)
-        statement = sa.select(*[self._attr(k) for k in (*self.meta.pk_keys, *keys)]).where(where)
+        # Hidden columns are compared by their md5: their values never leave the server.
+        columns = [
+            sa.func.md5(sa.cast(self._attr(k), sa.Text())).label(k)
+            if k in self.meta.hidden
+            else self._attr(k)
+            for k in (*self.meta.pk_keys, *keys)
+        ]
+        statement = sa.select(*columns).where(where)
         statement = statement.with_for_update().execution_options(**{_BULK_GUARD: True})
         rows = self.session.execute(statement).all()
         return {tuple(row[:n]): dict(zip(keys, row[n:], strict=True)) for row in rows}
@@ -565,6 +573,13 @@ class _BulkStatement:
             batch.write(self.session)
             return result
 
+        bulk_statement = meta.bulk_history_statement()
+        if bulk_statement is not None and not (
+            self.capture.settings.require_extra_change_info() and not extra_info_active()
+        ):
+            self._record_in_one_statement(bulk_statement, old, builder, changed_at)
+            return result
+
         new = self._select(keys, self._pk_clause(list(old)))
         bumped: list[tuple[Any, ...]] = []
         for pk, values in old.items():
@@ -604,6 +619,43 @@ class _BulkStatement:
                 if obj_state is not None and obj_state.obj() is not None:
                     set_committed_value(obj_state.obj(), VERSION_KEY, old[pk][VERSION_KEY] + 1)
         return result
+
+    def _record_in_one_statement(
+        self,
+        statement: sa.Update,
+        old: dict[tuple[Any, ...], dict[str, Any]],
+        builder: ChangeInfoBuilder,
+        changed_at: dt.datetime,
+    ) -> None:
+        """Compare, write history and bump versions in one statement (see
+        ``VersionMeta.bulk_history_statement``); sync the identity map after."""
+        meta = self.meta
+        identity_map = self.session.identity_map
+        tracked = [key for key, _ in meta.tables[0].columns if key not in meta.pk_keys]
+        hidden = sorted(meta.hidden)
+        pks = list(old)
+        states = {pk: self._identity_state(identity_map, pk) for pk in pks}
+        params: dict[str, Any] = {"changed": changed_at}
+        for i in range(len(meta.pk_keys)):
+            params[f"k{i}"] = [pk[i] for pk in pks]
+        params["v"] = [old[pk][VERSION_KEY] for pk in pks]
+        for j, key in enumerate(tracked):
+            params[f"t{j}"] = [old[pk][key] for pk in pks]
+        for m, key in enumerate(hidden):
+            params[f"hh{m}"] = [old[pk][key] for pk in pks]
+        params["ci"] = [builder.build(self.cls, states[pk]) for pk in pks]
+        connection = self.session.connection(bind_arguments={"mapper": meta.mapper})
+        n = len(meta.pk_keys)
+        for row in connection.execute(statement, params):
+            pk = tuple(row[:n])
+            obj_state = states.get(pk)
+            if obj_state is None:
+                continue
+            consume_appended(obj_state)
+            forget_expected_version(obj_state)
+            obj = obj_state.obj()
+            if obj is not None:
+                set_committed_value(obj, VERSION_KEY, row[n])
 
     def _check_pinned(self, statement: Any, params: Any) -> None:
         """Raise :class:`StaleWriteError` for a pinned ``(key, version)`` that is gone.

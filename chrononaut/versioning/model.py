@@ -58,6 +58,8 @@ class VersionMeta:
     def __post_init__(self) -> None:
         self._watched = frozenset(self.tracked) | self.hidden
         self._fast_statements: dict[tuple[tuple[str, ...], bool], sa.Update] = {}
+        self._bulk_statement: sa.Update | None = None
+        self._bulk_built = False
 
     def fast_path_possible(self) -> bool:
         """Whether updates of this class may use the one-statement path.
@@ -93,6 +95,147 @@ class VersionMeta:
             statement = self._build_fast_statement(keys, many)
             self._fast_statements[cache_key] = statement
         return statement
+
+    def bulk_history_statement(self) -> sa.Update | None:
+        """After an ORM bulk UPDATE: one statement that finds the rows whose tracked
+        or hidden values changed, writes their history rows and bumps their version.
+
+        Parameters (arrays, one element per row the bulk statement touched, as the
+        rows were before it): ``k<i>`` key, ``v`` version, ``t<j>`` tracked values,
+        ``hh<m>`` md5 of each hidden value (hidden values never leave the
+        database), ``ci`` change_info; plus ``changed``. Returns key and new
+        version of each row it bumped. ``None`` where arrays can't carry the
+        columns (joined inheritance, ARRAY columns): the caller goes row by row.
+        """
+        if not self._bulk_built:
+            self._bulk_statement = self._build_bulk_history_statement()
+            self._bulk_built = True
+        return self._bulk_statement
+
+    def _build_bulk_history_statement(self) -> sa.Update | None:
+        from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+        from sqlalchemy.dialects.postgresql import array as pg_array
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        tmap = self.tables[0]
+        if len(self.tables) != 1 or not self.arrays_supported(self.tracked):
+            return None
+        table = self.version_column.table
+        history = tmap.history
+        version = table.c[self.version_column.key]
+        pk_index = {key: i for i, key in enumerate(self.pk_keys)}
+        tracked = [(key, col_key) for key, col_key in tmap.columns if key not in pk_index]
+        hidden = sorted(self.hidden)
+        if not tracked and not hidden:
+            return None
+
+        def typed(name: str, type_: Any) -> sa.Cast[Any]:
+            return sa.cast(sa.bindparam(name, type_=type_), type_)
+
+        pk_types = [self.columns[key].type for key in self.pk_keys]
+        tracked_types = [table.c[col_key].type for _, col_key in tracked]
+        rows = (
+            sa.func.unnest(
+                *[typed(f"k{i}", ARRAY(t)) for i, t in enumerate(pk_types)],
+                typed("v", ARRAY(sa.Integer())),
+                *[typed(f"t{j}", ARRAY(t)) for j, t in enumerate(tracked_types)],
+                *[typed(f"hh{m}", ARRAY(sa.Text())) for m in range(len(hidden))],
+                typed("ci", ARRAY(JSONB())),
+            )
+            .table_valued(
+                *[sa.column(f"k{i}", t) for i, t in enumerate(pk_types)],
+                sa.column("v", sa.Integer()),
+                *[sa.column(f"t{j}", t) for j, t in enumerate(tracked_types)],
+                *[sa.column(f"hh{m}", sa.Text()) for m in range(len(hidden))],
+                sa.column("ci", JSONB()),
+            )
+            .render_derived(name="u")
+        )
+        old = sa.select(*rows.c).cte("chrononaut_o")
+
+        def differs(live: Any, before: Any) -> sa.ColumnElement[bool]:
+            if isinstance(live.type, sa.JSON) and not isinstance(live.type, JSONB):
+                # json has no equality operator; its text is what was stored.
+                return sa.cast(live, sa.Text()).is_distinct_from(sa.cast(before, sa.Text()))
+            return live.is_distinct_from(before)  # type: ignore[no-any-return]
+
+        hidden_differs = [
+            sa.func.md5(sa.cast(self.columns[key], sa.Text())).is_distinct_from(old.c[f"hh{m}"])
+            for m, key in enumerate(hidden)
+        ]
+        conditions = [
+            *[differs(table.c[col_key], old.c[f"t{j}"]) for j, (_, col_key) in enumerate(tracked)],
+            *hidden_differs,
+        ]
+        key_match = [self.columns[key] == old.c[f"k{i}"] for i, key in enumerate(self.pk_keys)]
+        extra: list[Any] = []
+        if hidden:
+            labels: list[sa.ColumnElement[Any]] = [
+                sa.case((d, sa.literal(key, sa.Text())), else_=sa.null())
+                for d, key in zip(hidden_differs, hidden, strict=True)
+            ]
+            names = sa.func.array_remove(
+                pg_array[Any](labels, type_=sa.Text()),
+                sa.null(),
+                type_=ARRAY(sa.Text()),
+            )
+            extra.append(names.label("hc"))
+        changed_rows = (
+            sa.select(old, *extra)
+            .select_from(table.join(old, sa.and_(*key_match)))
+            .where(sa.or_(*conditions))
+            .cte("chrononaut_c")
+        )
+        change_info: Any = changed_rows.c.ci
+        if hidden:
+            change_info = sa.case(
+                (
+                    sa.func.cardinality(changed_rows.c.hc) > 0,
+                    changed_rows.c.ci.op("||")(
+                        sa.func.jsonb_build_object(
+                            sa.literal("hidden_cols_changed"), sa.func.to_jsonb(changed_rows.c.hc)
+                        )
+                    ),
+                ),
+                else_=changed_rows.c.ci,
+            )
+        copied = []
+        targets = []
+        j = 0
+        for key, col_key in tmap.columns:
+            targets.append(history.c[col_key])
+            if key in pk_index:
+                copied.append(changed_rows.c[f"k{pk_index[key]}"])
+            else:
+                copied.append(changed_rows.c[f"t{j}"])
+                j += 1
+        history_insert = (
+            pg_insert(history)
+            .from_select(
+                [*targets, history.c.version, history.c.changed, history.c.change_info],
+                sa.select(
+                    *copied,
+                    changed_rows.c.v,
+                    typed("changed", sa.DateTime(timezone=True)),
+                    change_info,
+                ),
+            )
+            .cte("chrononaut_h")
+        )
+        return (
+            sa.update(table)
+            .where(
+                *[
+                    self.columns[key] == changed_rows.c[f"k{i}"]
+                    for i, key in enumerate(self.pk_keys)
+                ]
+            )
+            .values({version: version + sa.literal_column("1")})
+            .returning(*[self.columns[key] for key in self.pk_keys], version)
+            .add_cte(old)
+            .add_cte(changed_rows)
+            .add_cte(history_insert)
+        )
 
     def arrays_supported(self, keys: tuple[str, ...]) -> bool:
         """Whether the columns of ``keys`` (and the key) can travel as arrays."""
