@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from flask import current_app, has_request_context, request
+
 __all__ = [
     "Actor",
     "acting_as",
@@ -72,16 +74,11 @@ def flask_actor() -> Actor:
     Outside a request, without Flask-Login, or with Flask-Login not configured for
     the app, the user is ``None``: that is never an error.
     """
-    try:
-        from flask import has_request_context, request
-    except ImportError:  # pragma: no cover - Flask is a dependency
-        return Actor(None, None)
     if not has_request_context():
         return Actor(None, None)
     remote_addr = request.remote_addr
     user_id: str | None = None
     try:
-        from flask import current_app
         from flask_login import current_user
     except ImportError:
         return Actor(None, remote_addr)
@@ -168,7 +165,7 @@ def resolve_actor(model_class: type | None = None) -> Actor:
             return Actor(actor.user_id, flask_actor_remote_addr())
         return actor
     fetch = getattr(model_class, "_fetch_current_user_id", None)
-    if fetch is not None:
+    if fetch is not None and not getattr(fetch, "_chrononaut_default", False):
         raw = fetch()
         return Actor(None if raw is None else str(raw), flask_actor_remote_addr())
     return flask_actor()
@@ -176,8 +173,4 @@ def resolve_actor(model_class: type | None = None) -> Actor:
 
 def flask_actor_remote_addr() -> str | None:
     """The current request's ``remote_addr``, or ``None`` outside a request."""
-    try:
-        from flask import has_request_context, request
-    except ImportError:  # pragma: no cover - Flask is a dependency
-        return None
     return request.remote_addr if has_request_context() else None

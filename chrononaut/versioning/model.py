@@ -60,6 +60,8 @@ class VersionMeta:
         self._fast_statements: dict[tuple[tuple[str, ...], bool], sa.Update] = {}
         self._bulk_statement: sa.Update | None = None
         self._bulk_built = False
+        self._onupdate = False
+        self._onupdate_checked = -1
 
     def fast_path_possible(self) -> bool:
         """Whether updates of this class may use the one-statement path.
@@ -76,8 +78,15 @@ class VersionMeta:
 
     @property
     def _has_onupdate(self) -> bool:
+        # Single-table subclasses may add columns later: recount when the table grows.
         table = self.version_column.table
-        return any(c.onupdate is not None or c.server_onupdate is not None for c in table.c)
+        count = len(table.c)
+        if self._onupdate_checked != count:
+            self._onupdate = any(
+                c.onupdate is not None or c.server_onupdate is not None for c in table.c
+            )
+            self._onupdate_checked = count
+        return self._onupdate
 
     def fast_update_statement(self, keys: tuple[str, ...], many: bool) -> sa.Update:
         """The one-statement UPDATE + history INSERT for records setting ``keys``.
@@ -682,6 +691,9 @@ class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin):
         from chrononaut.context import flask_actor
 
         return flask_actor().user_id
+
+    # resolve_actor() asks Flask directly when the model keeps this default.
+    _fetch_current_user_id.__func__._chrononaut_default = True  # type: ignore[attr-defined]
 
 
 def history_class(model: type[Any]) -> type[HistoryRecord]:
