@@ -87,7 +87,7 @@ class StaleWriteError(ChrononautException, StaleDataError):
 class LockHolder:
     """Who holds a lock that could not be taken.
 
-    :param user_id: the acting user (SPEC §3) of the transaction holding the lock
+    :param user_id: the acting user (see :doc:`/change_info`) of the transaction holding the lock
         when it was taken through Chrononaut, else ``None``.
     :param pid: the PostgreSQL server process id of the holder.
     :param since: when the holder took the lock (or, when that is not recorded,

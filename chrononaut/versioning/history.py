@@ -153,7 +153,8 @@ class HistoryReadMixin:
                 f"not of {type(self).__name__}"
             )
         own = tuple(getattr(self, key) for key in meta.pk_keys)
-        theirs = tuple(record.__dict__.get(key) for key in meta.pk_keys)
+        # Attribute access, not __dict__: a commit may have expired the record.
+        theirs = tuple(getattr(record, key, None) for key in meta.pk_keys)
         if own != theirs:
             raise ChrononautException(
                 f"{name} is a history record of another {type(self).__name__} "
@@ -240,8 +241,11 @@ class HistoryReadMixin:
         for key in meta.tracked:
             if key in meta.pk_keys:
                 continue
-            if key in record.__dict__:
-                setattr(self, key, record.__dict__[key])
+            try:
+                value = getattr(record, key)  # loads the record again if a commit expired it
+            except AttributeError:
+                continue  # a column of another subclass in the same hierarchy
+            setattr(self, key, value)
 
     def _pk_repr(self) -> str:
         meta = self._chrononaut_meta()
