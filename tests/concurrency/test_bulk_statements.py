@@ -18,16 +18,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from chrononaut import StaleWriteError, VersionedSQLAlchemy, acting_as
-from chrononaut.versioning import capture
-
-# The check of pinned versions in bulk statements is a proposed change to
-# chrononaut/versioning/capture.py (see the concurrency helper's report); until it
-# lands, these tests are expected to fail, and they run normally once it has.
-pinned_check = pytest.mark.xfail(
-    not hasattr(capture._BulkStatement, "_check_pinned"),
-    reason="needs the pinned-version check in _BulkStatement (proposed patch)",
-    strict=True,
-)
 
 Committed = Callable[[str], list[dict[str, Any]]]
 
@@ -49,7 +39,6 @@ def _stale_doc(db: VersionedSQLAlchemy, other: Session, Doc: Any, make_doc: Any)
     return doc_id
 
 
-@pinned_check
 def test_bulk_update_by_key_and_version(
     db: VersionedSQLAlchemy, other: Session, Doc: Any, make_doc: Any, committed: Committed
 ) -> None:
@@ -65,7 +54,6 @@ def test_bulk_update_by_key_and_version(
     assert committed("SELECT title, version FROM doc") == [{"title": "t1", "version": 1}]
 
 
-@pinned_check
 def test_bulk_update_names_the_loaded_record(
     db: VersionedSQLAlchemy, other: Session, Doc: Any, make_doc: Any
 ) -> None:
@@ -78,7 +66,6 @@ def test_bulk_update_names_the_loaded_record(
     assert caught.value.record is doc
 
 
-@pinned_check
 def test_bulk_delete_by_key_and_version(
     db: VersionedSQLAlchemy, other: Session, Doc: Any, make_doc: Any, committed: Committed
 ) -> None:
@@ -92,7 +79,6 @@ def test_bulk_delete_by_key_and_version(
     assert committed("SELECT count(*) AS n FROM doc_history") == [{"n": 1}]
 
 
-@pinned_check
 def test_bulk_update_of_deleted_row(
     db: VersionedSQLAlchemy, other: Session, Doc: Any, make_doc: Any
 ) -> None:
@@ -109,7 +95,6 @@ def test_bulk_update_of_deleted_row(
     assert [c.change_info.get("deleted") for c in caught.value.changes] == [True]
 
 
-@pinned_check
 def test_bulk_update_by_primary_key_parameters(
     db: VersionedSQLAlchemy, other: Session, Doc: Any, make_doc: Any, committed: Committed
 ) -> None:
@@ -122,7 +107,6 @@ def test_bulk_update_by_primary_key_parameters(
     assert committed("SELECT title FROM doc") == [{"title": "t1"}]
 
 
-@pinned_check
 def test_legacy_query_update_by_key_and_version(
     db: VersionedSQLAlchemy, other: Session, Doc: Any, make_doc: Any
 ) -> None:

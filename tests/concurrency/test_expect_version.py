@@ -168,11 +168,6 @@ def test_transient_record_is_refused(Doc: Any) -> None:
         Doc(title="new").expect_version(0)
 
 
-@pytest.mark.xfail(
-    not hasattr(StaleWriteError("probe"), "changed_fields"),
-    reason="needs the catch-up in OptimisticMixin.expect_version (proposed change)",
-    strict=True,
-)
 def test_client_newer_than_session_copy_is_accepted(
     db: VersionedSQLAlchemy, other: Session, Doc: Any, make_doc: Any, committed: Committed
 ) -> None:

@@ -228,11 +228,6 @@ def test_untracked_only_change_is_still_checked(
     assert (error.expected_version, error.current_version) == (0, 1)
 
 
-@pytest.mark.xfail(
-    not hasattr(StaleWriteError("probe"), "changed_fields"),
-    reason="needs StaleWriteError.changed_fields (proposed change to concurrency.py/errors.py)",
-    strict=True,
-)
 def test_changed_fields_per_change(
     db: VersionedSQLAlchemy, other: Session, Doc: Any, make_doc: Any
 ) -> None:
