@@ -8,6 +8,7 @@ stale write fails as a stale write and never as a duplicate history key.
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -85,7 +86,10 @@ class _Batch:
         return bool(self.rows)
 
 
-_lean_cache: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any]]]] = {}
+# Per dialect (one per engine), dropped with it: engines come and go in tests.
+_lean_cache: weakref.WeakKeyDictionary[Any, dict[Any, tuple[str, list[tuple[str, Any]]]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _execute_lean(
@@ -102,8 +106,11 @@ def _execute_lean(
     converts the values and hands them to the driver.
     """
     dialect = connection.dialect
-    key = (statement if cache_key is None else cache_key, dialect)
-    entry = _lean_cache.get(key)
+    cache = _lean_cache.get(dialect)
+    if cache is None:
+        cache = _lean_cache[dialect] = {}
+    key = statement if cache_key is None else cache_key
+    entry = cache.get(key)
     if entry is None:
         column_keys = list(params) if isinstance(statement, sa.Insert) else None
         compiled = statement.compile(dialect=dialect, column_keys=column_keys)
@@ -113,7 +120,7 @@ def _execute_lean(
             for name, bind in compiled.binds.items()
         ]
         entry = (str(compiled), processors)
-        _lean_cache[key] = entry
+        cache[key] = entry
     sql, processors = entry
     values = {
         name: (process(params[name]) if process is not None else params[name])
