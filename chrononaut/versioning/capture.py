@@ -259,13 +259,15 @@ class _FastUpdates:
     ) -> set[tuple[Any, ...]]:
         params: dict[str, Any] = {"changed": changed_at}
         params["v"] = [member[2] for member in chunk]
-        params["ci"] = [member[3] for member in chunk]
+        infos = [member[3] for member in chunk]
+        shared = all(info == infos[0] for info in infos)
+        params["ci"] = infos[0] if shared else infos
         key_values = [_key_of(member[1]) for member in chunk]
         for i in range(len(meta.pk_keys)):
             params[f"k{i}"] = [pk[i] for pk in key_values]
         for i, key in enumerate(keys):
             params[f"s{i}"] = [member[1].dict.get(key) for member in chunk]
-        statement = meta.fast_update_statement(keys, many=True)
+        statement = meta.fast_update_statement(keys, many=True, shared_info=shared)
         return {tuple(row) for row in connection.execute(statement, params)}
 
     @staticmethod

@@ -57,7 +57,7 @@ class VersionMeta:
 
     def __post_init__(self) -> None:
         self._watched = frozenset(self.tracked) | self.hidden
-        self._fast_statements: dict[tuple[tuple[str, ...], bool], sa.Update] = {}
+        self._fast_statements: dict[tuple[tuple[str, ...], bool, bool], sa.Update] = {}
         self._bulk_statement: sa.Update | None = None
         self._bulk_built = False
         self._onupdate = False
@@ -88,7 +88,9 @@ class VersionMeta:
             self._onupdate_checked = count
         return self._onupdate
 
-    def fast_update_statement(self, keys: tuple[str, ...], many: bool) -> sa.Update:
+    def fast_update_statement(
+        self, keys: tuple[str, ...], many: bool, shared_info: bool = False
+    ) -> sa.Update:
         """The one-statement UPDATE + history INSERT for records setting ``keys``.
 
         ``many=False``: one record, parameters ``k<i>`` (primary key), ``v`` (old
@@ -96,12 +98,13 @@ class VersionMeta:
         ``many=True``: the same names carry arrays, one element per record, that
         ``unnest`` turns into rows; the SQL text does not depend on the number of
         records, so it is compiled (and, with psycopg 3, prepared) once.
-        Built once per (keys, many) and reused.
+        ``shared_info=True`` (with ``many``): ``ci`` is one document for all records.
+        Built once per (keys, many, shared_info) and reused.
         """
-        cache_key = (keys, many)
+        cache_key = (keys, many, shared_info)
         statement = self._fast_statements.get(cache_key)
         if statement is None:
-            statement = statements.fast_update(self, keys, many)
+            statement = statements.fast_update(self, keys, many, shared_info)
             self._fast_statements[cache_key] = statement
         return statement
 

@@ -22,7 +22,9 @@ def _typed(name: str, type_: Any) -> sa.Cast[Any]:
     return sa.cast(sa.bindparam(name, type_=type_), type_)
 
 
-def fast_update(meta: VersionMeta, keys: tuple[str, ...], many: bool) -> sa.Update:
+def fast_update(
+    meta: VersionMeta, keys: tuple[str, ...], many: bool, shared_info: bool = False
+) -> sa.Update:
     """A version-checked UPDATE of ``keys`` whose CTE copies the stored rows into
     the history table (see ``VersionMeta.fast_update_statement`` for parameters)."""
     table = meta.version_column.table
@@ -39,20 +41,23 @@ def fast_update(meta: VersionMeta, keys: tuple[str, ...], many: bool) -> sa.Upda
             *[_typed(f"k{i}", array_of(c.type)) for i, c in enumerate(pk_columns)],
             _typed("v", array_of(sa.Integer())),
             *[_typed(f"s{i}", array_of(c.type)) for i, c in enumerate(set_columns)],
-            _typed("ci", array_of(JSONB())),
         ]
         names = [
             *[sa.column(f"k{i}", c.type) for i, c in enumerate(pk_columns)],
             sa.column("v", sa.Integer()),
             *[sa.column(f"s{i}", c.type) for i, c in enumerate(set_columns)],
-            sa.column("ci", JSONB()),
         ]
+        if not shared_info:
+            arrays.append(_typed("ci", array_of(JSONB())))
+            names.append(sa.column("ci", JSONB()))
         rows = sa.func.unnest(*arrays).table_valued(*names).render_derived(name="u")
         source_rows = sa.select(*rows.c).cte("chrononaut_v")
         key_values: list[Any] = [source_rows.c[f"k{i}"] for i in range(len(pk_columns))]
         old_version: Any = source_rows.c.v
         new_values: list[Any] = [source_rows.c[f"s{i}"] for i in range(len(set_columns))]
-        change_info: Any = source_rows.c.ci
+        # Usually every record of a flush has the same change_info: then it is one
+        # parameter, not an array of identical JSON documents to encode and escape.
+        change_info: Any = _typed("ci", JSONB()) if shared_info else source_rows.c.ci
     else:
         # One record (the common request): plain parameters, a simple plan.
         source_rows = None

@@ -102,3 +102,25 @@ def test_relationship_to_a_class_defined_later(db: VersionedSQLAlchemy) -> None:
     author.name = "Ursula K. Le Guin"
     db.session.commit()
     assert [h.name for h in author.versions()] == ["Le Guin"]
+
+
+def test_many_records_keep_their_own_change_info(db: VersionedSQLAlchemy, User: Any) -> None:
+    """In a one-statement flush of many records, each history row gets its own change_info."""
+    from chrononaut import append_change_info
+
+    users = [
+        User(name=f"u{i}", email=f"u{i}@example.com", password="pw", login_count=0)
+        for i in range(3)
+    ]
+    db.session.add_all(users)
+    db.session.commit()
+    for user in users:
+        user.name  # noqa: B018 - load the expired records
+    append_change_info(users[1], ticket="T-1")
+    with statements(db.engine) as seen:
+        for user in users:
+            user.name = user.name.upper()
+        db.session.commit()
+    assert seen == ["WITH"]
+    extras = [u.versions()[0].change_info.get("extra") for u in users]
+    assert extras == [None, {"ticket": "T-1"}, None]
