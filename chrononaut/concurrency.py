@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OptimisticMixin",
+    "changed_fields",
     "check_expected_version",
     "explain_stale_write",
     "stale_write_error",
@@ -126,7 +127,7 @@ def _pk_of(obj: Any, meta: VersionMeta) -> tuple[Any, ...]:
     return tuple(getattr(obj, key) for key in meta.pk_keys)
 
 
-def _changed_fields(
+def changed_fields(
     changes: Sequence[Any], meta: VersionMeta, current: dict[str, Any] | None
 ) -> list[list[str]]:
     """The names of the fields each history record's change touched.
@@ -225,7 +226,7 @@ def stale_write_error(
             reader.expunge_all()
     key_repr = repr(pk[0]) if len(pk) == 1 else repr(pk)
     what = f"{cls.__name__} {key_repr}"
-    fields = _changed_fields(changes, meta, current)
+    fields = changed_fields(changes, meta, current)
     described = _describe_changes(changes, fields)
     since = "; ".join(described) if described else "it was changed by another transaction"
     now = "was deleted" if current_version is None else f"is at version {current_version}"

@@ -37,14 +37,13 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 from urllib.parse import quote, unquote
 
-import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask import json as flask_json
-from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_state
 from werkzeug import exceptions as wz
 from werkzeug.http import parse_etags
 
+from chrononaut.concurrency import changed_fields
 from chrononaut.errors import (
     ChrononautException,
     LockError,
@@ -330,69 +329,22 @@ def require_if_match(
 # -- JSON bodies of the errors ------------------------------------------------------
 
 
-def _history_pk(change: Any, meta: Any) -> tuple[Any, ...]:
-    return tuple(change.__dict__.get(key) for key in meta.pk_keys)
-
-
-def _tracked_values(change: Any, meta: Any) -> dict[str, Any]:
-    return {key: change.__dict__.get(key) for key in meta.tracked if key not in meta.pk_keys}
-
-
-def _state_at(meta: Any, engine: sa.Engine, pk: tuple[Any, ...], version: int) -> Any:
-    """The tracked values of the row at ``version`` (its history row, or the live row
-    when it is still at that version), read on a connection of its own."""
-    keys = [key for key in meta.tracked if key not in meta.pk_keys]
-    with engine.connect() as connection, Session(bind=connection) as reader:
-        found = reader.get(meta.history_mapper.class_, (*pk, version))
-        if found is None:
-            found = reader.get(meta.mapper.class_, pk)
-            if found is None or found.version != version:
-                return None
-        return {key: getattr(found, key) for key in keys}
-
-
-def _engine_for(error: StaleWriteError, meta: Any) -> sa.Engine | None:
-    record = error.record
-    if record is None:
-        return None
-    session = instance_state(record).session
-    if session is None:
-        return None
-    bind = session.get_bind(mapper=meta.mapper)
-    return bind.engine if isinstance(bind, sa.Connection) else bind
-
-
 def _changed_fields(error: StaleWriteError) -> list[list[str]]:
-    """The names of the fields each of ``error.changes`` changed (hidden ones by name)."""
-    explained = getattr(error, "changed_fields", None)
-    if explained is not None:
-        return [list(names) for names in explained]
+    """The names of the fields each of ``error.changes`` changed (hidden ones by name).
+
+    Chrononaut's own errors carry them; for an error built elsewhere they are
+    derived from the history records alone, so the newest change lists only its
+    hidden columns (the live row is not read again here).
+    """
+    if error.changed_fields is not None:
+        return [list(names) for names in error.changed_fields]
     changes: Sequence[Any] = error.changes
     if not changes:
         return []
     model = (
         type(error.record) if error.record is not None else type(changes[0]).__chrononaut_model__
     )
-    meta = _meta(model)
-    states: list[dict[str, Any] | None] = [_tracked_values(c, meta) for c in changes]
-    after_last: dict[str, Any] | None = None
-    if error.current_version is not None:
-        engine = _engine_for(error, meta)
-        if engine is not None:
-            after_last = _state_at(
-                meta, engine, _history_pk(changes[0], meta), error.current_version
-            )
-    states.append(after_last)
-    result = []
-    for index, change in enumerate(changes):
-        before, after = states[index], states[index + 1]
-        fields = []
-        if before is not None and after is not None:
-            fields = [key for key in before if before[key] != after.get(key)]
-        info = change.change_info or {}
-        fields.extend(info.get("hidden_cols_changed", ()))
-        result.append(fields)
-    return result
+    return changed_fields(changes, _meta(model), None)
 
 
 def stale_write_body(error: StaleWriteError) -> dict[str, Any]:
