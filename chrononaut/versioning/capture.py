@@ -142,7 +142,7 @@ def _require_context(settings: Settings) -> None:
 
 
 def _load_missing(
-    session: Session, obj: Any, state: InstanceState[Any], meta: VersionMeta, keys: Iterable[str]
+    session: Session, state: InstanceState[Any], meta: VersionMeta, keys: list[str]
 ) -> dict[str, Any]:
     """Old values the session does not hold (set while expired, or flag_modified).
 
@@ -358,7 +358,8 @@ class Capture:
             dirty = [o for o in dirty if id(o) in only]
         # The one-statement path runs before SQLAlchemy's own statements, so it is
         # used only when the flush has no INSERT or DELETE it might need to follow.
-        fast_allowed = only is None and not suppressed and not session.new and not session.deleted
+        new, deleted = session.new, session.deleted
+        fast_allowed = only is None and not suppressed and not new and not deleted
         fast = _FastUpdates()
 
         for obj in dirty:
@@ -396,7 +397,7 @@ class Capture:
                 continue
             old_values: dict[str, Any] = {}
             if unknown:
-                fetched = _load_missing(session, obj, state, meta, unknown)
+                fetched = _load_missing(session, state, meta, unknown)
                 for key in unknown:
                     old_values[key] = fetched.get(key)
                     if key in fetched and manager[key].impl.is_equal(fetched[key], dict_.get(key)):
@@ -415,7 +416,7 @@ class Capture:
                 session.info[CANDIDATES_KEY] = [c for c in candidates if id(c[0]) not in done]
                 candidates = session.info[CANDIDATES_KEY]
 
-        for obj in session.deleted:
+        for obj in deleted:
             if only is not None and id(obj) not in only:
                 continue
             meta = meta_of(type(obj))
@@ -432,7 +433,7 @@ class Capture:
             batch.add(meta, _stored_values(obj, meta), old_version, changed_at, info)
             batch.states.append(state)
 
-        for obj in session.new:
+        for obj in new:
             meta = meta_of(type(obj))
             if meta is not None:
                 self._continue_sequence(obj, meta)
