@@ -19,6 +19,7 @@ from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.state import InstanceState
 
 from chrononaut.errors import ChrononautException, StaleWriteError
+from chrononaut.versioning.tables import VERSION_KEY
 
 if TYPE_CHECKING:
     from chrononaut.versioning.model import VersionMeta
@@ -31,7 +32,6 @@ __all__ = [
     "stale_write_error",
 ]
 
-VERSION_KEY = "version"
 
 # Versions that came back from a client, per record (identity, not __eq__).
 _expected: weakref.WeakKeyDictionary[InstanceState[Any], int] = weakref.WeakKeyDictionary()

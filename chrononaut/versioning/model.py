@@ -19,7 +19,7 @@ from chrononaut.versioning.history import HistoryReadMixin
 
 __all__ = ["HistoryRecord", "VersionMeta", "Versioned", "history_class", "meta_of"]
 
-VERSION_KEY = "version"
+VERSION_KEY = tables.VERSION_KEY
 
 
 @dataclass

@@ -17,6 +17,7 @@ from chrononaut.errors import ChrononautException
 __all__ = [
     "GENERATED_COLUMNS",
     "INFO_KEY",
+    "VERSION_KEY",
     "add_history_columns",
     "build_history_table",
     "copy_column",
@@ -26,8 +27,11 @@ __all__ = [
 #: ``Column.info`` key under which Chrononaut marks the columns it generates.
 INFO_KEY = "chrononaut"
 
+#: The version column's name, on the model's table and in its history table.
+VERSION_KEY = "version"
+
 #: Names of the columns a base history table adds to the copied ones.
-GENERATED_COLUMNS = ("version", "changed", "change_info")
+GENERATED_COLUMNS = (VERSION_KEY, "changed", "change_info")
 
 
 def history_table_name(table_name: str, override: str | None = None) -> str:
