@@ -7,7 +7,9 @@ and any name not re-exported here, may change without notice.
 
 from __future__ import annotations
 
-from chrononaut.context import acting_as, extra_change_info, rationale, suppress_versioning
+from chrononaut._context import acting_as, extra_change_info, rationale, suppress_versioning
+from chrononaut._flask_ext import VersionedSQLAlchemy
+from chrononaut._session import versioned_session
 from chrononaut.errors import (
     ChrononautException,
     DeadlockError,
@@ -20,12 +22,10 @@ from chrononaut.errors import (
     StaleWriteError,
     UntrackedAttributeError,
 )
-from chrononaut.flask_ext import VersionedSQLAlchemy
 from chrononaut.http import register_error_handlers
 from chrononaut.locking import advisory_lock, lock_all
-from chrononaut.session import versioned_session
-from chrononaut.versioning.change_info import append_change_info
-from chrononaut.versioning.model import Versioned, history_class
+from chrononaut.versioning._change_info import append_change_info
+from chrononaut.versioning._model import Versioned, history_class
 
 __version__ = "0.5.0.dev0"
 

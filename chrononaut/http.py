@@ -43,7 +43,6 @@ from sqlalchemy.orm.attributes import instance_state
 from werkzeug import exceptions as wz
 from werkzeug.http import parse_etags
 
-from chrononaut.concurrency import changed_fields
 from chrononaut.errors import (
     ChrononautException,
     LockError,
@@ -51,6 +50,7 @@ from chrononaut.errors import (
     LockTimeoutError,
     StaleWriteError,
 )
+from chrononaut.versioning._concurrency import changed_fields
 
 __all__ = [
     "UNSAFE_METHODS",
@@ -84,7 +84,7 @@ _G_REQUIRED = "_chrononaut_if_match_required"
 
 
 def _meta(model: type[Any]) -> Any:
-    from chrononaut.versioning.model import meta_of
+    from chrononaut.versioning._model import meta_of
 
     meta = meta_of(model)
     if meta is None:

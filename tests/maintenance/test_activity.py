@@ -19,12 +19,12 @@ from flask import Flask
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from chrononaut import Versioned, VersionedSQLAlchemy, acting_as
-from chrononaut.maintenance.activity import (
+from chrononaut.maintenance._activity import (
     ActivityConflictError,
     ImportSummary,
     import_activity,
 )
-from chrononaut.maintenance.cli import import_activity_command
+from chrononaut.maintenance._cli import import_activity_command
 
 UTC = dt.timezone.utc
 REF = "5d1b8a0e-6c0f-4a54-9a39-7f2f4c1f7d10"

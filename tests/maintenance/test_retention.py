@@ -10,9 +10,9 @@ import sqlalchemy as sa
 from flask import Flask
 
 from chrononaut import Versioned, VersionedSQLAlchemy
+from chrononaut.maintenance._cli import prune_command
 from chrononaut.maintenance._models import parse_duration
-from chrononaut.maintenance.cli import prune_command
-from chrononaut.maintenance.retention import prune
+from chrononaut.maintenance._retention import prune
 
 NOW = dt.datetime.now(dt.timezone.utc)
 

@@ -9,8 +9,8 @@ import pytest
 from flask import Flask
 
 from chrononaut import Versioned, VersionedSQLAlchemy, acting_as, rationale
-from chrononaut.maintenance.cli import history_command
-from chrononaut.maintenance.timeline import timeline
+from chrononaut.maintenance._cli import history_command
+from chrononaut.maintenance._timeline import timeline
 
 
 @pytest.fixture()

@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.state import InstanceState
 
-from chrononaut.context import Actor, current_extra_info, resolve_actor
+from chrononaut._context import Actor, current_extra_info, resolve_actor
 from chrononaut.errors import ChrononautException
-from chrononaut.locking import lock_info_for
+from chrononaut.locking._common import held_row_lock as lock_info_for
 
 __all__ = ["ChangeInfoBuilder", "Settings", "StaticSettings", "append_change_info"]
 

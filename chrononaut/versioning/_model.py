@@ -11,11 +11,12 @@ from sqlalchemy import event
 from sqlalchemy.orm import Mapped, Mapper, declared_attr
 from sqlalchemy.orm.properties import ColumnProperty
 
-from chrononaut.concurrency import OptimisticMixin
 from chrononaut.errors import ChrononautException, HiddenAttributeError, UntrackedAttributeError
 from chrononaut.locking import LockableMixin
-from chrononaut.versioning import statements, tables
-from chrononaut.versioning.history import HistoryReadMixin
+from chrononaut.versioning import _statements as statements
+from chrononaut.versioning import _tables as tables
+from chrononaut.versioning._concurrency import OptimisticMixin
+from chrononaut.versioning._history import HistoryReadMixin
 
 __all__ = ["HistoryRecord", "VersionMeta", "Versioned", "history_class", "meta_of"]
 
@@ -485,7 +486,7 @@ class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin):
         By default Flask-Login's ``current_user.get_id()`` for an authenticated user
         inside a request, else ``None``. Override to use another source.
         """
-        from chrononaut.context import flask_actor
+        from chrononaut._context import flask_actor
 
         return flask_actor().user_id
 

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapper, Session, aliased
 from sqlalchemy.orm.state import InstanceState
 
-from chrononaut.context import resolve_actor
+from chrononaut._context import resolve_actor
 from chrononaut.errors import (
     ChrononautException,
     DeadlockError,
@@ -420,7 +420,7 @@ def lock_all(
     sessions = {id(s): s for _, s in checked}
     if len(sessions) > 1:
         raise ChrononautException("lock_all() needs records of one session")
-    from chrononaut.locking.advisory import default_session
+    from chrononaut.locking._advisory import default_session
 
     session = next(iter(sessions.values())) if sessions else default_session()
     unique: dict[int, InstanceState[Any]] = {}
@@ -524,7 +524,7 @@ def lock_next(
     if not isinstance(mapper, Mapper):
         raise TypeError(f"lock_next() needs a mapped class, got {cls!r}")
     if session is None:
-        from chrononaut.locking.advisory import default_session
+        from chrononaut.locking._advisory import default_session
 
         fsa = getattr(cls, "__fsa__", None)
         real = check_session(fsa.session) if fsa is not None else default_session()

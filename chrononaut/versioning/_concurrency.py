@@ -19,10 +19,10 @@ from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.state import InstanceState
 
 from chrononaut.errors import ChrononautException, StaleWriteError
-from chrononaut.versioning.tables import VERSION_KEY
+from chrononaut.versioning._tables import VERSION_KEY
 
 if TYPE_CHECKING:
-    from chrononaut.versioning.model import VersionMeta
+    from chrononaut.versioning._model import VersionMeta
 
 __all__ = [
     "OptimisticMixin",
@@ -38,7 +38,7 @@ _expected: weakref.WeakKeyDictionary[InstanceState[Any], int] = weakref.WeakKeyD
 
 
 def meta_of(cls: type[Any]) -> VersionMeta | None:
-    from chrononaut.versioning.model import meta_of as _meta_of
+    from chrononaut.versioning._model import meta_of as _meta_of
 
     return _meta_of(cls)
 

@@ -9,9 +9,9 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import sessionmaker
 
+from chrononaut._session import versioned_session
 from chrononaut._urls import normalize_url
-from chrononaut.session import versioned_session
-from chrononaut.versioning.change_info import FlaskSettings
+from chrononaut.versioning._change_info import FlaskSettings
 
 __all__ = ["VersionedSQLAlchemy"]
 
@@ -41,7 +41,7 @@ class VersionedSQLAlchemy(SQLAlchemy):
     def init_app(self, app: Flask) -> None:
         """Register the extension on ``app`` (and its ``flask chrononaut`` commands)."""
         super().init_app(app)
-        from chrononaut.cli import chrononaut_cli
+        from chrononaut._cli import chrononaut_cli
 
         if "chrononaut" not in app.cli.commands:
             app.cli.add_command(chrononaut_cli)

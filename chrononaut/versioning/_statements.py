@@ -1,5 +1,5 @@
 """The SQL statements of history capture's fast paths, built from a class's
-:class:`~chrononaut.versioning.model.VersionMeta`. Pure construction: nothing here
+:class:`~chrononaut.versioning._model.VersionMeta`. Pure construction: nothing here
 executes; ``VersionMeta`` builds each statement once and caches it."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import array as pg_array
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 if TYPE_CHECKING:
-    from chrononaut.versioning.model import VersionMeta
+    from chrononaut.versioning._model import VersionMeta
 
 __all__ = ["bulk_history", "fast_update"]
 

@@ -1,7 +1,7 @@
 """The ``flask chrononaut`` command group.
 
-Commands live next to the feature they operate (``chrononaut.locking.cli``,
-``chrononaut.maintenance.cli``); this module only gathers them.
+Commands live next to the feature they operate (``chrononaut.locking._cli``,
+``chrononaut.maintenance._cli``); this module only gathers them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ __all__ = ["chrononaut_cli"]
 
 chrononaut_cli = AppGroup("chrononaut", help="Chrononaut: history, locks and maintenance.")
 
-_COMMAND_MODULES = ("chrononaut.locking.cli", "chrononaut.maintenance.cli")
+_COMMAND_MODULES = ("chrononaut.locking._cli", "chrononaut.maintenance._cli")
 
 
 def _register() -> None:

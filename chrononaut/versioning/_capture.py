@@ -22,15 +22,15 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
-from chrononaut.concurrency import (
+from chrononaut._context import extra_info_active, versioning_suppressed
+from chrononaut.errors import ChrononautException, StaleWriteError
+from chrononaut.versioning._change_info import ChangeInfoBuilder, Settings, consume_appended
+from chrononaut.versioning._concurrency import (
     check_expected_version,
     forget_expected_version,
     stale_write_error,
 )
-from chrononaut.context import extra_info_active, versioning_suppressed
-from chrononaut.errors import ChrononautException, StaleWriteError
-from chrononaut.versioning.change_info import ChangeInfoBuilder, Settings, consume_appended
-from chrononaut.versioning.model import VERSION_KEY, VersionMeta, meta_of
+from chrononaut.versioning._model import VERSION_KEY, VersionMeta, meta_of
 
 __all__ = ["Capture"]
 

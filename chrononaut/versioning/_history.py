@@ -11,7 +11,7 @@ from sqlalchemy.orm.attributes import instance_state
 from chrononaut.errors import ChrononautException
 
 if TYPE_CHECKING:
-    from chrononaut.versioning.model import HistoryRecord, VersionMeta
+    from chrononaut.versioning._model import HistoryRecord, VersionMeta
 
 __all__ = ["HistoryReadMixin"]
 
@@ -29,7 +29,7 @@ class HistoryReadMixin:
     """History read API, mixed into :class:`~chrononaut.Versioned`."""
 
     def _chrononaut_meta(self) -> VersionMeta:
-        from chrononaut.versioning.model import meta_of
+        from chrononaut.versioning._model import meta_of
 
         meta = meta_of(type(self))
         if meta is None:  # pragma: no cover - Versioned classes always have one
@@ -138,7 +138,7 @@ class HistoryReadMixin:
         return self._history_query().order_by(None).order_by(version.desc()).first()
 
     def _check_own_history(self, record: object, name: str) -> HistoryRecord:
-        from chrononaut.versioning.model import HistoryRecord
+        from chrononaut.versioning._model import HistoryRecord
 
         meta = self._chrononaut_meta()
         if not isinstance(record, HistoryRecord):
@@ -221,7 +221,7 @@ class HistoryReadMixin:
         :raises ChrononautException: when this record has no such version.
         """
         meta = self._chrononaut_meta()
-        from chrononaut.versioning.model import HistoryRecord
+        from chrononaut.versioning._model import HistoryRecord
 
         if isinstance(version, HistoryRecord):
             record = self._check_own_history(version, "version")

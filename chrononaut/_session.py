@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from chrononaut.errors import StaleWriteError
-from chrononaut.versioning.capture import CANDIDATES_KEY, Capture
-from chrononaut.versioning.change_info import Settings, StaticSettings
+from chrononaut.versioning._capture import CANDIDATES_KEY, Capture
+from chrononaut.versioning._change_info import Settings, StaticSettings
 
 __all__ = ["versioned_session"]
 
@@ -41,7 +41,7 @@ def _explain_stale_writes(cls: type[Session]) -> None:
         except StaleDataError as exc:
             if isinstance(exc, StaleWriteError):
                 raise
-            from chrononaut.concurrency import explain_stale_write
+            from chrononaut.versioning._concurrency import explain_stale_write
 
             candidates = self.info.pop(CANDIDATES_KEY, None) or []
             raise explain_stale_write(self, candidates, exc) from exc

@@ -54,7 +54,7 @@ class LockableMixin:
         :raises ChrononautException: the record is transient, pending, detached or
             deleted, or its row was deleted by another transaction.
         """
-        from chrononaut.locking.rows import lock_record
+        from chrononaut.locking._rows import lock_record
 
         return lock_record(self, mode, nowait=nowait, timeout=timeout, commit=commit)
 
@@ -65,7 +65,7 @@ class LockableMixin:
         comes with its acting user; other holders with ``user_id=None``. Your own
         transaction's lock is reported too.
         """
-        from chrononaut.locking.rows import record_holder
+        from chrononaut.locking._rows import record_holder
 
         return record_holder(self)
 
@@ -88,7 +88,7 @@ class LockableMixin:
         The row itself is not locked. Options as for :func:`chrononaut.advisory_lock`;
         the session defaults to the record's own.
         """
-        from chrononaut.locking.advisory import record_advisory_lock
+        from chrononaut.locking._advisory import record_advisory_lock
 
         return record_advisory_lock(
             self,
@@ -127,7 +127,7 @@ class LockableMixin:
         :param commit: commit on normal exit of the outermost lock block.
         :param session: default: the model's Flask-SQLAlchemy ``db.session``.
         """
-        from chrononaut.locking.rows import lock_next
+        from chrononaut.locking._rows import lock_next
 
         return lock_next(
             cls, *criteria, mode=mode, order_by=order_by, commit=commit, session=session

@@ -13,7 +13,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from chrononaut.context import resolve_actor
+from chrononaut._context import resolve_actor
 from chrononaut.errors import (
     ChrononautException,
     LockError,
@@ -369,7 +369,7 @@ def _release_session_lock(
 def record_key(record: object) -> str:
     """The string key of ``record.advisory_lock()``: ``"<schema.table>/<pk>"``."""
     from chrononaut.locking._keys import pk_text
-    from chrononaut.locking.rows import check_record, target
+    from chrononaut.locking._rows import check_record, target
 
     state, _ = check_record(record, "take an advisory lock on")
     tgt = target(state.mapper)
@@ -388,7 +388,7 @@ def record_advisory_lock(
     commit: bool = True,
 ) -> contextlib.AbstractContextManager[None]:
     """``record.advisory_lock()``: :func:`advisory_lock` keyed by the record's row."""
-    from chrononaut.locking.rows import check_record
+    from chrononaut.locking._rows import check_record
 
     check_bool("shared", shared)
     timeout_ms = check_wait(nowait, timeout)

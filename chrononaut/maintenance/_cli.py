@@ -1,6 +1,6 @@
 """``flask chrononaut import-activity``, ``prune`` and ``history``.
 
-Gathered into the ``flask chrononaut`` group by :mod:`chrononaut.cli` through
+Gathered into the ``flask chrononaut`` group by :mod:`chrononaut._cli` through
 ``COMMANDS``. Each command works on the app's ``VersionedSQLAlchemy`` (or any
 Flask-SQLAlchemy extension) and its ``Versioned`` models.
 """
@@ -17,9 +17,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from chrononaut.errors import ChrononautException
-from chrononaut.maintenance import activity as _activity
-from chrononaut.maintenance import retention as _retention
-from chrononaut.maintenance import timeline as _timeline
+from chrononaut.maintenance import _activity, _retention, _timeline
 from chrononaut.maintenance._models import find_model, parse_duration, versioned_models
 
 __all__ = ["COMMANDS", "history_command", "import_activity_command", "prune_command"]
