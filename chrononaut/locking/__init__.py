@@ -10,7 +10,8 @@ Contract used by the rest of the package:
 - :func:`lock_info_for` tells history capture which lock (if any) this session
   holds on a record, for ``change_info["lock"]``.
 - :func:`advisory_lock` and :func:`lock_all` are re-exported by :mod:`chrononaut`.
-- :func:`string_key` / :func:`advisory_key` document how keys reach PostgreSQL.
+- :func:`string_key` / :func:`advisory_key` / :func:`record_key` document how keys
+  reach PostgreSQL.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy.orm.state import InstanceState
 
 from chrononaut.locking._common import held_row_lock
 from chrononaut.locking._keys import advisory_key, string_key
-from chrononaut.locking.advisory import advisory_lock
+from chrononaut.locking.advisory import advisory_lock, record_key
 from chrononaut.locking.mixin import LockableMixin
 from chrononaut.locking.rows import lock_all
 
@@ -32,6 +33,7 @@ __all__ = [
     "advisory_lock",
     "lock_all",
     "lock_info_for",
+    "record_key",
     "string_key",
 ]
 

@@ -367,14 +367,27 @@ def _release_session_lock(
 
 
 def record_key(record: object) -> str:
-    """The string key of ``record.advisory_lock()``: ``"<schema.table>/<pk>"``."""
-    from chrononaut.locking._keys import pk_text
+    """The string key of ``record.advisory_lock()``.
+
+    The JSON array ``["chrononaut.record", schema, table, [primary key]]`` of the
+    record's physical table (its base table, after the bind's
+    ``schema_translate_map``) and whole primary key: ``advisory_lock(record_key(r))``
+    is the same lock as ``r.advisory_lock()``, and two different records never share
+    a key except by a 64-bit hash collision.
+
+    :param record: a persistent mapped record.
+    :raises TypeError: ``record`` is not a mapped record.
+    :raises ChrononautException: it is transient, pending, detached or deleted.
+    """
+    from chrononaut.locking._keys import physical_table, record_key_text
     from chrononaut.locking.rows import check_record, target
 
-    state, _ = check_record(record, "take an advisory lock on")
+    state, session = check_record(record, "take an advisory lock on")
     tgt = target(state.mapper)
     pk = state.key[1] if state.key is not None else ()
-    return f"{tgt.table.fullname}/{pk_text(pk)}"
+    bind = session.get_bind(mapper=state.mapper)
+    schema, name = physical_table(tgt.table, bind.get_execution_options())
+    return record_key_text("chrononaut.record", schema, name, pk)
 
 
 def record_advisory_lock(

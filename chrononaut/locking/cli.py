@@ -79,7 +79,8 @@ def held_locks(conn: sa.Connection) -> list[HeldLock]:
 
     Row locks are found through their marker locks (so rows beyond the marker
     limit of one ``lock_all()`` call are not listed); advisory locks through the
-    holder's ``application_name`` tag.
+    holder's ``application_name`` tag. A row whose key is not one small integer has
+    a 64-bit hashed marker, listed as a shared advisory lock on that key.
 
     :param conn: any connection to the database.
     """
@@ -92,8 +93,7 @@ def held_locks(conn: sa.Connection) -> list[HeldLock]:
         _, user_id = user_from_app_name(app)
         if relation is not None:
             pk, row_mode = decode_marker(int(objid))
-            key = f"id={pk}" if pk is not None else f"hashed key #{int(objid) >> 3}"
-            held.append(HeldLock("row", f"{relation} {key}", row_mode, user_id, int(pid), since))
+            held.append(HeldLock("row", f"{relation} id={pk}", row_mode, user_id, int(pid), since))
             continue
         if objsubid == 2:
             target = f"({_signed(int(classid), 32)}, {_signed(int(objid), 32)})"
