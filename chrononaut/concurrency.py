@@ -9,8 +9,9 @@ in between: who changed what, and when.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -72,7 +73,7 @@ class OptimisticMixin:
             error = None
             meta = meta_of(type(self))
             if session is not None and meta is not None:
-                error = stale_write_error(session.get_bind(mapper=meta.mapper), self, version)
+                error = stale_write_error(session, self, version)
                 if error is None and not state.modified:
                     # The row *is* at the client's version; only this session's copy
                     # is older (a long-lived session). Catch up instead of refusing.
@@ -103,7 +104,7 @@ def check_expected_version(
     meta = meta_of(type(obj))
     error = None
     if meta is not None:
-        error = stale_write_error(session.get_bind(mapper=meta.mapper), obj, expected)
+        error = stale_write_error(session, obj, expected)
     if error is None:
         error = StaleWriteError(
             f"{type(obj).__name__} was expected at version {expected} but the write is based "
@@ -171,8 +172,52 @@ def _describe_changes(changes: Sequence[Any], fields_per_change: list[list[str]]
     return parts
 
 
+def held_connection(session: Session, mapper: Any) -> sa.Connection:
+    """The connection ``session`` already holds for ``mapper``'s bind.
+
+    After a failed flush the session's transaction is inactive but keeps its
+    connection checked out (SQLAlchemy rolled the database transaction back);
+    reading on it needs no second connection from the pool, so a stale write is
+    explained with a pool of one. Without a held connection, the session's
+    :meth:`~sqlalchemy.orm.Session.connection` (its transaction begins).
+    """
+    bind = session.get_bind(mapper=mapper)
+    transaction = session.get_transaction()
+    connections = getattr(transaction, "_connections", None) if transaction else None
+    if connections:
+        engine = bind.engine if isinstance(bind, sa.Connection) else bind
+        for key in (bind, engine):
+            held = connections.get(key)
+            if held is not None and not held[0].closed and not held[0].invalidated:
+                conn: sa.Connection = held[0]
+                return conn
+    return session.connection(bind_arguments={"mapper": mapper})
+
+
+@contextlib.contextmanager
+def _reading_on(where: sa.Engine | sa.Connection | Session, mapper: Any) -> Iterator[sa.Connection]:
+    """A connection to read the row and its history on, handed back as it was found."""
+    if isinstance(where, sa.Engine):
+        # Only for callers that have nothing better to give (a second connection).
+        with where.connect() as fresh:
+            yield fresh
+        return
+    conn = held_connection(where, mapper) if isinstance(where, Session) else where
+    if conn.in_transaction():
+        # The caller's own transaction (expect_version, a bulk statement): read in it.
+        yield conn
+        return
+    # The transaction of a failed flush was rolled back: read in a short one of
+    # our own on the same connection and end it, leaving the connection as it was.
+    try:
+        yield conn
+    finally:
+        if conn.in_transaction():
+            conn.rollback()
+
+
 def stale_write_error(
-    session_bind: sa.Engine | sa.Connection,
+    session_bind: sa.Engine | sa.Connection | Session,
     obj: Any,
     expected_version: int,
     *,
@@ -181,9 +226,12 @@ def stale_write_error(
 ) -> StaleWriteError | None:
     """Build the error for ``obj`` if its row no longer has ``expected_version``.
 
-    Reads the row and its history through a connection of its own: the failed
-    flush left the session's transaction unusable, and the other writers'
-    changes are committed, so a fresh connection sees them.
+    Reads the row and its history on the connection the session already holds
+    (pass the ``Session`` or that ``Connection``), so it works with a pool of one
+    connection: inside the caller's transaction when one is open, else (after a
+    failed flush, which rolled the database transaction back) in a short read
+    transaction ended before returning. An ``Engine`` is still accepted and then
+    costs a second connection.
 
     :param obj: the record, or ``None`` for a row the session does not hold
         (an ORM bulk statement); then ``model`` and ``pk`` name the row.
@@ -199,9 +247,8 @@ def stale_write_error(
     version_col = meta.version_column
     live = version_col.table
     pk_cols = [live.c[col_key] for _, col_key in base.pk]
-    engine = session_bind.engine if isinstance(session_bind, sa.Connection) else session_bind
     tracked_cols = [meta.columns[key] for key in meta.tracked]
-    with engine.connect() as connection:
+    with _reading_on(session_bind, meta.mapper) as connection:
         row = connection.execute(
             sa.select(version_col, *tracked_cols).where(
                 *[c == v for c, v in zip(pk_cols, pk, strict=True)]
@@ -260,8 +307,7 @@ def explain_stale_write(
         meta = meta_of(type(obj))
         if meta is None:
             continue
-        bind = session.get_bind(mapper=meta.mapper)
-        error = stale_write_error(bind, obj, expected)
+        error = stale_write_error(session, obj, expected)
         if error is not None:
             return error
     return StaleWriteError(
