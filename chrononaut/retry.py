@@ -81,6 +81,27 @@ def is_retryable(error: BaseException) -> bool:
     return False
 
 
+def loggable(error: BaseException) -> str:
+    """What the ``chrononaut.retry`` logger says about ``error``: safe to log.
+
+    A driver error's text quotes the statement and its parameters (hidden values
+    included) and a ``DETAIL`` line with row values, so it is reduced to the
+    error class, the SQLSTATE and the first line of the server's message.
+    Chrononaut's own errors name records and versions, never values; the driver
+    error they were raised from is left out the same way.
+    """
+    if isinstance(error, sa_exc.DBAPIError):
+        orig = error.orig
+        code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
+        lines = str(orig).strip().splitlines()
+        first = lines[0] if lines else ""
+        sqlstate = f" [SQLSTATE {code}]" if isinstance(code, str) else ""
+        return f"{type(orig).__name__}{sqlstate}: {first}"
+    if isinstance(error, (StaleWriteError, DeadlockError)):
+        return f"{type(error).__name__}: {error}"
+    return type(error).__name__
+
+
 def _session_of(source: SessionSource) -> Session:
     if isinstance(source, Session):
         return source
@@ -174,11 +195,11 @@ class Attempt:
         runner.session.rollback()
         runner.session.expire_all()
         if self.last:
-            log.info("giving up after %d attempts: %s", self.number, error)
+            log.info("giving up after %d attempts: %s", self.number, loggable(error))
             if reraise:
                 raise error
             return False
-        log.debug("attempt %d hit a conflict, retrying: %s", self.number, error)
+        log.debug("attempt %d hit a conflict, retrying: %s", self.number, loggable(error))
         if runner.on_retry is not None:
             runner.on_retry(self.number, error)
         return True
