@@ -292,6 +292,9 @@ def _open_dedicated(engine: Engine) -> Connection:
     except sa_exc.TimeoutError:
         raise no_second from None
     try:
+        # A real transaction even when the engine is in autocommit mode (the
+        # pool puts the connection's own isolation level back on check-in).
+        conn = conn.execution_options(isolation_level="READ COMMITTED")
         conn.begin()
         # A statement pooler refuses a transaction of more than one statement:
         # find out here, before the lock is taken.

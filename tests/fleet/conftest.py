@@ -77,3 +77,39 @@ def elsewhere(database_url: str) -> Iterator[Callable[[], Session]]:
     for session in made:
         session.close()
     engine.dispose()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``pgbouncer`` marker (``--strict-markers``)."""
+    config.addinivalue_line(
+        "markers",
+        "pgbouncer: runs through a real PgBouncer; needs the pgbouncer binary "
+        "(required when CI=true)",
+    )
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(database_url: str) -> Iterator[Any]:
+    """A PgBouncer in transaction pooling mode in front of the test database.
+
+    Without the binary the tests are skipped locally, and fail in CI (``CI=true``),
+    where .ci/run installs it.
+    """
+    import os
+
+    import pgbouncer_support
+
+    binary = pgbouncer_support.find_binary()
+    if binary is None:
+        message = (
+            "PgBouncer is not installed (apt-get install -y pgbouncer); "
+            "the pooler tests are required in CI"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    bouncer = pgbouncer_support.start(binary, sa.make_url(database_url))
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
