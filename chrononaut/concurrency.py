@@ -30,6 +30,7 @@ __all__ = [
     "changed_fields",
     "check_expected_version",
     "explain_stale_write",
+    "parse_version",
     "stale_write_error",
 ]
 
@@ -47,20 +48,28 @@ def meta_of(cls: type[Any]) -> VersionMeta | None:
 class OptimisticMixin:
     """Optimistic-concurrency methods of :class:`~chrononaut.Versioned` records."""
 
-    def expect_version(self, version: int) -> None:
+    def expect_version(self, version: int | str) -> None:
         """Declare the version a client based its edit on (a form field, ``If-Match``).
 
         Raises :class:`~chrononaut.StaleWriteError` at once unless ``version`` is the
         record's current version; the record's next write is then checked against
         it too, even if the record is refreshed (for example by ``lock()``) in between.
 
-        :param version: the version the client saw.
-        :raises TypeError: when ``version`` is not an int.
+        :param version: the version the client saw: an ``int``, or the ``str`` a
+            form field or query parameter brought back (ASCII digits).
+        :raises TypeError: when ``version`` is neither an int nor a str.
         :raises ChrononautException: when the record is not persistent.
-        :raises StaleWriteError: when the record has moved on since ``version``.
+        :raises StaleWriteError: when the record has moved on since ``version``, or
+            a str ``version`` is not a well-formed version (a mismatch, never a
+            server error).
         """
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise TypeError(f"version must be an int, not {type(version).__name__}")
+        text: str | None = None
+        if isinstance(version, str):
+            text = version
+            parsed = parse_version(version)
+            version = -1 if parsed is None else parsed
+        elif isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"version must be an int or a str, not {type(version).__name__}")
         state = instance_state(self)
         if state.key is None or state.deleted or state.detached:
             raise ChrononautException(
@@ -68,6 +77,18 @@ class OptimisticMixin:
                 f"database"
             )
         current = getattr(self, VERSION_KEY)
+        if version < 0 or version > MAX_VERSION:
+            if text is None:
+                shown = repr(version) if abs(version) < 10**20 else "a huge number"
+            else:
+                shown = repr(text if len(text) <= 20 else f"{text[:20]}…")
+            raise StaleWriteError(
+                f"{shown} is not a version of this {type(self).__name__} (it is at "
+                f"version {current}); reload it and apply the change again",
+                record=self,
+                expected_version=None,
+                current_version=current,
+            )
         if current != version:
             session = state.session
             error = None
@@ -91,6 +112,24 @@ class OptimisticMixin:
                 )
             raise error
         _expected[state] = version
+
+
+#: Versions are PostgreSQL integers.
+MAX_VERSION = 2**31 - 1
+
+
+def parse_version(text: str) -> int | None:
+    """The version a client's text names, or ``None`` when it is not one.
+
+    Only ASCII digits (surrounding whitespace allowed) of a value up to
+    :data:`MAX_VERSION`; anything else — signs, Unicode digits such as ``²``, a
+    5,000-digit number — is not a version.
+    """
+    stripped = text.strip()
+    if not stripped or len(stripped) > 10 or not stripped.isascii() or not stripped.isdigit():
+        return None
+    value = int(stripped)
+    return value if value <= MAX_VERSION else None
 
 
 def check_expected_version(

@@ -228,13 +228,13 @@ def _transaction_lock(
             params_any["old"] = str(old)
             conn.execute(_statement("xact-timeout", function, args), params_any)
         except sa_exc.DBAPIError as error:
-            _block.undo(conn)
+            _block.undo(conn, error)
             if sqlstate(error) == SQLSTATE_LOCK_NOT_AVAILABLE:
                 holder = advisory_holder(conn, normalised, exclude_self=True)
                 raise _timed_out(key, timeout_ms, holder) from None
             raise
-        except BaseException:
-            _block.undo(conn)
+        except BaseException as error:
+            _block.undo(conn, error)
             raise
         _block.release(conn)
 
@@ -359,8 +359,9 @@ def _session_lock(
                 try:
                     conn.execute(_statement("session-timeout", function, args), params_any)
                 except sa_exc.DBAPIError as error:
-                    conn.exec_driver_sql("ROLLBACK TO SAVEPOINT chrononaut_lock_attempt")
+                    # Anything but a timeout (a dead connection) is reported below.
                     if sqlstate(error) == SQLSTATE_LOCK_NOT_AVAILABLE:
+                        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT chrononaut_lock_attempt")
                         holder = advisory_holder(conn, normalised, exclude_self=True)
                         raise _timed_out(key, timeout_ms, holder) from None
                     raise
@@ -429,7 +430,7 @@ def _release_session_lock(
         if problem is None:
             try:
                 entry.conn.rollback()
-            except sa_exc.DBAPIError:
+            except Exception:
                 with contextlib.suppress(Exception):
                     entry.conn.invalidate()
         with contextlib.suppress(Exception):

@@ -11,6 +11,7 @@ import click
 import sqlalchemy as sa
 from flask.cli import with_appcontext
 
+from chrononaut._cli_errors import cli_errors
 from chrononaut.locking._common import user_from_app_name
 from chrononaut.locking._keys import decode_marker
 
@@ -115,6 +116,7 @@ def held_locks(conn: sa.Connection) -> list[HeldLock]:
     "--bind", default=None, help="Flask-SQLAlchemy bind key (default: the main database)."
 )
 @with_appcontext
+@cli_errors
 def locks_command(as_json: bool, bind: str | None) -> None:
     """List the locks currently held through Chrononaut: what is locked, in which
     mode, by which user and server process, since when, and who is waiting."""
@@ -123,7 +125,10 @@ def locks_command(as_json: bool, bind: str | None) -> None:
     ext = current_app.extensions.get("sqlalchemy")
     if ext is None:
         raise click.ClickException("this app has no Flask-SQLAlchemy extension")
-    engine = ext.engines[bind]
+    try:
+        engine = ext.engines[bind]
+    except KeyError:
+        raise click.ClickException(f"no database bind {bind!r}") from None
     with engine.connect() as conn:
         locks = held_locks(conn)
     if as_json:

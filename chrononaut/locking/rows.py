@@ -311,7 +311,7 @@ def _run_attempt(
         old = _set_timeout(conn, timeout_ms) if timeout_ms is not None else None
         result = run(old)
     except sa_exc.DBAPIError as error:
-        _block.undo(conn)
+        _block.undo(conn, error)
         failure = _lock_failed(
             error,
             [_holder_finder(s) for s in states[:20]],
@@ -325,8 +325,8 @@ def _run_attempt(
             raise failure from error
         # A lock error says all there is to say; the driver's error adds noise.
         raise failure from None
-    except BaseException:
-        _block.undo(conn)
+    except BaseException as error:
+        _block.undo(conn, error)
         raise
     _block.release(conn)
     if restore_after and old is not None:

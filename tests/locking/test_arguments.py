@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -36,6 +37,11 @@ BAD_LOCK_ARGUMENTS: list[tuple[dict[str, Any], type[Exception]]] = [
     ({"timeout": True}, ValueError),
     ({"timeout": float("nan")}, ValueError),
     ({"timeout": 10**12}, ValueError),
+    ({"timeout": float("inf")}, ValueError),
+    ({"timeout": -float("inf")}, ValueError),
+    ({"timeout": Decimal("NaN")}, ValueError),
+    ({"timeout": Decimal("Infinity")}, ValueError),
+    ({"timeout": Decimal("1e400")}, ValueError),
     ({"nowait": True, "timeout": 1}, ValueError),
     ({"nowait": "yes"}, TypeError),
     ({"commit": None}, TypeError),
