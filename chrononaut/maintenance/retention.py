@@ -138,8 +138,8 @@ def prune(
         ``timedelta``, ``keep_last``/``batch_size`` not an ``int`` — ``bool`` and
         ``float`` included —, ``now`` not a ``datetime``, ``engine`` not an Engine).
     :raises ValueError: when neither rule is given, or a value is out of range
-        (negative, or so large that the cut-off falls before year 1).
-    All checked before anything is sent to the database.
+        (negative, or so large that the cut-off falls before year 1). All checked
+        before anything is sent to the database.
     """
     if not isinstance(engine, sa.Engine):
         raise TypeError(f"engine must be a SQLAlchemy Engine, not {type(engine).__name__}")
