@@ -109,12 +109,14 @@ def _in_thread(app: Flask, target: Callable[[], Any]) -> Any:
 
 
 def _leftovers(server: sa.Engine) -> tuple[int, int]:
-    """(advisory locks held, backends tagged chrononaut) on the real server, direct."""
+    """(advisory locks held, backends tagged chrononaut) in the test database, direct."""
     with server.connect() as conn:
         row = conn.execute(
             sa.text(
-                "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'), "
-                "(SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'chrononaut%')"
+                "SELECT (SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE l.locktype = 'advisory' AND d.datname = current_database()), "
+                "(SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name LIKE 'chrononaut%')"
             )
         ).one()
     return int(row[0]), int(row[1])
@@ -272,8 +274,10 @@ def test_session_advisory_lock_lost_with_its_server_connection(
             with direct.connect() as conn:
                 conn.execute(
                     sa.text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                        "WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+                        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
+                        "JOIN pg_database d ON d.oid = l.database "
+                        "WHERE l.locktype = 'advisory' AND l.pid <> pg_backend_pid() "
+                        "AND d.datname = current_database()"
                     )
                 )
                 conn.commit()
