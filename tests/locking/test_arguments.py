@@ -230,3 +230,14 @@ def test_advisory_lock_without_app_context_needs_a_session(app: Any) -> None:
     assert len(caught) == 1
     assert isinstance(caught[0], ChrononautException)
     assert "session=" in str(caught[0])
+
+
+@pytest.mark.parametrize("timeout", [Decimal("1.5"), 1, 0.25])
+def test_timeout_accepts_any_real_number(db: Any, Counter: Any, timeout: Any) -> None:
+    """A Decimal (or int, float) timeout is a number of seconds like any other."""
+    rec = db.session.get(Counter, 1)
+    with rec.lock(timeout=timeout):
+        rec.n += 1
+    with advisory_lock("decimal-timeout", timeout=timeout):
+        pass
+    assert db.session.get(Counter, 1).n == 1
