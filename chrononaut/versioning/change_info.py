@@ -76,6 +76,17 @@ def append_change_info(record: object, **info: Any) -> None:
         entries.append(_Appended(dict(info), chain))
 
 
+def _rolled_back(entry: _Appended, transaction: Any, outermost: bool) -> bool:
+    chain = entry.chain
+    if chain is not None and all(ref() is None for ref in chain):
+        # Its transaction committed without writing the row: the info waits for
+        # the next transaction, and goes when that one rolls back.
+        chain = None
+    if chain is None:
+        return outermost
+    return any(ref() is transaction for ref in chain)
+
+
 def drop_rolled_back(session: Session, previous_transaction: Any) -> None:
     """``after_soft_rollback`` listener: forget info appended in that transaction,
     in a savepoint inside it, or (for the outermost) before it began."""
@@ -87,15 +98,7 @@ def drop_rolled_back(session: Session, previous_transaction: Any) -> None:
         if not entries:
             continue
         kept = [
-            entry
-            for entry in entries
-            if not (
-                (entry.chain is None and outermost)
-                or (
-                    entry.chain is not None
-                    and any(ref() is previous_transaction for ref in entry.chain)
-                )
-            )
+            entry for entry in entries if not _rolled_back(entry, previous_transaction, outermost)
         ]
         if kept:
             _pending[state] = kept

@@ -153,3 +153,19 @@ def test_config_function_is_checked_before_any_statement(
     app.config["CHRONONAUT_EXTRA_CHANGE_INFO_FUNC"] = None
     assert _history_count(db) == before
     assert db.session.get(type(user), user.id).name != "renamed"
+
+
+def test_info_waiting_past_a_commit_goes_with_the_next_rollback(
+    db: VersionedSQLAlchemy, make_user: Any
+) -> None:
+    """Info that outlived an untracked-only commit belongs to the next transaction."""
+    user = make_user()
+    _ = user.name  # inside a transaction now
+    append_change_info(user, source="waiting")
+    user.login_count = 5
+    db.session.commit()
+    db.session.execute(sa.text("SELECT 1"))
+    db.session.rollback()
+    user.name = "renamed"
+    db.session.commit()
+    assert "extra" not in user.previous_version().change_info
