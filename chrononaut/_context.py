@@ -8,6 +8,7 @@ block's values are restored on exit even when it raises.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from flask import current_app, has_request_context, request
 __all__ = [
     "Actor",
     "acting_as",
+    "check_json_info",
     "current_extra_info",
     "extra_change_info",
     "flask_actor",
@@ -92,15 +94,85 @@ def flask_actor() -> Actor:
     return Actor(user_id, remote_addr)
 
 
-@contextlib.contextmanager
-def extra_change_info(**info: Any) -> Iterator[Mapping[str, Any]]:
+# Deeper nesting than this is refused (a cycle would otherwise recurse forever).
+_MAX_DEPTH = 64
+
+
+def _check_text(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise ValueError(f"{where}: a string with a NUL character can't be stored in JSONB")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{where}: a string with a lone surrogate has no UTF-8 form and can't be stored"
+        ) from None
+
+
+def _check_json(value: object, where: str, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"{where}: nested deeper than {_MAX_DEPTH} levels (a cycle?)")
+    if value is None or isinstance(value, (bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {value!r} is not a JSON number; JSONB can't hold it")
+        return
+    if isinstance(value, str):
+        _check_text(value, where)
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_json(item, f"{where}[{index}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: JSON object keys must be str, not {type(key).__name__}")
+            _check_text(key, where)
+            _check_json(item, f"{where}[{key!r}]", depth + 1)
+        return
+    raise TypeError(
+        f"{where}: {type(value).__name__} is not a JSON value (use dict, list, tuple, str, "
+        "int, float, bool or None; convert it, e.g. a set to a sorted list)"
+    )
+
+
+def check_json_info(info: Mapping[str, Any], what: str) -> None:
+    """Refuse change_info values JSONB can't hold (SPEC §3), before anything is stored.
+
+    :param info: the keyword arguments (or the config function's dict).
+    :param what: the caller, for the message (``"extra_change_info()"``).
+    :raises TypeError: a value (or nested key) of another type than dict with
+        ``str`` keys, list, tuple, ``str``, ``int``, ``float``, ``bool``, ``None``.
+    :raises ValueError: NaN or infinity, a string with a NUL character or a lone
+        surrogate, or nesting deeper than 64 levels.
+    """
+    for key, value in info.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{what}: keys must be str, not {type(key).__name__}")
+        _check_text(key, what)
+        _check_json(value, f"{what} {key}", 0)
+
+
+def extra_change_info(**info: Any) -> contextlib.AbstractContextManager[Mapping[str, Any]]:
     """Add ``info`` to ``change_info["extra"]`` of history rows written inside the block.
 
     Blocks nest: values merge, the inner block wins, and the outer values are back
-    when the block exits (also on exceptions). Values must be JSON-serialisable.
+    when the block exits (also on exceptions). Values must be JSON values JSONB
+    can hold; they are checked at the call.
 
     :param info: keys and values to record.
+    :raises TypeError: a value that is not a JSON value (a set, a datetime, ...).
+    :raises ValueError: NaN, infinity, or a string with a NUL character or a lone
+        surrogate.
     """
+    check_json_info(info, "extra_change_info()")
+    return _extra_block(info)
+
+
+@contextlib.contextmanager
+def _extra_block(info: dict[str, Any]) -> Iterator[Mapping[str, Any]]:
     merged = {**_extra.get(), **info}
     token = _extra.set(merged)
     block_token = _in_extra_block.set(True)
@@ -115,8 +187,11 @@ def rationale(text: str) -> contextlib.AbstractContextManager[Mapping[str, Any]]
     """Record why changes are made: ``extra_change_info(rationale=text)``.
 
     :param text: the reason, stored in ``change_info["extra"]["rationale"]``.
+    :raises TypeError: ``text`` is not a JSON value (see :func:`extra_change_info`).
+    :raises ValueError: as for :func:`extra_change_info`.
     """
-    return extra_change_info(rationale=text)
+    check_json_info({"rationale": text}, "rationale()")
+    return _extra_block({"rationale": text})
 
 
 def current_extra_info() -> Mapping[str, Any]:

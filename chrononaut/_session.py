@@ -17,7 +17,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from chrononaut.errors import StaleWriteError
 from chrononaut.versioning._capture import CANDIDATES_KEY, Capture
-from chrononaut.versioning._change_info import Settings, StaticSettings
+from chrononaut.versioning._change_info import Settings, StaticSettings, drop_rolled_back
 
 __all__ = ["versioned_session"]
 
@@ -57,6 +57,8 @@ def _listen(target: Any, settings: Settings) -> None:
     event.listen(target, "before_flush", capture.before_flush)
     event.listen(target, "after_flush", capture.after_flush)
     event.listen(target, "do_orm_execute", capture.do_orm_execute)
+    # Appended change_info is meant for its transaction only (SPEC §3).
+    event.listen(target, "after_soft_rollback", drop_rolled_back)
 
 
 @overload

@@ -10,12 +10,13 @@ Contract used by the rest of the package:
 - ``_common.held_row_lock`` tells history capture which lock (if any) this
   session holds on a record, for ``change_info["lock"]`` (internal).
 - :func:`advisory_lock` and :func:`lock_all` are re-exported by :mod:`chrononaut`.
-- :func:`string_key` / :func:`advisory_key` document how keys reach PostgreSQL.
+- :func:`string_key` / :func:`advisory_key` / :func:`record_key` document how keys
+  reach PostgreSQL.
 """
 
 from __future__ import annotations
 
-from chrononaut.locking._advisory import advisory_lock
+from chrononaut.locking._advisory import advisory_lock, record_key
 from chrononaut.locking._keys import advisory_key, string_key
 from chrononaut.locking._mixin import LockableMixin
 from chrononaut.locking._rows import lock_all
@@ -25,5 +26,6 @@ __all__ = [
     "advisory_key",
     "advisory_lock",
     "lock_all",
+    "record_key",
     "string_key",
 ]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Iterator
+import contextvars
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +77,9 @@ def _statement(kind: str, function: str, args: str) -> sa.TextClause:
     cache_key = (kind, function, args)
     stmt = _statements.get(cache_key)
     if stmt is None:
-        local = "true" if kind.startswith("xact") else "false"
+        # Always transaction-local: a session-scope lock holds its connection in
+        # an open transaction for the block, so the tag ends with the block.
+        local = "true"
         if kind.endswith("try"):
             sql = (
                 f"SELECT s.ok, CASE WHEN s.ok THEN set_config('application_name', :app, {local}) "
@@ -89,11 +91,14 @@ def _statement(kind: str, function: str, args: str) -> sa.TextClause:
                 "set_config('lock_timeout', :old, true)"
             )
         elif kind == "session-timeout":
-            # Autocommit: the statement is its own transaction, so a local
-            # lock_timeout lasts for this attempt only.
+            # In a savepoint of the block's transaction: a RELEASE keeps a local
+            # setting, so the old lock_timeout (read first, in the fenced FROM) is
+            # put back once the lock is granted; a timeout rolls the savepoint back.
             sql = (
                 "SELECT set_config('lock_timeout', :t, true), "
-                f"{function}({args}), set_config('application_name', :app, false)"
+                f"{function}({args}), set_config('application_name', :app, true), "
+                "set_config('lock_timeout', o.old, true) "
+                "FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) AS o"
             )
         else:
             sql = f"SELECT {function}({args}), set_config('application_name', :app, {local})"
@@ -223,23 +228,27 @@ def _transaction_lock(
             params_any["old"] = str(old)
             conn.execute(_statement("xact-timeout", function, args), params_any)
         except sa_exc.DBAPIError as error:
-            _block.undo(conn)
+            _block.undo(conn, error)
             if sqlstate(error) == SQLSTATE_LOCK_NOT_AVAILABLE:
                 holder = advisory_holder(conn, normalised, exclude_self=True)
                 raise _timed_out(key, timeout_ms, holder) from None
             raise
-        except BaseException:
-            _block.undo(conn)
+        except BaseException as error:
+            _block.undo(conn, error)
             raise
         _block.release(conn)
 
     return _block.transaction_block(session, commit, acquire)
 
 
-# Session-scope locks: one dedicated connection per (thread, engine), shared by
-# nested blocks of that thread so a key taken twice is re-entrant instead of a
-# self-deadlock between two connections.
-_local = threading.local()
+# Session-scope locks: one dedicated connection per engine and context (thread
+# or task), shared by nested blocks of that context so a key taken twice is
+# re-entrant instead of a self-deadlock between two connections. The mapping is
+# replaced, never changed in place, so a context copied into another task does
+# not hand it this context's connection.
+_held: contextvars.ContextVar[Mapping[Engine, _Dedicated] | None] = contextvars.ContextVar(
+    "chrononaut_session_advisory_locks", default=None
+)
 
 
 @dataclass
@@ -248,23 +257,68 @@ class _Dedicated:
     depth: int = 0
 
 
-def _dedicated() -> dict[Engine, _Dedicated]:
-    held: dict[Engine, _Dedicated] | None = getattr(_local, "held", None)
-    if held is None:
-        held = _local.held = {}
-    return held
-
-
 _UNLOCK = {
     False: "SELECT pg_advisory_unlock({args})",
     True: "SELECT pg_advisory_unlock_shared({args})",
 }
-# The last block of the thread puts the pooled connection's application_name
-# back to its connect-time value before the connection returns to the pool.
-_RESET_APP = (
-    ", set_config('application_name', "
-    "(SELECT reset_val FROM pg_settings WHERE name = 'application_name'), false)"
-)
+
+
+def _pool_has_no_second(engine: Engine) -> bool:
+    """A pool that can't hand out one more connection right now (pool of one in use)."""
+    pool = engine.pool
+    if not isinstance(pool, sa.pool.QueuePool):
+        return False
+    overflow = pool._max_overflow  # no public accessor
+    if overflow < 0:
+        return False
+    return pool.checkedout() >= pool.size() + overflow
+
+
+def _open_dedicated(engine: Engine) -> Connection:
+    """Check out the block's own connection and open the transaction it keeps.
+
+    The open transaction is what makes a transaction pooler (PgBouncer
+    ``pool_mode = transaction``) keep one server session for the whole block.
+    """
+    no_second = LockError(
+        "a session-scope advisory lock needs a connection of its own besides the ORM "
+        "session's, and the engine's pool has none to give (pool_size + max_overflow "
+        "connections are checked out): use scope='transaction', or make the pool larger"
+    )
+    if _pool_has_no_second(engine):
+        raise no_second
+    try:
+        conn = engine.connect()
+    except sa_exc.TimeoutError:
+        raise no_second from None
+    try:
+        # A real transaction even when the engine is in autocommit mode (the
+        # pool puts the connection's own isolation level back on check-in).
+        conn = conn.execution_options(isolation_level="READ COMMITTED")
+        conn.begin()
+        # A statement pooler refuses a transaction of more than one statement:
+        # find out here, before the lock is taken.
+        conn.exec_driver_sql("SELECT 1")
+        conn.exec_driver_sql("SELECT 1")
+    except sa_exc.DBAPIError as error:
+        with contextlib.suppress(Exception):
+            conn.invalidate()
+        with contextlib.suppress(Exception):
+            conn.close()
+        raise LockError(
+            "a session-scope advisory lock needs one server session for the whole "
+            "block, held in an open transaction, and the connection refused that "
+            f"({_describe_db_error(error)}); behind a statement pooler use "
+            "scope='transaction'"
+        ) from None
+    return conn
+
+
+def _describe_db_error(error: sa_exc.DBAPIError) -> str:
+    """The error's class and SQLSTATE with its first line: no SQL, no parameters."""
+    code = sqlstate(error)
+    first = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else ""
+    return f"{type(error.orig).__name__}{f' [{code}]' if code else ''}: {first}"
 
 
 @contextlib.contextmanager
@@ -281,100 +335,135 @@ def _session_lock(
     engine = session.get_bind(mapper=bind_mapper)
     if not isinstance(engine, Engine):
         engine = engine.engine
-    held = _dedicated()
+    held = _held.get() or {}
     entry = held.get(engine)
+    token: contextvars.Token[Mapping[Engine, _Dedicated] | None] | None = None
     if entry is None:
-        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        entry = held[engine] = _Dedicated(conn)
+        entry = _Dedicated(_open_dedicated(engine))
+        token = _held.set({**held, engine: entry})
     entry.depth += 1
     function = _function(shared, nowait, "session")
     args, params = _args(normalised)
     params_any: dict[str, Any] = dict(params)
     params_any["app"] = app_name(user_id)
+    conn = entry.conn
     try:
         try:
             if nowait:
-                ok = entry.conn.execute(
-                    _statement("session-try", function, args), params_any
-                ).scalar()
+                ok = conn.execute(_statement("session-try", function, args), params_any).scalar()
                 if not ok:
-                    raise _not_available(
-                        key, advisory_holder(entry.conn, normalised, exclude_self=True)
-                    )
+                    raise _not_available(key, advisory_holder(conn, normalised, exclude_self=True))
             elif timeout_ms is not None:
+                conn.exec_driver_sql("SAVEPOINT chrononaut_lock_attempt")
                 params_any["t"] = f"{timeout_ms}ms"
-                entry.conn.execute(_statement("session-timeout", function, args), params_any)
+                try:
+                    conn.execute(_statement("session-timeout", function, args), params_any)
+                except sa_exc.DBAPIError as error:
+                    # Anything but a timeout (a dead connection) is reported below.
+                    if sqlstate(error) == SQLSTATE_LOCK_NOT_AVAILABLE:
+                        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT chrononaut_lock_attempt")
+                        holder = advisory_holder(conn, normalised, exclude_self=True)
+                        raise _timed_out(key, timeout_ms, holder) from None
+                    raise
+                conn.exec_driver_sql("RELEASE SAVEPOINT chrononaut_lock_attempt")
             else:
-                entry.conn.execute(_statement("session", function, args), params_any)
+                conn.execute(_statement("session", function, args), params_any)
         except sa_exc.DBAPIError as error:
-            if sqlstate(error) == SQLSTATE_LOCK_NOT_AVAILABLE and timeout_ms is not None:
-                holder = advisory_holder(entry.conn, normalised, exclude_self=True)
-                raise _timed_out(key, timeout_ms, holder) from None
-            raise
+            raise LockError(
+                f"could not take the session-scope advisory lock {key!r}: "
+                f"{_describe_db_error(error)}"
+            ) from None
     except BaseException:
         entry.depth -= 1
-        _release_session_lock(engine, entry, normalised, shared, acquired=False, report=False)
+        _release_session_lock(entry, token, normalised, shared, acquired=False, report=False)
         raise
     try:
         yield
     except BaseException:
         entry.depth -= 1
-        _release_session_lock(engine, entry, normalised, shared, acquired=True, report=False)
+        _release_session_lock(entry, token, normalised, shared, acquired=True, report=False)
         raise
     entry.depth -= 1
-    _release_session_lock(engine, entry, normalised, shared, acquired=True, report=True)
+    _release_session_lock(entry, token, normalised, shared, acquired=True, report=True)
 
 
 def _release_session_lock(
-    engine: Engine,
     entry: _Dedicated,
+    token: contextvars.Token[Mapping[Engine, _Dedicated] | None] | None,
     key: AdvisoryKey,
     shared: bool,
     *,
     acquired: bool,
     report: bool,
 ) -> None:
-    """Unlock (if taken) and hand the connection back when the last block ends.
+    """Unlock (if taken) and, when the last block ends, end the held transaction
+    (which also ends its transaction-local ``application_name``) and hand the
+    connection back.
 
-    A failed unlock (the connection died) invalidates the connection, so a lock
-    can never stay behind on a pooled connection.
+    An unlock that fails (the connection died) or finds no lock (``false``) means
+    the lock was lost while the block ran: the connection is invalidated, so
+    nothing of it can stay on a pooled server session, and a normal exit raises
+    :class:`~chrononaut.LockError`.
     """
     last = entry.depth == 0
-    if last:
-        _dedicated().pop(engine, None)
     args, params = _args(key)
-    sql = _UNLOCK[shared].format(args=args)
-    if last:
-        sql += _RESET_APP
-    lost: sa_exc.DBAPIError | None = None
-    try:
-        if acquired:
-            entry.conn.execute(sa.text(sql), params)
-        elif last:
-            entry.conn.execute(sa.text("SELECT 1" + _RESET_APP))
-    except sa_exc.DBAPIError as error:
-        lost = error
+    problem: str | None = None
+    if acquired:
+        try:
+            released = entry.conn.execute(
+                sa.text(_UNLOCK[shared].format(args=args)), params
+            ).scalar()
+            if released is not True:
+                problem = (
+                    "PostgreSQL found no such lock on the block's server session at its "
+                    "end (pg_advisory_unlock returned false)"
+                )
+        except sa_exc.DBAPIError as error:
+            problem = f"its connection failed while the block ran ({_describe_db_error(error)})"
+    if problem is not None:
         with contextlib.suppress(Exception):
             entry.conn.invalidate()
     if last:
+        if token is not None:
+            with contextlib.suppress(ValueError):
+                _held.reset(token)
+        if problem is None:
+            try:
+                entry.conn.rollback()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    entry.conn.invalidate()
         with contextlib.suppress(Exception):
             entry.conn.close()
-    if lost is not None and acquired and report:
+    if problem is not None and report:
         raise LockError(
-            f"lost the session-scope advisory lock {key!r}: its connection failed "
-            f"while the block ran ({lost.orig!r}); the work done under it was not protected"
-        ) from lost
+            f"lost the session-scope advisory lock {key!r}: {problem}; the work done "
+            "under it was not protected by it"
+        )
 
 
 def record_key(record: object) -> str:
-    """The string key of ``record.advisory_lock()``: ``"<schema.table>/<pk>"``."""
-    from chrononaut.locking._keys import pk_text
+    """The string key of ``record.advisory_lock()``.
+
+    The JSON array ``["chrononaut.record", schema, table, [primary key]]`` of the
+    record's physical table (its base table, after the bind's
+    ``schema_translate_map``) and whole primary key: ``advisory_lock(record_key(r))``
+    is the same lock as ``r.advisory_lock()``, and two different records never share
+    a key except by a 64-bit hash collision.
+
+    :param record: a persistent mapped record.
+    :raises TypeError: ``record`` is not a mapped record.
+    :raises ChrononautException: it is transient, pending, detached or deleted.
+    """
+    from chrononaut.locking._keys import physical_table, record_key_text
     from chrononaut.locking._rows import check_record, target
 
-    state, _ = check_record(record, "take an advisory lock on")
+    state, session = check_record(record, "take an advisory lock on")
     tgt = target(state.mapper)
     pk = state.key[1] if state.key is not None else ()
-    return f"{tgt.table.fullname}/{pk_text(pk)}"
+    bind = session.get_bind(mapper=state.mapper)
+    schema, name = physical_table(tgt.table, bind.get_execution_options())
+    return record_key_text("chrononaut.record", schema, name, pk)
 
 
 def record_advisory_lock(

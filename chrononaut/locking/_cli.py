@@ -11,6 +11,7 @@ import click
 import sqlalchemy as sa
 from flask.cli import with_appcontext
 
+from chrononaut._cli_errors import cli_errors
 from chrononaut.locking._common import user_from_app_name
 from chrononaut.locking._keys import decode_marker
 
@@ -79,7 +80,8 @@ def held_locks(conn: sa.Connection) -> list[HeldLock]:
 
     Row locks are found through their marker locks (so rows beyond the marker
     limit of one ``lock_all()`` call are not listed); advisory locks through the
-    holder's ``application_name`` tag.
+    holder's ``application_name`` tag. A row whose key is not one small integer has
+    a 64-bit hashed marker, listed as a shared advisory lock on that key.
 
     :param conn: any connection to the database.
     """
@@ -92,8 +94,7 @@ def held_locks(conn: sa.Connection) -> list[HeldLock]:
         _, user_id = user_from_app_name(app)
         if relation is not None:
             pk, row_mode = decode_marker(int(objid))
-            key = f"id={pk}" if pk is not None else f"hashed key #{int(objid) >> 3}"
-            held.append(HeldLock("row", f"{relation} {key}", row_mode, user_id, int(pid), since))
+            held.append(HeldLock("row", f"{relation} id={pk}", row_mode, user_id, int(pid), since))
             continue
         if objsubid == 2:
             target = f"({_signed(int(classid), 32)}, {_signed(int(objid), 32)})"
@@ -115,6 +116,7 @@ def held_locks(conn: sa.Connection) -> list[HeldLock]:
     "--bind", default=None, help="Flask-SQLAlchemy bind key (default: the main database)."
 )
 @with_appcontext
+@cli_errors
 def locks_command(as_json: bool, bind: str | None) -> None:
     """List the locks currently held through Chrononaut: what is locked, in which
     mode, by which user and server process, since when, and who is waiting."""
@@ -123,7 +125,10 @@ def locks_command(as_json: bool, bind: str | None) -> None:
     ext = current_app.extensions.get("sqlalchemy")
     if ext is None:
         raise click.ClickException("this app has no Flask-SQLAlchemy extension")
-    engine = ext.engines[bind]
+    try:
+        engine = ext.engines[bind]
+    except KeyError:
+        raise click.ClickException(f"no database bind {bind!r}") from None
     with engine.connect() as conn:
         locks = held_locks(conn)
     if as_json:

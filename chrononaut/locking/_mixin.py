@@ -81,12 +81,11 @@ class LockableMixin:
     ) -> contextlib.AbstractContextManager[None]:
         """An advisory lock keyed by this record's table and primary key.
 
-        The key is the string ``"<schema.table>/<pk>"`` (composite keys joined by
-        ``/``; ``str()`` of each value) hashed like any string key, so
-        ``advisory_lock("accounts/42")`` is the same lock as
-        ``account.advisory_lock()`` for ``Account(id=42)`` in table ``accounts``.
-        The row itself is not locked. Options as for :func:`chrononaut.advisory_lock`;
-        the session defaults to the record's own.
+        The key is the string :func:`chrononaut.locking.record_key` ``(self)`` (the
+        physical table and the whole primary key as a JSON array) hashed like any
+        string key, so ``advisory_lock(record_key(account))`` is the same lock as
+        ``account.advisory_lock()``. The row itself is not locked. Options as for
+        :func:`chrononaut.advisory_lock`; the session defaults to the record's own.
         """
         from chrononaut.locking._advisory import record_advisory_lock
 

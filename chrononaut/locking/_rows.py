@@ -34,8 +34,8 @@ from chrononaut.locking._common import (
     record_row_lock,
     sqlstate,
 )
-from chrononaut.locking._holders import row_holder
-from chrononaut.locking._keys import row_marker
+from chrononaut.locking._holders import physical_regclass, row_holder
+from chrononaut.locking._keys import marker_params, row_marker
 
 R = TypeVar("R")
 
@@ -97,12 +97,17 @@ class _Target:
         self.table: sa.Table = mapper.base_mapper.local_table  # type: ignore[assignment]
         self.pk_columns: list[sa.ColumnElement[Any]] = list(mapper.primary_key)
         self.statements: dict[tuple[str, str], sa.Select[Any]] = {}
-        self.quoted: str | None = None
 
     def regclass(self, conn: Connection) -> str:
-        if self.quoted is None:
-            self.quoted = conn.dialect.identifier_preparer.format_table(self.table)
-        return self.quoted
+        """The physical table's quoted name on ``conn`` (after schema translation)."""
+        return physical_regclass(conn, self.table)[2]
+
+    def marker(self, conn: Connection, pk: Sequence[Any], mode: str) -> dict[str, Any]:
+        """Parameters ``tbl``, ``direct``, ``m32``, ``m64`` of ``pk``'s marker lock."""
+        schema, name, quoted = physical_regclass(conn, self.table)
+        params = marker_params(schema, name, pk, mode)
+        params["tbl"] = quoted
+        return params
 
 
 _targets: weakref.WeakKeyDictionary[Mapper[Any], _Target] = weakref.WeakKeyDictionary()
@@ -149,9 +154,19 @@ def _entity_statement(
     entity = aliased(cls, cte)
     extra: list[sa.ColumnElement[Any]] = []
     if marker:
+        # CASE evaluates only the branch it takes: one marker lock, in the pair
+        # space for a small integer key, else in the 64-bit space.
         extra.append(
-            sa.func.pg_advisory_xact_lock_shared(
-                table_oid(), sa.bindparam("marker", type_=sa.Integer)
+            sa.case(
+                (
+                    sa.bindparam("direct", type_=sa.Boolean),
+                    sa.func.pg_advisory_xact_lock_shared(
+                        table_oid(), sa.bindparam("m32", type_=sa.Integer)
+                    ),
+                ),
+                else_=sa.func.pg_advisory_xact_lock_shared(
+                    sa.bindparam("m64", type_=sa.BigInteger)
+                ),
             )
         )
     extra.append(sa.func.set_config("application_name", sa.bindparam("app", type_=sa.Text), True))
@@ -194,17 +209,29 @@ def _many_statement(tgt: _Target, mode: str, nowait: bool) -> sa.Select[Any]:
 
 
 _MARKERS = sa.text(
-    "SELECT count(pg_advisory_xact_lock_shared("
-    "CAST(CAST(CAST(:tbl AS regclass) AS oid) AS integer), m)) "
-    "FROM unnest(CAST(:markers AS integer[])) AS m"
+    "SELECT count(CASE WHEN m.d THEN pg_advisory_xact_lock_shared("
+    "CAST(CAST(CAST(:tbl AS regclass) AS oid) AS integer), m.m32) "
+    "ELSE pg_advisory_xact_lock_shared(m.m64) END) "
+    "FROM unnest(CAST(:d AS boolean[]), CAST(:m32 AS integer[]), CAST(:m64 AS bigint[])) "
+    "AS m(d, m32, m64)"
 )
 
 
 def take_markers(conn: Connection, tgt: _Target, pks: Sequence[tuple[Any, ...]], mode: str) -> None:
     """Marker locks for rows locked by a statement that could not take them itself."""
-    markers = [row_marker(pk, mode) for pk in pks[:MARKER_LIMIT]]
-    if markers:
-        conn.execute(_MARKERS, {"tbl": tgt.regclass(conn), "markers": markers})
+    if not pks:
+        return
+    schema, name, quoted = physical_regclass(conn, tgt.table)
+    markers = [row_marker(schema, name, pk, mode) for pk in pks[:MARKER_LIMIT]]
+    conn.execute(
+        _MARKERS,
+        {
+            "tbl": quoted,
+            "d": [direct for direct, _ in markers],
+            "m32": [value if direct else 0 for direct, value in markers],
+            "m64": [0 if direct else value for direct, value in markers],
+        },
+    )
 
 
 def _set_timeout(conn: Connection, timeout_ms: int) -> str:
@@ -284,7 +311,7 @@ def _run_attempt(
         old = _set_timeout(conn, timeout_ms) if timeout_ms is not None else None
         result = run(old)
     except sa_exc.DBAPIError as error:
-        _block.undo(conn)
+        _block.undo(conn, error)
         failure = _lock_failed(
             error,
             [_holder_finder(s) for s in states[:20]],
@@ -298,8 +325,8 @@ def _run_attempt(
             raise failure from error
         # A lock error says all there is to say; the driver's error adds noise.
         raise failure from None
-    except BaseException:
-        _block.undo(conn)
+    except BaseException as error:
+        _block.undo(conn, error)
         raise
     _block.release(conn)
     if restore_after and old is not None:
@@ -326,8 +353,7 @@ def _lock_one(
     conn = session.connection(bind_arguments={"mapper": state.mapper})
     pk = state.key[1] if state.key is not None else ()
     params: dict[str, Any] = {f"pk_{i}": value for i, value in enumerate(pk)}
-    params["tbl"] = tgt.regclass(conn)
-    params["marker"] = row_marker(pk, mode)
+    params.update(tgt.marker(conn, pk, mode))
     params["app"] = app_name(user_id)
     if in_savepoint:
         variant = "nowait" if nowait else "wait"
@@ -384,6 +410,8 @@ def lock_record(
 
 
 def _sort_key(state: InstanceState[Any]) -> tuple[str, tuple[Any, ...]]:
+    # Two processes sort the same records alike whatever their schema translation,
+    # so the logical name is enough for deadlock-free ordering.
     tgt = target(state.mapper)
     return (tgt.table.fullname, state.key[1] if state.key is not None else ())
 

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import with_appcontext
 
+from chrononaut._cli_errors import cli_errors
 from chrononaut.errors import ChrononautException
 from chrononaut.maintenance import _activity, _retention, _timeline
 from chrononaut.maintenance._models import find_model, parse_duration, versioned_models
@@ -59,8 +60,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         return None
     try:
         return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+    except (ValueError, OverflowError) as exc:
+        raise click.BadParameter(str(exc) or "too long a duration") from exc
 
 
 _bind_option = click.option(
@@ -130,7 +131,7 @@ def import_activity_command(
 )
 @click.option(
     "--keep-last",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=_retention.MAX_KEEP_LAST),
     default=None,
     metavar="N",
     help="Keep the N newest history rows of every record.",
@@ -139,12 +140,13 @@ def import_activity_command(
     "--batch-size",
     default=5000,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=_retention.MAX_BATCH_SIZE),
     help="Rows examined per transaction.",
 )
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @_bind_option
 @with_appcontext
+@cli_errors
 def prune_command(
     models: tuple[str, ...],
     older_than: Any,
@@ -183,6 +185,7 @@ def prune_command(
 @click.argument("key", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per change.")
 @with_appcontext
+@cli_errors
 def history_command(model: str, key: tuple[str, ...], as_json: bool) -> None:
     """Print the timeline of the MODEL record with primary key KEY (one value per
     key column): version, when, who, why and the changed fields (old -> new)."""

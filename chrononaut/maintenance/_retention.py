@@ -28,7 +28,13 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from chrononaut.maintenance._models import base_pk_columns, versioned_models
 from chrononaut.versioning._model import VERSION_KEY, VersionMeta, meta_of
 
-__all__ = ["PruneSummary", "count_history_rows", "prune"]
+__all__ = ["MAX_BATCH_SIZE", "MAX_KEEP_LAST", "PruneSummary", "count_history_rows", "prune"]
+
+#: Largest ``batch_size``: rows examined per transaction (a PostgreSQL integer).
+MAX_BATCH_SIZE = 2**31 - 1
+#: Largest ``keep_last`` (a PostgreSQL integer; more history rows per record
+#: than that can't exist).
+MAX_KEEP_LAST = 2**31 - 1
 
 
 @dataclass
@@ -128,18 +134,41 @@ def prune(
     :param batch_size: rows examined per transaction.
     :param now: the moment ``older_than`` counts back from (default: now).
     :param progress: called with the number of rows examined after each batch.
-    :raises ValueError: when neither rule is given, or a value is out of range.
+    :raises TypeError: an argument of the wrong type (``older_than`` not a
+        ``timedelta``, ``keep_last``/``batch_size`` not an ``int`` — ``bool`` and
+        ``float`` included —, ``now`` not a ``datetime``, ``engine`` not an Engine).
+    :raises ValueError: when neither rule is given, or a value is out of range
+        (negative, or so large that the cut-off falls before year 1). All checked
+        before anything is sent to the database.
     """
+    if not isinstance(engine, sa.Engine):
+        raise TypeError(f"engine must be a SQLAlchemy Engine, not {type(engine).__name__}")
+    if older_than is not None and not isinstance(older_than, dt.timedelta):
+        raise TypeError(f"older_than must be a timedelta, not {type(older_than).__name__}")
+    for name, value in (("keep_last", keep_last), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not isinstance(dry_run, bool):
+        raise TypeError(f"dry_run must be True or False, not {dry_run!r}")
+    if now is not None and not isinstance(now, dt.datetime):
+        raise TypeError(f"now must be a datetime, not {type(now).__name__}")
     if older_than is None and keep_last is None:
         raise ValueError("give older_than, keep_last or both; pruning everything is not a rule")
     if older_than is not None and older_than < dt.timedelta(0):
         raise ValueError(f"older_than must not be negative, not {older_than}")
-    if keep_last is not None and keep_last < 0:
-        raise ValueError(f"keep_last must be 0 or more, not {keep_last}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    if keep_last is not None and not 0 <= keep_last <= MAX_KEEP_LAST:
+        raise ValueError(f"keep_last must be between 0 and {MAX_KEEP_LAST}, not {keep_last}")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}, not {batch_size}")
     moment = now if now is not None else dt.datetime.now(dt.timezone.utc)
-    cutoff = moment - older_than if older_than is not None else None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    try:
+        cutoff = moment - older_than if older_than is not None else None
+    except OverflowError:
+        raise ValueError(
+            f"older_than={older_than} reaches back before year 1; give a shorter age"
+        ) from None
     summary = PruneSummary(dry_run=dry_run, cutoff=cutoff, keep_last=keep_last)
     metas = _roots(models)
     with engine.connect() as conn:

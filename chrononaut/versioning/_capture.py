@@ -689,7 +689,8 @@ class _BulkStatement:
                     pinned.append((pk, p[VERSION_KEY]))
         if not pinned:
             return
-        bind = self.session.get_bind(mapper=self.meta.mapper)
+        # The session's own connection: a second one may not exist (pool of one).
+        bind = self.session.connection(bind_arguments={"mapper": self.meta.mapper})
         identity_map = self.session.identity_map
         for pk, version in pinned:
             obj_state = self._identity_state(identity_map, pk)

@@ -4,23 +4,45 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.state import InstanceState
 
-from chrononaut._context import Actor, current_extra_info, resolve_actor
+from chrononaut._context import Actor, check_json_info, current_extra_info, resolve_actor
 from chrononaut.errors import ChrononautException
 from chrononaut.locking._common import held_row_lock as lock_info_for
 
 __all__ = ["ChangeInfoBuilder", "Settings", "StaticSettings", "append_change_info"]
 
+
+@dataclass
+class _Appended:
+    """Info appended in one transaction (``chain``: innermost first) or, without
+    one (``chain`` is ``None``), for the session's next transaction."""
+
+    info: dict[str, Any]
+    chain: tuple[weakref.ReferenceType[Any], ...] | None
+
+
 # Info for the next history row of one record. Keyed by the record's
 # InstanceState (identity, not the model's __eq__), dropped with the record.
-_pending: weakref.WeakKeyDictionary[InstanceState[Any], dict[str, Any]] = (
+_pending: weakref.WeakKeyDictionary[InstanceState[Any], list[_Appended]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def _transaction_chain(session: Session | None) -> tuple[weakref.ReferenceType[Any], ...] | None:
+    if session is None:
+        return None
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    chain: list[weakref.ReferenceType[Any]] = []
+    while transaction is not None:
+        chain.append(weakref.ref(transaction))
+        transaction = transaction.parent
+    return tuple(chain) or None
 
 
 def append_change_info(record: object, **info: Any) -> None:
@@ -28,22 +50,71 @@ def append_change_info(record: object, **info: Any) -> None:
     ``record`` only.
 
     Calls accumulate (later keys win) until a history row for the record is
-    flushed. Values must be JSON-serialisable.
+    flushed. Values must be JSON values JSONB can hold; they are checked here.
+    The info is dropped when the transaction (or savepoint) it was added in rolls
+    back, and when added outside a transaction, when the next one rolls back.
 
     :param record: a ``Versioned`` record.
     :param info: keys and values to record.
-    :raises TypeError: when ``record`` is not a mapped record.
+    :raises TypeError: when ``record`` is not a mapped record, or a value is not a
+        JSON value (a set, a datetime, ...).
+    :raises ValueError: NaN, infinity, or a string with a NUL character or a lone
+        surrogate.
     """
     try:
         state = instance_state(record)
     except Exception as exc:  # sqlalchemy raises NO_STATE variants
         raise TypeError(f"{type(record).__name__} is not a mapped record") from exc
-    _pending.setdefault(state, {}).update(info)
+    check_json_info(info, "append_change_info()")
+    if not info:
+        return
+    entries = _pending.setdefault(state, [])
+    chain = _transaction_chain(state.session)
+    if entries and entries[-1].chain == chain:
+        entries[-1].info.update(info)
+    else:
+        entries.append(_Appended(dict(info), chain))
+
+
+def _rolled_back(entry: _Appended, transaction: Any, outermost: bool) -> bool:
+    chain = entry.chain
+    if chain is not None and all(ref() is None for ref in chain):
+        # Its transaction committed without writing the row: the info waits for
+        # the next transaction, and goes when that one rolls back.
+        chain = None
+    if chain is None:
+        return outermost
+    return any(ref() is transaction for ref in chain)
+
+
+def drop_rolled_back(session: Session, previous_transaction: Any) -> None:
+    """``after_soft_rollback`` listener: forget info appended in that transaction,
+    in a savepoint inside it, or (for the outermost) before it began."""
+    outermost = previous_transaction.parent is None
+    for state in list(_pending.keys()):
+        if state.session is not None and state.session is not session:
+            continue
+        entries = _pending.get(state)
+        if not entries:
+            continue
+        kept = [
+            entry for entry in entries if not _rolled_back(entry, previous_transaction, outermost)
+        ]
+        if kept:
+            _pending[state] = kept
+        else:
+            _pending.pop(state, None)
 
 
 def peek_appended(state: InstanceState[Any]) -> Mapping[str, Any]:
     """The info waiting for ``state``'s next history row (not consumed)."""
-    return _pending.get(state, {})
+    entries = _pending.get(state)
+    if not entries:
+        return {}
+    merged: dict[str, Any] = {}
+    for entry in entries:
+        merged.update(entry.info)
+    return merged
 
 
 def consume_appended(state: InstanceState[Any]) -> None:
@@ -120,6 +191,8 @@ class ChangeInfoBuilder:
                         "CHRONONAUT_EXTRA_CHANGE_INFO_FUNC must return a dict, not "
                         f"{type(produced).__name__}"
                     )
+                # Checked before any statement of the flush is sent (SPEC §3).
+                check_json_info(produced, "CHRONONAUT_EXTRA_CHANGE_INFO_FUNC")
                 extra.update(produced)
         extra.update(current_extra_info())
         self._extra = extra
@@ -139,7 +212,7 @@ class ChangeInfoBuilder:
         info: dict[str, Any] = {"user_id": actor.user_id, "remote_addr": actor.remote_addr}
         extra = self._extra
         if state is not None:
-            appended = _pending.get(state)
+            appended = peek_appended(state)
             if appended:
                 extra = {**extra, **appended}
         if extra:

@@ -9,8 +9,9 @@ in between: who changed what, and when.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -29,6 +30,7 @@ __all__ = [
     "changed_fields",
     "check_expected_version",
     "explain_stale_write",
+    "parse_version",
     "stale_write_error",
 ]
 
@@ -46,20 +48,28 @@ def meta_of(cls: type[Any]) -> VersionMeta | None:
 class OptimisticMixin:
     """Optimistic-concurrency methods of :class:`~chrononaut.Versioned` records."""
 
-    def expect_version(self, version: int) -> None:
+    def expect_version(self, version: int | str) -> None:
         """Declare the version a client based its edit on (a form field, ``If-Match``).
 
         Raises :class:`~chrononaut.StaleWriteError` at once unless ``version`` is the
         record's current version; the record's next write is then checked against
         it too, even if the record is refreshed (for example by ``lock()``) in between.
 
-        :param version: the version the client saw.
-        :raises TypeError: when ``version`` is not an int.
+        :param version: the version the client saw: an ``int``, or the ``str`` a
+            form field or query parameter brought back (ASCII digits).
+        :raises TypeError: when ``version`` is neither an int nor a str.
         :raises ChrononautException: when the record is not persistent.
-        :raises StaleWriteError: when the record has moved on since ``version``.
+        :raises StaleWriteError: when the record has moved on since ``version``, or
+            a str ``version`` is not a well-formed version (a mismatch, never a
+            server error).
         """
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise TypeError(f"version must be an int, not {type(version).__name__}")
+        text: str | None = None
+        if isinstance(version, str):
+            text = version
+            parsed = parse_version(version)
+            version = -1 if parsed is None else parsed
+        elif isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"version must be an int or a str, not {type(version).__name__}")
         state = instance_state(self)
         if state.key is None or state.deleted or state.detached:
             raise ChrononautException(
@@ -67,12 +77,24 @@ class OptimisticMixin:
                 f"database"
             )
         current = getattr(self, VERSION_KEY)
+        if version < 0 or version > MAX_VERSION:
+            if text is None:
+                shown = repr(version) if abs(version) < 10**20 else "a huge number"
+            else:
+                shown = repr(text if len(text) <= 20 else f"{text[:20]}…")
+            raise StaleWriteError(
+                f"{shown} is not a version of this {type(self).__name__} (it is at "
+                f"version {current}); reload it and apply the change again",
+                record=self,
+                expected_version=None,
+                current_version=current,
+            )
         if current != version:
             session = state.session
             error = None
             meta = meta_of(type(self))
             if session is not None and meta is not None:
-                error = stale_write_error(session.get_bind(mapper=meta.mapper), self, version)
+                error = stale_write_error(session, self, version)
                 if error is None and not state.modified:
                     # The row *is* at the client's version; only this session's copy
                     # is older (a long-lived session). Catch up instead of refusing.
@@ -92,6 +114,24 @@ class OptimisticMixin:
         _expected[state] = version
 
 
+#: Versions are PostgreSQL integers.
+MAX_VERSION = 2**31 - 1
+
+
+def parse_version(text: str) -> int | None:
+    """The version a client's text names, or ``None`` when it is not one.
+
+    Only ASCII digits (surrounding whitespace allowed) of a value up to
+    :data:`MAX_VERSION`; anything else — signs, Unicode digits such as ``²``, a
+    5,000-digit number — is not a version.
+    """
+    stripped = text.strip()
+    if not stripped or len(stripped) > 10 or not stripped.isascii() or not stripped.isdigit():
+        return None
+    value = int(stripped)
+    return value if value <= MAX_VERSION else None
+
+
 def check_expected_version(
     session: Session, obj: Any, state: InstanceState[Any], version: int
 ) -> None:
@@ -103,7 +143,7 @@ def check_expected_version(
     meta = meta_of(type(obj))
     error = None
     if meta is not None:
-        error = stale_write_error(session.get_bind(mapper=meta.mapper), obj, expected)
+        error = stale_write_error(session, obj, expected)
     if error is None:
         error = StaleWriteError(
             f"{type(obj).__name__} was expected at version {expected} but the write is based "
@@ -171,8 +211,52 @@ def _describe_changes(changes: Sequence[Any], fields_per_change: list[list[str]]
     return parts
 
 
+def held_connection(session: Session, mapper: Any) -> sa.Connection:
+    """The connection ``session`` already holds for ``mapper``'s bind.
+
+    After a failed flush the session's transaction is inactive but keeps its
+    connection checked out (SQLAlchemy rolled the database transaction back);
+    reading on it needs no second connection from the pool, so a stale write is
+    explained with a pool of one. Without a held connection, the session's
+    :meth:`~sqlalchemy.orm.Session.connection` (its transaction begins).
+    """
+    bind = session.get_bind(mapper=mapper)
+    transaction = session.get_transaction()
+    connections = getattr(transaction, "_connections", None) if transaction else None
+    if connections:
+        engine = bind.engine if isinstance(bind, sa.Connection) else bind
+        for key in (bind, engine):
+            held = connections.get(key)
+            if held is not None and not held[0].closed and not held[0].invalidated:
+                conn: sa.Connection = held[0]
+                return conn
+    return session.connection(bind_arguments={"mapper": mapper})
+
+
+@contextlib.contextmanager
+def _reading_on(where: sa.Engine | sa.Connection | Session, mapper: Any) -> Iterator[sa.Connection]:
+    """A connection to read the row and its history on, handed back as it was found."""
+    if isinstance(where, sa.Engine):
+        # Only for callers that have nothing better to give (a second connection).
+        with where.connect() as fresh:
+            yield fresh
+        return
+    conn = held_connection(where, mapper) if isinstance(where, Session) else where
+    if conn.in_transaction():
+        # The caller's own transaction (expect_version, a bulk statement): read in it.
+        yield conn
+        return
+    # The transaction of a failed flush was rolled back: read in a short one of
+    # our own on the same connection and end it, leaving the connection as it was.
+    try:
+        yield conn
+    finally:
+        if conn.in_transaction():
+            conn.rollback()
+
+
 def stale_write_error(
-    session_bind: sa.Engine | sa.Connection,
+    session_bind: sa.Engine | sa.Connection | Session,
     obj: Any,
     expected_version: int,
     *,
@@ -181,9 +265,12 @@ def stale_write_error(
 ) -> StaleWriteError | None:
     """Build the error for ``obj`` if its row no longer has ``expected_version``.
 
-    Reads the row and its history through a connection of its own: the failed
-    flush left the session's transaction unusable, and the other writers'
-    changes are committed, so a fresh connection sees them.
+    Reads the row and its history on the connection the session already holds
+    (pass the ``Session`` or that ``Connection``), so it works with a pool of one
+    connection: inside the caller's transaction when one is open, else (after a
+    failed flush, which rolled the database transaction back) in a short read
+    transaction ended before returning. An ``Engine`` is still accepted and then
+    costs a second connection.
 
     :param obj: the record, or ``None`` for a row the session does not hold
         (an ORM bulk statement); then ``model`` and ``pk`` name the row.
@@ -199,9 +286,8 @@ def stale_write_error(
     version_col = meta.version_column
     live = version_col.table
     pk_cols = [live.c[col_key] for _, col_key in base.pk]
-    engine = session_bind.engine if isinstance(session_bind, sa.Connection) else session_bind
     tracked_cols = [meta.columns[key] for key in meta.tracked]
-    with engine.connect() as connection:
+    with _reading_on(session_bind, meta.mapper) as connection:
         row = connection.execute(
             sa.select(version_col, *tracked_cols).where(
                 *[c == v for c, v in zip(pk_cols, pk, strict=True)]
@@ -260,8 +346,7 @@ def explain_stale_write(
         meta = meta_of(type(obj))
         if meta is None:
             continue
-        bind = session.get_bind(mapper=meta.mapper)
-        error = stale_write_error(bind, obj, expected)
+        error = stale_write_error(session, obj, expected)
         if error is not None:
             return error
     return StaleWriteError(
