@@ -6,16 +6,26 @@ import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import array as pg_array
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm.state import InstanceState
-from sqlalchemy.sql import operators
-from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
+from sqlalchemy.sql import operators, visitors
+from sqlalchemy.sql.elements import (
+    BinaryExpression,
+    BindParameter,
+    BooleanClauseList,
+    ColumnClause,
+    TextClause,
+)
+from sqlalchemy.sql.functions import FunctionElement
 
-from chrononaut.concurrency import forget_expected_version, stale_write_error
+from chrononaut.concurrency import _expected, forget_expected_version, stale_write_error
 from chrononaut.context import extra_info_active, versioning_suppressed
-from chrononaut.errors import StaleWriteError
+from chrononaut.errors import ChrononautException, StaleWriteError
 from chrononaut.versioning.capture import _Batch, _now, _require_context
 from chrononaut.versioning.change_info import ChangeInfoBuilder, Settings, consume_appended
 from chrononaut.versioning.model import VERSION_KEY, VersionMeta, meta_of
@@ -36,7 +46,41 @@ def run_bulk(settings: Settings, orm_execute_state: ORMExecuteState) -> Any:
     meta = meta_of(mapper.class_) if mapper is not None else None
     if meta is None:
         return None
+    statement = state.statement
+    _refuse_version_assignment(statement, meta)
+    # SPEC §3: refused before anything is sent, whether or not a row would change.
+    _require_context(settings)
+    if _one_statement_possible(state, meta):
+        return _OneStatement(settings, state, meta).run()
     return _BulkStatement(settings, state, meta).run()
+
+
+def _refuse_version_assignment(statement: Any, meta: VersionMeta) -> None:
+    """SPEC §2: ``version`` is Chrononaut's; a bulk ``SET`` or upsert ``set_`` of it
+    is refused before any statement."""
+    keys: list[Any] = list(getattr(statement, "_values", None) or ())
+    post = getattr(statement, "_post_values_clause", None)
+    keys.extend(key for key, _ in getattr(post, "update_values_to_set", None) or ())
+    # valid_from: add its column and attribute key to the refused names here.
+    refused = {VERSION_KEY, meta.version_column.name}
+    for key in keys:
+        name = key if isinstance(key, str) else getattr(key, "key", None)
+        column = getattr(key, "name", None)
+        if name in refused or column == meta.version_column.name:
+            raise ChrononautException(
+                f"{meta.mapper.class_.__name__}.{VERSION_KEY} is set by Chrononaut: "
+                "remove it from the statement's values (to check a version, put it "
+                "in the WHERE clause or the parameter sets of an UPDATE by primary key)"
+            )
+
+
+def _sync_mode(state: ORMExecuteState) -> Any:
+    """The ``synchronize_session`` the caller chose (SQLAlchemy's default: "auto")."""
+    mode = state.execution_options.get("synchronize_session")
+    if mode is None:
+        options = state.update_delete_options
+        mode = getattr(options, "_synchronize_session", "auto")
+    return mode
 
 
 class _BulkStatement:
@@ -92,7 +136,9 @@ class _BulkStatement:
         ]
         keys = list(dict.fromkeys(keys))
         params = state.parameters
+        by_key: list[dict[str, Any]] = []
         if isinstance(params, list) and params and all(isinstance(p, dict) for p in params):
+            by_key = params
             # ORM bulk UPDATE by primary key: the rows are named in the parameters.
             try:
                 pks = [tuple(p[k] for k in meta.pk_keys) for p in params]
@@ -111,10 +157,23 @@ class _BulkStatement:
             # hand-written optimistic check: if that version is gone, say so.
             self._check_pinned(statement if restrict else None, params)
             return None
+        invoke: dict[str, Any] = {}
         if restrict:
             statement = statement.where(self._pk_clause(list(old)))  # type: ignore[attr-defined]
+        elif any(VERSION_KEY not in p for p in by_key):
+            # SPEC §2: parameter sets without ``version`` are not version-checked.
+            # SQLAlchemy's UPDATE by primary key needs one for its WHERE: give it
+            # the version we just locked, which no one can change any more.
+            # (A key without a row gets -1: SQLAlchemy reports it as 0 rows matched.)
+            locked = {pk: values[VERSION_KEY] for pk, values in old.items()}
+            invoke["params"] = [
+                dict(p)
+                if VERSION_KEY in p
+                else {**p, VERSION_KEY: locked.get(tuple(p[k] for k in meta.pk_keys), -1)}
+                for p in by_key
+            ]
         try:
-            result = state.invoke_statement(statement=statement)
+            result = state.invoke_statement(statement=statement, **invoke)
         except StaleDataError as exc:
             # ORM bulk UPDATE by primary key compares the version parameters itself.
             if not isinstance(exc, StaleWriteError):
@@ -177,7 +236,10 @@ class _BulkStatement:
                 sa.update(table).where(pk_where).values({version_col.key: version_col + 1})
             )
             batch.write(self.session)
-            for pk in bumped:
+            # SPEC §2: loaded records learn their new version only where SQLAlchemy
+            # synchronises the statement's values into the session.
+            synchronised = _sync_mode(state) is not False
+            for pk in bumped if synchronised else ():
                 obj_state = self._identity_state(identity_map, pk)
                 if obj_state is not None and obj_state.obj() is not None:
                     set_committed_value(obj_state.obj(), VERSION_KEY, old[pk][VERSION_KEY] + 1)
@@ -217,7 +279,7 @@ class _BulkStatement:
             consume_appended(obj_state)
             forget_expected_version(obj_state)
             obj = obj_state.obj()
-            if obj is not None:
+            if obj is not None and _sync_mode(self.state) is not False:
                 set_committed_value(obj, VERSION_KEY, row[n])
 
     def _check_pinned(self, statement: Any, params: Any) -> None:
@@ -288,3 +350,335 @@ def _pinned_row(where: Any, meta: VersionMeta) -> tuple[tuple[Any, ...], int] | 
     if any(value is None for value in pk) or not isinstance(version, int):
         return None
     return pk, version
+
+
+# -- one statement ---------------------------------------------------------------
+
+#: Functions whose value is the same at each evaluation within one statement
+#: (immutable or stable in PostgreSQL's terms). A SET or WHERE calling anything
+#: else (``random()``, ``clock_timestamp()``, ``nextval()``, user functions) goes
+#: the two-statement way, because the one-statement shape evaluates SET
+#: expressions twice: once to decide whether the row changes, once to write it.
+_STABLE_FUNCTIONS = frozenset(
+    {
+        "abs", "array_append", "array_cat", "array_length", "array_remove", "btrim",
+        "cast", "ceil", "char_length", "coalesce", "concat", "concat_ws",
+        "current_date", "current_timestamp", "current_user", "date_trunc", "floor",
+        "greatest", "initcap", "jsonb_build_object", "jsonb_set", "least", "left",
+        "length", "localtimestamp", "lower", "ltrim", "md5", "now", "nullif",
+        "replace", "right", "round", "rtrim", "sqrt", "substr", "substring",
+        "to_jsonb", "trim", "trunc", "upper",
+    }
+)  # fmt: skip
+
+
+def _volatile(clauses: list[Any]) -> bool:
+    """Whether any of ``clauses`` may give another value when evaluated again."""
+    for clause in clauses:
+        if not isinstance(clause, sa.ClauseElement):
+            continue
+        for element in visitors.iterate(clause):
+            if isinstance(element, FunctionElement):
+                if str(getattr(element, "name", "")).lower() not in _STABLE_FUNCTIONS:
+                    return True
+            elif isinstance(element, TextClause) or (
+                isinstance(element, ColumnClause) and element.is_literal
+            ):
+                return True  # SQL text we cannot see into
+    return False
+
+
+def _one_statement_possible(state: ORMExecuteState, meta: VersionMeta) -> bool:
+    """Whether the statement can carry its history in the same statement.
+
+    Not for: ORM bulk UPDATE by primary key (SQLAlchemy runs its own
+    executemany), SET values given as execution parameters, ordered SET, keys
+    changed by the SET, joined inheritance (several tables), ``onupdate``
+    columns (SQLAlchemy adds them to the SET), volatile expressions.
+    """
+    statement = state.statement
+    if state.parameters:
+        return False
+    if not isinstance(statement, (sa.Update, sa.Delete)) or len(meta.tables) != 1:
+        return False
+    if meta._has_onupdate or any(isinstance(c.type, sa.ARRAY) for c in _pk_columns(meta)):
+        return False
+    clauses: list[Any] = [statement.whereclause]
+    if isinstance(statement, sa.Update):
+        if statement._maintain_values_ordering or not statement._values:
+            return False
+        pk_names = {column.name for column in _pk_columns(meta)}
+        if any(getattr(key, "name", key) in pk_names for key in statement._values):
+            return False
+        clauses.extend(statement._values.values())
+    return not _volatile(clauses)
+
+
+class _NestedInsert(sa.Insert):
+    """An INSERT inside a WITH of an ORM statement.
+
+    SQLAlchemy keeps the RETURNING columns it adds to a DML statement (the keys
+    ``synchronize_session="fetch"`` reads back) in compiler-wide lists that
+    compiling a nested INSERT resets; this INSERT puts them back.
+    """
+
+    inherit_cache = True
+
+
+@compiles(_NestedInsert)
+def _compile_nested_insert(element: _NestedInsert, compiler: Any, **kw: Any) -> str:
+    saved = (
+        compiler.postfetch,
+        compiler.insert_prefetch,
+        compiler.update_prefetch,
+        compiler.implicit_returning,
+    )
+    try:
+        return str(compiler.visit_insert(element, **kw))
+    finally:
+        (
+            compiler.postfetch,
+            compiler.insert_prefetch,
+            compiler.update_prefetch,
+            compiler.implicit_returning,
+        ) = saved
+
+
+def _pk_columns(meta: VersionMeta) -> list[sa.Column[Any]]:
+    table = meta.version_column.table
+    return [table.c[col_key] for _, col_key in meta.tables[0].pk]
+
+
+def _differs(new: Any, column: sa.Column[Any]) -> sa.ColumnElement[bool]:
+    """``new IS DISTINCT FROM column``, for every column type."""
+    new = sa.type_coerce(new, column.type)
+    if isinstance(column.type, sa.JSON) and not isinstance(column.type, JSONB):
+        # json has no equality operator; its text is what was stored.
+        return sa.cast(new, sa.Text()).is_distinct_from(sa.cast(column, sa.Text()))
+    return new.is_distinct_from(column)  # type: ignore[no-any-return]
+
+
+class _OneStatement:
+    """History for an ORM bulk UPDATE/DELETE, written by the statement itself.
+
+    The user's statement becomes the last part of one statement::
+
+        WITH chrononaut_o AS (            -- the rows, locked, as they are now
+               SELECT <key>, version, <tracked columns>,
+                      <SET value> IS DISTINCT FROM <column> OR ... AS chg,
+                      <names of the hidden columns that change> AS hc
+               FROM t WHERE <user's WHERE> FOR UPDATE OF t),
+             chrononaut_h AS (            -- their history rows, where they change
+               INSERT INTO t_history (...)
+               SELECT o.<key>, o.<tracked>, o.version, :changed, <change_info>
+               FROM chrononaut_o o [LEFT JOIN chrononaut_x x ON key] WHERE o.chg)
+        UPDATE t SET <user's SET>,
+                     version = CASE WHEN o.chg THEN t.version + 1 ELSE t.version END
+        FROM chrononaut_o o WHERE <user's WHERE> AND t.<key> = o.<key>
+        [RETURNING <user's columns>]
+
+    (DELETE: ``DELETE FROM t USING chrononaut_o ...``, every row gets a history
+    row.) Hidden columns are compared inside the database; only their names come
+    out, into change_info. change_info shared by all rows is sent once;
+    ``chrononaut_x`` (an ``unnest`` of two small arrays) carries the rows whose
+    change_info differs: records of the identity map locked in this session or
+    with ``append_change_info`` notes.
+    """
+
+    def __init__(self, settings: Settings, state: ORMExecuteState, meta: VersionMeta) -> None:
+        self.settings = settings
+        self.state = state
+        self.meta = meta
+        self.session = state.session
+        self.cls = meta.mapper.class_
+
+    def run(self) -> Any:
+        state = self.state
+        meta = self.meta
+        statement: Any = state.statement
+        delete = state.is_delete
+        table = meta.version_column.table
+        tmap = meta.tables[0]
+        history = tmap.history
+        pk_columns = _pk_columns(meta)
+        pk_names = {column.name for column in pk_columns}
+        version = table.c[meta.version_column.key]
+        changed_at = _now()
+        builder = ChangeInfoBuilder(self.session, self.settings)
+        shared = builder.build(self.cls, None, deleted=delete)
+        exceptional = self._exceptional(builder, shared, delete)
+
+        # The rows as they are now, locked: what their history rows hold.
+        tracked = [(key, table.c[col_key]) for key, col_key in tmap.columns]
+        columns: list[Any] = [column.label(f"k{i}") for i, column in enumerate(pk_columns)]
+        columns.append(version.label("v"))
+        non_key = [column for _, column in tracked if column.name not in pk_names]
+        columns.extend(column.label(f"t{j}") for j, column in enumerate(non_key))
+        hidden_names: list[Any] = []
+        if not delete:
+            values = {getattr(key, "name", key): value for key, value in statement._values.items()}
+            changes = []
+            for key in sorted(meta.watched):
+                column = meta.columns[key]
+                if column.name in values:
+                    differs = _differs(values[column.name], column)
+                    changes.append(differs)
+                    if key in meta.hidden:
+                        hidden_names.append(sa.case((differs, sa.literal(key)), else_=sa.null()))
+            columns.append(sa.or_(sa.false(), *changes).label("chg"))
+            if hidden_names:
+                names = sa.func.array_remove(
+                    pg_array[Any](hidden_names, type_=sa.Text()), sa.null(), type_=ARRAY(sa.Text())
+                )
+                columns.append(names.label("hc"))
+        # valid_from: add table.c.valid_from.label("vf") to the columns of o.
+        where = statement.whereclause
+        old_rows = sa.select(*columns)
+        if where is not None:
+            old_rows = old_rows.where(where)
+        old = old_rows.with_for_update(of=table).cte("chrononaut_o")
+
+        changed = sa.bindparam("chrononaut_changed", changed_at, type_=sa.DateTime(timezone=True))
+        info: Any = sa.bindparam("chrononaut_ci", shared, type_=JSONB())
+        source: Any = old
+        extra = None
+        if exceptional:
+            extra = self._exceptional_rows(exceptional)
+            source = old.outerjoin(
+                extra,
+                sa.and_(*[old.c[f"k{i}"] == extra.c[f"k{i}"] for i in range(len(pk_columns))]),
+            )
+            info = sa.func.coalesce(extra.c.ci, info, type_=JSONB())
+        if hidden_names:
+            info = sa.case(
+                (
+                    sa.func.cardinality(old.c.hc) > 0,
+                    info.op("||")(
+                        sa.func.jsonb_build_object(
+                            sa.literal("hidden_cols_changed"), sa.func.to_jsonb(old.c.hc)
+                        )
+                    ),
+                ),
+                else_=info,
+            )
+        copied: list[Any] = []
+        targets: list[Any] = []
+        j = 0
+        for (_, column), (_, col_key) in zip(tracked, tmap.columns, strict=True):
+            targets.append(history.c[col_key])
+            if column.name in pk_names:
+                copied.append(old.c[f"k{[c.name for c in pk_columns].index(column.name)}"])
+            else:
+                copied.append(old.c[f"t{j}"])
+                j += 1
+        # valid_from: append history.c.valid_from to targets and old.c.vf to copied.
+        rows = sa.select(*copied, old.c.v, changed, sa.type_coerce(info, JSONB())).select_from(
+            source
+        )
+        if not delete:
+            rows = rows.where(old.c.chg)
+        history_rows = (
+            _NestedInsert(history)
+            .from_select(
+                [*targets, history.c.version, history.c.changed, history.c.change_info], rows
+            )
+            .cte("chrononaut_h")
+        )
+
+        main = statement.where(*[column == old.c[f"k{i}"] for i, column in enumerate(pk_columns)])
+        if not delete:
+            bumped: dict[Any, Any] = {
+                version: sa.case((old.c.chg, version + sa.literal_column("1")), else_=version)
+            }
+            # valid_from: bumped[table.c.valid_from] = sa.case((old.c.chg, changed),
+            #     else_=table.c.valid_from)
+            main = main.values(bumped)
+        main = main.add_cte(old)
+        if extra is not None:
+            main = main.add_cte(extra)
+        main = main.add_cte(history_rows)
+
+        options: dict[str, Any] = {}
+        if _sync_mode(state) in ("evaluate", "auto"):
+            # The key join to the locked rows can't be evaluated in Python;
+            # "fetch" synchronises the same records from the rows the statement
+            # matched (what "auto" falls back to by itself).
+            options["synchronize_session"] = "fetch"
+        result = state.invoke_statement(statement=main, execution_options=options)
+        if _pinned_row(statement.whereclause, meta) is not None:
+            # A statement pinning one row's key and version is a hand-written
+            # optimistic check: if it matched nothing because that version is
+            # gone, say so.
+            rowcount = getattr(result, "rowcount", None)
+            if rowcount is None:  # RETURNING: count the rows, hand back a copy
+                frozen = result.freeze()
+                rowcount = len(frozen.data)
+                result = frozen()
+            if rowcount == 0:
+                _BulkStatement(self.settings, state, meta)._check_pinned(statement, None)
+        if exceptional:
+            self._written(exceptional, changed_at)
+        return result
+
+    def _exceptional(
+        self, builder: ChangeInfoBuilder, shared: dict[str, Any], delete: bool
+    ) -> dict[tuple[Any, ...], tuple[InstanceState[Any], dict[str, Any]]]:
+        """Records of the identity map whose change_info differs from the shared one."""
+        found: dict[tuple[Any, ...], tuple[InstanceState[Any], dict[str, Any]]] = {}
+        mapper = self.meta.mapper
+        for obj in list(self.session.identity_map.values()):
+            obj_state = instance_state(obj)
+            if not obj_state.mapper.isa(mapper) or obj_state.key is None:
+                continue
+            info = builder.build(self.cls, obj_state, deleted=delete)
+            if info != shared or obj_state in _expected:
+                found[tuple(obj_state.key[1])] = (obj_state, info)
+        return found
+
+    def _exceptional_rows(
+        self, exceptional: dict[tuple[Any, ...], tuple[InstanceState[Any], dict[str, Any]]]
+    ) -> Any:
+        pk_columns = _pk_columns(self.meta)
+        pks = list(exceptional)
+        arrays = [
+            sa.cast(
+                sa.bindparam(f"chrononaut_xk{i}", [pk[i] for pk in pks], type_=ARRAY(c.type)),
+                ARRAY(c.type),
+            )
+            for i, c in enumerate(pk_columns)
+        ]
+        infos = sa.cast(
+            sa.bindparam(
+                "chrononaut_xci", [exceptional[pk][1] for pk in pks], type_=ARRAY(JSONB())
+            ),
+            ARRAY(JSONB()),
+        )
+        rows = sa.func.unnest(*arrays, infos).table_valued(
+            *[sa.column(f"k{i}", c.type) for i, c in enumerate(pk_columns)],
+            sa.column("ci", JSONB()),
+        )
+        return sa.select(*rows.render_derived(name="x").c).cte("chrononaut_x")
+
+    def _written(
+        self,
+        exceptional: dict[tuple[Any, ...], tuple[InstanceState[Any], dict[str, Any]]],
+        changed_at: dt.datetime,
+    ) -> None:
+        """Consume the notes of the records that got a history row (a small SELECT,
+        only when records of the identity map had notes, locks or expected versions)."""
+        history = self.meta.tables[0].history
+        keys = [history.c[col_key] for _, col_key in self.meta.tables[0].pk]
+        pks = list(exceptional)
+        where: Any = (
+            keys[0].in_([pk[0] for pk in pks]) if len(keys) == 1 else sa.tuple_(*keys).in_(pks)
+        )
+        statement = (
+            sa.select(*keys)
+            .where(where, history.c.changed == changed_at)
+            .execution_options(**{_BULK_GUARD: True})
+        )
+        connection = self.session.connection(bind_arguments={"mapper": self.meta.mapper})
+        for row in connection.execute(statement):
+            obj_state = exceptional[tuple(row)][0]
+            consume_appended(obj_state)
+            forget_expected_version(obj_state)
