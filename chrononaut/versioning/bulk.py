@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import array as pg_array
+from sqlalchemy.dialects.postgresql.dml import OnConflictDoUpdate
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
@@ -38,7 +39,11 @@ _BULK_GUARD = "chrononaut_bulk_internal"
 def run_bulk(settings: Settings, orm_execute_state: ORMExecuteState) -> Any:
     """The ``do_orm_execute`` listener's work: history for a bulk UPDATE/DELETE."""
     state = orm_execute_state
-    if not (state.is_update or state.is_delete):
+    statement = state.statement
+    upsert = state.is_insert and isinstance(
+        getattr(statement, "_post_values_clause", None), OnConflictDoUpdate
+    )
+    if not (state.is_update or state.is_delete or upsert):
         return None
     if state.execution_options.get(_BULK_GUARD) or versioning_suppressed():
         return None
@@ -46,8 +51,10 @@ def run_bulk(settings: Settings, orm_execute_state: ORMExecuteState) -> Any:
     meta = meta_of(mapper.class_) if mapper is not None else None
     if meta is None:
         return None
-    statement = state.statement
     _refuse_version_assignment(statement, meta)
+    if upsert:
+        _require_context(settings)
+        return _Upsert(settings, state, meta).run()
     # SPEC §3: refused before anything is sent, whether or not a row would change.
     _require_context(settings)
     if _one_statement_possible(state, meta):
@@ -60,7 +67,7 @@ def _refuse_version_assignment(statement: Any, meta: VersionMeta) -> None:
     is refused before any statement."""
     keys: list[Any] = list(getattr(statement, "_values", None) or ())
     post = getattr(statement, "_post_values_clause", None)
-    keys.extend(key for key, _ in getattr(post, "update_values_to_set", None) or ())
+    keys.extend(getattr(post, "update_values_to_set", None) or ())
     # valid_from: add its column and attribute key to the refused names here.
     refused = {VERSION_KEY, meta.version_column.name}
     for key in keys:
@@ -449,7 +456,7 @@ def _pk_columns(meta: VersionMeta) -> list[sa.Column[Any]]:
     return [table.c[col_key] for _, col_key in meta.tables[0].pk]
 
 
-def _differs(new: Any, column: sa.Column[Any]) -> sa.ColumnElement[bool]:
+def _differs(new: Any, column: Any) -> sa.ColumnElement[bool]:
     """``new IS DISTINCT FROM column``, for every column type."""
     new = sa.type_coerce(new, column.type)
     if isinstance(column.type, sa.JSON) and not isinstance(column.type, JSONB):
@@ -682,3 +689,266 @@ class _OneStatement:
             obj_state = exceptional[tuple(row)][0]
             consume_appended(obj_state)
             forget_expected_version(obj_state)
+
+
+_STALE_UPSERT = "chrononaut-stale-upsert"
+
+
+class _Upsert(_OneStatement):
+    """History for the update branch of a PostgreSQL ORM upsert, in its statement.
+
+    ::
+
+        WITH chrononaut_v AS (VALUES <the proposed rows>),
+             chrononaut_o AS (SELECT <key>, version, <every column>
+                              FROM t WHERE <conflict target> IN (SELECT ... FROM v)
+                              FOR UPDATE OF t),
+             chrononaut_h AS (INSERT INTO t_history ... FROM o JOIN v ON <target>
+                              WHERE <set_ value> IS DISTINCT FROM <old value> OR ...)
+        INSERT INTO t ... ON CONFLICT ... DO UPDATE SET <user's set_>,
+            version = CASE WHEN t.<key> NOT IN (SELECT <key> FROM o)
+                           THEN CAST('chrononaut-stale-upsert:' || t.<key> AS integer)
+                           WHEN <set_ value> IS DISTINCT FROM t.<column> OR ...
+                           THEN t.version + 1 ELSE t.version END
+
+    A row that takes the update branch although the statement could not see it
+    (inserted by a transaction that committed after the statement began) has no
+    prior state to record: the CAST fails, the whole statement with it, and the
+    caller gets :class:`~chrononaut.StaleWriteError`.
+    """
+
+    def run(self) -> Any:
+        state = self.state
+        meta = self.meta
+        statement: Any = state.statement
+        if state.parameters or len(meta.tables) != 1:
+            raise ChrononautException(
+                f"an upsert of the Versioned model {self.cls.__name__} is captured only "
+                "with its rows in .values(...) (not as execute() parameters) and on "
+                "single-table models: write these rows in a flush instead"
+            )
+        post: OnConflictDoUpdate = statement._post_values_clause
+        table = meta.version_column.table
+        tmap = meta.tables[0]
+        history = tmap.history
+        pk_columns = _pk_columns(meta)
+        pk_names = [column.name for column in pk_columns]
+        version = table.c[meta.version_column.key]
+        target = self._target(post, table)
+        rows = self._rows(statement)
+        names = list(rows[0])
+        set_ = {
+            getattr(key, "name", key): value for key, value in post.update_values_to_set.items()
+        }
+        if set(set_) & {*pk_names, *target}:
+            raise ChrononautException(
+                "an upsert's set_ must not change the primary key or the conflict target "
+                f"of the Versioned model {self.cls.__name__}"
+            )
+        volatile = [*set_.values(), post.update_whereclause]
+        volatile.extend(value for row in rows for value in row.values())
+        if _volatile(volatile):
+            raise ChrononautException(
+                "an upsert of a Versioned model can't use volatile SQL functions "
+                "(random(), clock_timestamp(), ...) in its values or set_: compute the "
+                "values in Python first"
+            )
+        proposed = sa.values(
+            *[sa.column(n, table.c[n].type) for n in names], name="chrononaut_pv"
+        ).data([tuple(row[n] for n in names) for row in rows])
+        proposed_rows = sa.select(proposed).cte("chrononaut_v")
+        changed_at = _now()
+        builder = ChangeInfoBuilder(self.session, self.settings)
+        shared = builder.build(self.cls, None)
+        exceptional = self._exceptional(builder, shared, False)
+
+        key_labels = [column.label(f"k{i}") for i, column in enumerate(pk_columns)]
+        everything = [column.label(f"c_{column.name}") for column in table.c]
+        targets_of_table = [table.c[n] for n in target]
+        in_proposed = sa.tuple_(*targets_of_table).in_(
+            sa.select(*[proposed_rows.c[n] for n in target])
+        )
+        locked = sa.select(*key_labels, version.label("v"), *everything).where(in_proposed)
+        if post.inferred_target_whereclause is not None:
+            locked = locked.where(post.inferred_target_whereclause)
+        old = locked.with_for_update(of=table).cte("chrononaut_o")
+
+        excluded = statement.excluded
+
+        def as_old(expr: Any) -> Any:
+            """``expr`` of the DO UPDATE evaluated on o (old row) and v (proposed row)."""
+
+            def swap(element: Any) -> Any:
+                if isinstance(element, sa.Column) and element.table is table:
+                    return old.c[f"c_{element.name}"]
+                parent = getattr(element, "table", None)
+                if (
+                    isinstance(element, ColumnClause)
+                    and parent is not None
+                    and (parent is excluded or getattr(parent, "name", None) == "excluded")
+                ):
+                    if element.name not in proposed_rows.c:
+                        raise ChrononautException(
+                            f"set_ uses excluded.{element.name}, which the upsert's values "
+                            "do not give: name it in .values(...)"
+                        )
+                    return proposed_rows.c[element.name]
+                return None
+
+            opts: dict[str, Any] = {}
+            return visitors.replacement_traverse(cast(Any, expr), opts, swap)  # type: ignore[call-overload]
+
+        in_set: list[Any] = []
+        in_old: list[Any] = []
+        hidden_names: list[Any] = []
+        for key in sorted(meta.watched):
+            column = meta.columns[key]
+            if column.name not in set_:
+                continue
+            value = set_[column.name]
+            in_set.append(_differs(value, column))
+            differs_old = _differs(as_old(value), old.c[f"c_{column.name}"])
+            in_old.append(differs_old)
+            if key in meta.hidden:
+                hidden_names.append(sa.case((differs_old, sa.literal(key)), else_=sa.null()))
+
+        changed = sa.bindparam("chrononaut_changed", changed_at, type_=sa.DateTime(timezone=True))
+        info: Any = sa.bindparam("chrononaut_ci", shared, type_=JSONB())
+        source: Any = old.join(
+            proposed_rows,
+            sa.and_(*[old.c[f"c_{n}"] == proposed_rows.c[n] for n in target]),
+        )
+        extra = None
+        if exceptional:
+            extra = self._exceptional_rows(exceptional)
+            source = source.outerjoin(
+                extra,
+                sa.and_(*[old.c[f"k{i}"] == extra.c[f"k{i}"] for i in range(len(pk_columns))]),
+            )
+            info = sa.func.coalesce(extra.c.ci, info, type_=JSONB())
+        if hidden_names:
+            names_changed = sa.func.array_remove(
+                pg_array[Any](hidden_names, type_=sa.Text()), sa.null(), type_=ARRAY(sa.Text())
+            )
+            info = sa.case(
+                (
+                    sa.func.cardinality(names_changed) > 0,
+                    info.op("||")(
+                        sa.func.jsonb_build_object(
+                            sa.literal("hidden_cols_changed"), sa.func.to_jsonb(names_changed)
+                        )
+                    ),
+                ),
+                else_=info,
+            )
+        copied = [old.c[f"c_{table.c[col_key].name}"] for _, col_key in tmap.columns]
+        targets = [history.c[col_key] for _, col_key in tmap.columns]
+        # valid_from: append history.c.valid_from to targets and old.c.c_valid_from to copied.
+        history_select = (
+            sa.select(*copied, old.c.v, changed, sa.type_coerce(info, JSONB()))
+            .select_from(source)
+            .where(sa.or_(sa.false(), *in_old))
+        )
+        if post.update_whereclause is not None:
+            history_select = history_select.where(as_old(post.update_whereclause))
+        history_rows = (
+            _NestedInsert(history)
+            .from_select(
+                [*targets, history.c.version, history.c.changed, history.c.change_info],
+                history_select,
+            )
+            .cte("chrononaut_h")
+        )
+
+        key_text = sa.func.concat_ws(",", *pk_columns)
+        unseen = sa.tuple_(*pk_columns).not_in(
+            sa.select(*[old.c[f"k{i}"] for i in range(len(pk_columns))])
+        )
+        new_set: dict[Any, Any] = dict(set_)
+        new_set[version.name] = sa.case(
+            (unseen, sa.cast(sa.literal(f"{_STALE_UPSERT}:") + key_text, sa.Integer())),
+            (sa.or_(sa.false(), *in_set), version + sa.literal_column("1")),
+            else_=version,
+        )
+        # valid_from: new_set["valid_from"] = sa.case((<changed>, changed),
+        #     else_=table.c.valid_from)
+        # ``ext`` replaces the statement's ON CONFLICT clause with this one.
+        main = statement.ext(
+            OnConflictDoUpdate(
+                constraint=post.constraint_target,
+                index_elements=post.inferred_target_elements,
+                index_where=post.inferred_target_whereclause,
+                set_=new_set,
+                where=post.update_whereclause,
+            )
+        )
+        main = main.add_cte(proposed_rows).add_cte(old)
+        if extra is not None:
+            main = main.add_cte(extra)
+        main = main.add_cte(history_rows)
+        try:
+            result = state.invoke_statement(statement=main)
+        except sa.exc.DBAPIError as exc:
+            if _STALE_UPSERT in str(exc.orig):
+                raise StaleWriteError(
+                    f"an upsert of {self.cls.__name__} took the update branch for a row "
+                    "another transaction inserted after the statement began: nothing was "
+                    "written; roll back and run the upsert again"
+                ) from None
+            raise
+        if exceptional:
+            self._written(exceptional, changed_at)
+        return result
+
+    def _target(self, post: OnConflictDoUpdate, table: sa.Table) -> list[str]:
+        """Names of the conflict target's columns."""
+        if post.constraint_target is not None:
+            name = post.constraint_target
+            for constraint in table.constraints:
+                if constraint.name == name and isinstance(
+                    constraint, (sa.UniqueConstraint, sa.PrimaryKeyConstraint)
+                ):
+                    return [column.name for column in constraint.columns]
+            for index in table.indexes:
+                if (
+                    index.name == name
+                    and index.unique
+                    and all(isinstance(e, sa.Column) for e in index.expressions)
+                ):
+                    return [e.name for e in index.expressions]  # type: ignore[union-attr]
+        elif post.inferred_target_elements and all(
+            isinstance(e, sa.Column) for e in post.inferred_target_elements
+        ):
+            return [e.name for e in post.inferred_target_elements]  # type: ignore[union-attr]
+        raise ChrononautException(
+            f"an upsert of the Versioned model {self.cls.__name__} needs a conflict target "
+            "of plain columns (index_elements=[...] or a named unique constraint)"
+        )
+
+    def _rows(self, statement: Any) -> list[dict[str, Any]]:
+        """The proposed rows, by column name, all with the same columns."""
+        rows: list[dict[str, Any]] = []
+        if statement._multi_values:
+            for group in statement._multi_values:
+                for row in group:
+                    if not isinstance(row, dict):
+                        rows = []
+                        break
+                    rows.append({str(getattr(k, "name", k)): v for k, v in row.items()})
+        elif statement._values:
+            # The statement's own bind parameters belong to its VALUES clause: the
+            # proposed rows get fresh ones for the same values.
+            rows.append(
+                {
+                    str(getattr(k, "name", k)): (
+                        v.effective_value if isinstance(v, BindParameter) else v
+                    )
+                    for k, v in statement._values.items()
+                }
+            )
+        if not rows or any(row.keys() != rows[0].keys() for row in rows):
+            raise ChrononautException(
+                f"an upsert of the Versioned model {self.cls.__name__} is captured when "
+                "every row in .values(...) names the same columns (as a dict)"
+            )
+        return rows
