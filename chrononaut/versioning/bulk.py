@@ -23,6 +23,7 @@ from sqlalchemy.sql.elements import (
     TextClause,
 )
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from chrononaut.concurrency import _expected, forget_expected_version, stale_write_error
 from chrononaut.context import extra_info_active, versioning_suppressed
@@ -451,6 +452,38 @@ def _compile_nested_insert(element: _NestedInsert, compiler: Any, **kw: Any) -> 
         ) = saved
 
 
+class _LockedRowsJoin(sa.ColumnElement[bool]):
+    """``t.<key> = chrononaut_o.<key>``: joins the statement to its locked rows.
+
+    Rendered as that comparison; to SQLAlchemy's Python evaluator (which
+    ``synchronize_session="auto"/"evaluate"`` runs on the identity map) it reads
+    as TRUE, because every row it joins is a row the user's WHERE matched: the
+    records SQLAlchemy synchronises are exactly the ones it would without it,
+    with no RETURNING of every key ("fetch") to find them.
+    """
+
+    __visit_name__ = "true"
+    inherit_cache = True
+    _traverse_internals = [("clause", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, clause: sa.ColumnElement[bool]) -> None:
+        self.clause = clause
+        self.type = sa.Boolean()
+
+    @property
+    def _from_objects(self) -> Any:
+        return self.clause._from_objects
+
+    def self_group(self, against: Any = None) -> Any:
+        # Already a boolean comparison: no "IS true" wrapper in a conjunction.
+        return self
+
+
+@compiles(_LockedRowsJoin)
+def _compile_locked_rows_join(element: _LockedRowsJoin, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.clause, **kw))
+
+
 def _pk_columns(meta: VersionMeta) -> list[sa.Column[Any]]:
     table = meta.version_column.table
     return [table.c[col_key] for _, col_key in meta.tables[0].pk]
@@ -592,7 +625,11 @@ class _OneStatement:
             .cte("chrononaut_h")
         )
 
-        main = statement.where(*[column == old.c[f"k{i}"] for i, column in enumerate(pk_columns)])
+        main = statement.where(
+            _LockedRowsJoin(
+                sa.and_(*[column == old.c[f"k{i}"] for i, column in enumerate(pk_columns)])
+            )
+        )
         if not delete:
             bumped: dict[Any, Any] = {
                 version: sa.case((old.c.chg, version + sa.literal_column("1")), else_=version)
@@ -605,13 +642,7 @@ class _OneStatement:
             main = main.add_cte(extra)
         main = main.add_cte(history_rows)
 
-        options: dict[str, Any] = {}
-        if _sync_mode(state) in ("evaluate", "auto"):
-            # The key join to the locked rows can't be evaluated in Python;
-            # "fetch" synchronises the same records from the rows the statement
-            # matched (what "auto" falls back to by itself).
-            options["synchronize_session"] = "fetch"
-        result = state.invoke_statement(statement=main, execution_options=options)
+        result = state.invoke_statement(statement=main)
         if _pinned_row(statement.whereclause, meta) is not None:
             # A statement pinning one row's key and version is a hand-written
             # optimistic check: if it matched nothing because that version is
