@@ -94,12 +94,14 @@ def _sync_mode(state: ORMExecuteState) -> Any:
 class _BulkStatement:
     """History for one ORM bulk UPDATE or DELETE (SPEC §2, "ORM bulk statements").
 
-    The affected rows are selected FOR UPDATE first (so nobody changes them
-    between our read and the statement; hidden columns as md5 digests, so their
-    values never leave the server), the statement runs restricted to exactly
-    those rows, and the rows whose tracked or hidden values changed get their
-    history row and version bump — in one more statement that compares in the
-    database where arrays can carry the columns, else row by row here.
+    The two-statement path, for what :class:`_OneStatement` does not cover. The
+    affected rows are selected FOR UPDATE first (so nobody changes them between
+    our read and the statement; for hidden columns only whether the statement
+    changes them, decided in the database), the statement runs restricted to
+    exactly those rows, and the rows whose tracked or hidden values changed get
+    their history row and version bump — in one more statement that compares in
+    the database where arrays can carry the columns (models without hidden
+    columns), else here.
     """
 
     def __init__(self, settings: Settings, state: ORMExecuteState, meta: VersionMeta) -> None:
@@ -118,19 +120,78 @@ class _BulkStatement:
             return columns[0].in_([pk[0] for pk in pks])  # type: ignore[no-any-return]
         return sa.tuple_(*columns).in_(pks)
 
-    def _select(self, keys: list[str], where: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
+    def _select(
+        self,
+        keys: list[str],
+        where: Any,
+        flags: dict[str, Any] | None = None,
+        source: Any = None,
+    ) -> dict[tuple[Any, ...], dict[str, Any]]:
+        """The rows ``where`` matches, locked: key -> values of ``keys``.
+
+        A hidden key's value is never read: it is the boolean ``flags[key]``
+        (whether the statement changes it, decided in the database) or false.
+        """
         n = len(self.meta.pk_keys)
-        # Hidden columns are compared by their md5: their values never leave the server.
+        flags = flags or {}
         columns = [
-            sa.func.md5(sa.cast(self._attr(k), sa.Text())).label(k)
+            sa.type_coerce(flags.get(k, sa.false()), sa.Boolean()).label(k)
             if k in self.meta.hidden
             else self._attr(k)
             for k in (*self.meta.pk_keys, *keys)
         ]
         statement = sa.select(*columns).where(where)
-        statement = statement.with_for_update().execution_options(**{_BULK_GUARD: True})
+        if source is not None:
+            statement = statement.select_from(source)
+        statement = statement.with_for_update(of=self.meta.version_column.table)
+        statement = statement.execution_options(**{_BULK_GUARD: True})
         rows = self.session.execute(statement).all()
         return {tuple(row[:n]): dict(zip(keys, row[n:], strict=True)) for row in rows}
+
+    def _hidden_flags(self, by_key: list[dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+        """Per hidden key, whether the statement changes it, as SQL for the locking
+        SELECT (hidden values and digests of them never leave the database); and
+        the FROM that SELECT needs for it."""
+        meta = self.meta
+        hidden = sorted(meta.hidden)
+        flags: dict[str, Any] = {}
+        if not hidden or self.state.is_delete:
+            return flags, None
+        if by_key:
+            # The new values are in the parameter sets: join them as VALUES.
+            table = meta.version_column.table
+            pk_columns = [meta.columns[k] for k in meta.pk_keys]
+            columns = [sa.column(f"k{i}", c.type) for i, c in enumerate(pk_columns)]
+            for m, key in enumerate(hidden):
+                columns.append(sa.column(f"p{m}", sa.Boolean()))
+                columns.append(sa.column(f"h{m}", meta.columns[key].type))
+            rows = []
+            for p in by_key:
+                row: list[Any] = [p[k] for k in meta.pk_keys]
+                for key in hidden:
+                    row.extend((key in p, p.get(key)))
+                rows.append(tuple(row))
+            proposed = sa.values(*columns, name="chrononaut_pv").data(rows)
+            source = table.join(
+                proposed,
+                sa.and_(*[c == proposed.c[f"k{i}"] for i, c in enumerate(pk_columns)]),
+            )
+            for m, key in enumerate(hidden):
+                flags[key] = sa.and_(
+                    proposed.c[f"p{m}"], _differs(proposed.c[f"h{m}"], meta.columns[key])
+                )
+            return flags, source
+        values = getattr(self.state.statement, "_values", None) or {}
+        by_name = {getattr(k, "name", k): v for k, v in values.items()}
+        params = self.state.parameters
+        if isinstance(params, dict):
+            for name, value in params.items():
+                by_name.setdefault(name, sa.literal(value))
+        for key in hidden:
+            column = meta.columns[key]
+            if column.name in by_name:
+                flags[key] = _differs(by_name[column.name], column)
+        return flags, None
 
     def run(self) -> Any:
         state = self.state
@@ -159,7 +220,8 @@ class _BulkStatement:
             if where is None:
                 where = sa.true()
             restrict = True
-        old = self._select(keys, where)
+        flags, source = self._hidden_flags(by_key)
+        old = self._select(keys, where, flags, source)
         if not old:
             # Nothing matched. A statement pinning one row's key and version is a
             # hand-written optimistic check: if that version is gone, say so.
@@ -203,20 +265,25 @@ class _BulkStatement:
             batch.write(self.session)
             return result
 
-        bulk_statement = meta.bulk_history_statement()
+        bulk_statement = None if meta.hidden else meta.bulk_history_statement()
         if bulk_statement is not None and not (
             self.settings.require_extra_change_info() and not extra_info_active()
         ):
             self._record_in_one_statement(bulk_statement, old, builder, changed_at)
             return result
 
-        new = self._select(keys, self._pk_clause(list(old)))
+        new = self._select([k for k in keys if k not in meta.hidden], self._pk_clause(list(old)))
         bumped: list[tuple[Any, ...]] = []
         for pk, values in old.items():
             after = new.get(pk)
             if after is None:
                 continue
-            changed = [k for k in watched if k in values and values[k] != after.get(k)]
+            changed = [
+                k
+                for k in watched
+                if k in values
+                and (values[k] is True if k in meta.hidden else values[k] != after.get(k))
+            ]
             if not changed:
                 continue
             if not bumped:

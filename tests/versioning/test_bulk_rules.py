@@ -352,3 +352,44 @@ def test_required_info_given(db_with_config: Any, User: Any, history_rows: Any) 
     db_with_config.session.commit()
     [row] = history_rows("appuser_history")
     assert row["change_info"]["extra"] == {"rationale": "setup"}
+
+
+# -- the two-statement path: hidden columns stay in the database --------------------
+
+
+def test_by_key_hidden_change_listed(
+    db: VersionedSQLAlchemy, trio: Any, User: Any, history_rows: Any
+) -> None:
+    """UPDATE by primary key of a hidden column lists it, sending no digest."""
+    with sent(db.engine) as seen:
+        db.session.execute(sa.update(User), [{"id": 2, "password": "new"}, {"id": 3, "name": "c"}])
+    db.session.commit()
+    assert all("md5" not in sql.lower() for sql, _ in seen)
+    rows = history_rows("appuser_history")
+    assert [(r["id"], r["change_info"]) for r in rows] == [
+        (2, {**PLAIN, "hidden_cols_changed": ["password"]}),
+        (3, PLAIN),
+    ]
+
+
+def test_by_key_hidden_same_value_no_history(
+    db: VersionedSQLAlchemy, trio: Any, User: Any, history_rows: Any
+) -> None:
+    """UPDATE by primary key setting a hidden column to its value writes nothing."""
+    db.session.execute(sa.update(User), [{"id": 2, "password": "pw-0"}])
+    db.session.commit()
+    assert history_rows("appuser_history") == []
+    assert _versions(db, User) == {1: 0, 2: 0, 3: 0}
+
+
+def test_volatile_hidden_change_listed(
+    db: VersionedSQLAlchemy, trio: Any, User: Any, history_rows: Any
+) -> None:
+    """A volatile SET of a hidden column (two-statement path) lists it, sending no digest."""
+    value = sa.cast(sa.func.random(), sa.Text())
+    with sent(db.engine) as seen:
+        db.session.execute(sa.update(User).where(User.id == 1).values(password=value))
+    db.session.commit()
+    assert all("md5" not in sql.lower() for sql, _ in seen)
+    [row] = history_rows("appuser_history")
+    assert row["change_info"] == {**PLAIN, "hidden_cols_changed": ["password"]}
