@@ -478,6 +478,8 @@ def _one_statement_possible(state: ORMExecuteState, meta: VersionMeta) -> bool:
         return False
     if meta._has_onupdate or any(isinstance(c.type, sa.ARRAY) for c in _pk_columns(meta)):
         return False
+    if any(getattr(option, "_is_criteria_option", False) for option in statement._with_options):
+        return False  # with_loader_criteria(): SQLAlchemy adds WHERE terms we don't see
     clauses: list[Any] = [statement.whereclause]
     if isinstance(statement, sa.Update):
         if statement._maintain_values_ordering or not statement._values:
@@ -486,6 +488,13 @@ def _one_statement_possible(state: ORMExecuteState, meta: VersionMeta) -> bool:
         if any(getattr(key, "name", key) in pk_names for key in statement._values):
             return False
         clauses.extend(statement._values.values())
+    table = meta.version_column.table
+    for clause in clauses:
+        # Criteria joining other tables (UPDATE ... FROM) could match a row more
+        # than once in the locking SELECT; subqueries are fine.
+        froms = getattr(clause, "_from_objects", None) or ()
+        if any(f is not table and f._deannotate() is not table for f in froms):
+            return False
     return not _volatile(clauses)
 
 
@@ -643,6 +652,11 @@ class _OneStatement:
         old_rows = sa.select(*columns)
         if where is not None:
             old_rows = old_rows.where(where)
+        # SQLAlchemy adds a single-table subclass's discriminator to the statement
+        # when it compiles it: the locked rows need it too.
+        single = self.state.bind_arguments["mapper"]._single_table_criterion
+        if single is not None:
+            old_rows = old_rows.where(single)
         old = old_rows.with_for_update(of=table).cte("chrononaut_o")
 
         changed = sa.bindparam("chrononaut_changed", changed_at, type_=sa.DateTime(timezone=True))

@@ -16,6 +16,7 @@ from sqlalchemy import event
 from chrononaut import (
     ChrononautException,
     StaleWriteError,
+    Versioned,
     VersionedSQLAlchemy,
     append_change_info,
     rationale,
@@ -393,3 +394,58 @@ def test_volatile_hidden_change_listed(
     assert all("md5" not in sql.lower() for sql, _ in seen)
     [row] = history_rows("appuser_history")
     assert row["change_info"] == {**PLAIN, "hidden_cols_changed": ["password"]}
+
+
+# -- statement shapes ------------------------------------------------------------------
+
+
+@pytest.fixture()
+def Pet(db: VersionedSQLAlchemy) -> type[Any]:
+    """Single-table inheritance: ``Dog`` and ``Cat`` share table ``pet`` (returns ``Dog``)."""
+
+    class Pet(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "pet"
+        id = db.Column(db.Integer, primary_key=True)
+        kind = db.Column(db.String(10), nullable=False)
+        name = db.Column(db.String(40))
+        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "pet"}
+
+    class Dog(Pet):
+        __mapper_args__ = {"polymorphic_identity": "dog"}
+
+    class Cat(Pet):
+        __mapper_args__ = {"polymorphic_identity": "cat"}
+
+    db.create_all()
+    db.session.add_all([Dog(id=1, name="rex"), Cat(id=2, name="tom")])
+    db.session.commit()
+    return Dog
+
+
+def test_single_table_subclass_only_its_rows(
+    db: VersionedSQLAlchemy, Pet: Any, history_rows: Any
+) -> None:
+    """A bulk UPDATE of a single-table subclass records only that subclass's rows."""
+    db.session.execute(sa.update(Pet).values(name="x"))
+    db.session.commit()
+    assert [(r["id"], r["version"], r["name"]) for r in history_rows("pet_history")] == [
+        (1, 0, "rex")
+    ]
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, name, version FROM pet ORDER BY id")).all()
+    assert [tuple(r) for r in rows] == [(1, "x", 1), (2, "tom", 0)]
+
+
+def test_update_from_other_table(
+    db: VersionedSQLAlchemy, trio: Any, User: Any, history_rows: Any
+) -> None:
+    """UPDATE ... FROM another table matching a row twice writes one history row."""
+    other = sa.Table("tag", db.metadata, sa.Column("user_id", sa.Integer), sa.Column("t", sa.Text))
+    other.create(db.engine)
+    with db.engine.begin() as conn:
+        conn.execute(other.insert(), [{"user_id": 1, "t": "a"}, {"user_id": 1, "t": "b"}])
+    statement = sa.update(User).where(User.id == other.c.user_id).values(name="tagged")
+    db.session.execute(statement.execution_options(synchronize_session=False))
+    db.session.commit()
+    assert _summary(history_rows("appuser_history")) == [(1, 0, "alice")]
+    assert _versions(db, User) == {1: 1, 2: 0, 3: 0}
