@@ -1017,10 +1017,20 @@ class _Upsert(_OneStatement):
         if post.constraint_target is not None:
             name = post.constraint_target
             for constraint in table.constraints:
-                if constraint.name == name and isinstance(
-                    constraint, (sa.UniqueConstraint, sa.PrimaryKeyConstraint)
-                ):
-                    return [column.name for column in constraint.columns]
+                if not isinstance(constraint, (sa.UniqueConstraint, sa.PrimaryKeyConstraint)):
+                    continue
+                columns = [column.name for column in constraint.columns]
+                # Unnamed in the metadata: PostgreSQL's default names.
+                default = (
+                    f"{table.name}_pkey"
+                    if isinstance(constraint, sa.PrimaryKeyConstraint)
+                    else f"{table.name}_{'_'.join(columns)}_key"
+                )
+                if name in (constraint.name, default if not constraint.name else None):
+                    return columns
+            for column in table.c:
+                if column.unique and name == f"{table.name}_{column.name}_key":
+                    return [column.name]
             for index in table.indexes:
                 if (
                     index.name == name

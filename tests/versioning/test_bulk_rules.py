@@ -449,3 +449,26 @@ def test_update_from_other_table(
     db.session.commit()
     assert _summary(history_rows("appuser_history")) == [(1, 0, "alice")]
     assert _versions(db, User) == {1: 1, 2: 0, 3: 0}
+
+
+def test_fetch_with_returning(db: VersionedSQLAlchemy, trio: Any, User: Any) -> None:
+    """``synchronize_session="fetch"`` with the caller's RETURNING gives both."""
+    alice = trio[0]
+    _ = alice.name
+    statement = sa.update(User).where(User.id <= 2).values(name="bob")
+    statement = statement.returning(User.id, User.version)
+    rows = db.session.execute(statement.execution_options(synchronize_session="fetch")).all()
+    assert sorted(tuple(r) for r in rows) == [(1, 1), (2, 0)]
+    assert (alice.name, alice.version) == ("bob", 1)
+    db.session.commit()
+
+
+def test_volatile_where_takes_two_statements(
+    db: VersionedSQLAlchemy, trio: Any, User: Any, history_rows: Any
+) -> None:
+    """A volatile WHERE is evaluated once: the rows updated are the rows recorded."""
+    statement = sa.update(User).where(sa.func.random() < 0.5).values(name="zed")
+    db.session.execute(statement)
+    db.session.commit()
+    changed = {i for i, v in _versions(db, User).items() if v == 1}
+    assert {r["id"] for r in history_rows("appuser_history")} == changed

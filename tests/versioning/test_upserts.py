@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from flask import Flask
 from sqlalchemy.dialects.postgresql import insert
 
 from chrononaut import ChrononautException, VersionedSQLAlchemy, append_change_info
@@ -180,3 +181,46 @@ def test_version_in_set_refused(db: VersionedSQLAlchemy, pair: Any, User: Any) -
     statement = statement.on_conflict_do_update(index_elements=[User.id], set_={"version": 9})
     with pytest.raises(ChrononautException, match="version"):
         db.session.execute(statement)
+
+
+def test_named_constraint_target(
+    db: VersionedSQLAlchemy, pair: Any, User: Any, history_rows: Any
+) -> None:
+    """A conflict target given as the primary key constraint's name is captured."""
+    statement = insert(User).values(id=2, name="zed")
+    statement = statement.on_conflict_do_update(
+        constraint=User.__table__.primary_key.name or "appuser_pkey",
+        set_={"name": statement.excluded.name},
+    )
+    db.session.execute(statement)
+    db.session.commit()
+    assert _summary(history_rows("appuser_history")) == [(2, 0, "bob")]
+
+
+@pytest.mark.parametrize(
+    "db_with_config", [{"CHRONONAUT_REQUIRE_EXTRA_CHANGE_INFO": True}], indirect=True
+)
+def test_required_info_refused(db_with_config: Any, User: Any) -> None:
+    """With CHRONONAUT_REQUIRE_EXTRA_CHANGE_INFO an upsert outside a block is refused."""
+    with pytest.raises(ChrononautException):
+        db_with_config.session.execute(_upsert(User, [{"id": 1, "name": "x"}]))
+
+
+@pytest.fixture()
+def db_with_config(request: pytest.FixtureRequest, app: Flask) -> Any:
+    """A ``db`` created after the indirect parameter (a dict) was put into the app config."""
+    app.config.update(request.param)
+    return request.getfixturevalue("db")
+
+
+def test_default_unique_constraint_name(
+    db: VersionedSQLAlchemy, pair: Any, User: Any, history_rows: Any
+) -> None:
+    """A unique column's default constraint name (``appuser_email_key``) is a target."""
+    statement = insert(User).values(id=8, name="zed", email="alice@example.com")
+    statement = statement.on_conflict_do_update(
+        constraint="appuser_email_key", set_={"name": statement.excluded.name}
+    )
+    db.session.execute(statement)
+    db.session.commit()
+    assert _summary(history_rows("appuser_history")) == [(1, 0, "alice")]
