@@ -443,6 +443,9 @@ _STABLE_FUNCTIONS = frozenset(
         "length", "localtimestamp", "lower", "ltrim", "md5", "now", "nullif",
         "replace", "right", "round", "rtrim", "sqrt", "substr", "substring",
         "to_jsonb", "trim", "trunc", "upper",
+        # aggregates (in subqueries of the criteria)
+        "array_agg", "avg", "bool_and", "bool_or", "count", "max", "min",
+        "string_agg", "sum",
     }
 )  # fmt: skip
 
