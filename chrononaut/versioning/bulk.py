@@ -52,7 +52,7 @@ def run_bulk(settings: Settings, orm_execute_state: ORMExecuteState) -> Any:
     meta = meta_of(mapper.class_) if mapper is not None else None
     if meta is None:
         return None
-    _refuse_version_assignment(statement, meta)
+    _refuse_version_assignment(statement, meta, state.parameters)
     if upsert:
         _require_context(settings)
         return _Upsert(settings, state, meta).run()
@@ -63,10 +63,12 @@ def run_bulk(settings: Settings, orm_execute_state: ORMExecuteState) -> Any:
     return _BulkStatement(settings, state, meta).run()
 
 
-def _refuse_version_assignment(statement: Any, meta: VersionMeta) -> None:
+def _refuse_version_assignment(statement: Any, meta: VersionMeta, params: Any) -> None:
     """SPEC §2: ``version`` is Chrononaut's; a bulk ``SET`` or upsert ``set_`` of it
     is refused before any statement."""
     keys: list[Any] = list(getattr(statement, "_values", None) or ())
+    if isinstance(params, dict) and isinstance(statement, sa.Update):
+        keys.extend(params)  # one parameter dict: SQLAlchemy SETs its keys
     post = getattr(statement, "_post_values_clause", None)
     keys.extend(getattr(post, "update_values_to_set", None) or ())
     # valid_from: add its column and attribute key to the refused names here.

@@ -472,3 +472,9 @@ def test_volatile_where_takes_two_statements(
     db.session.commit()
     changed = {i for i, v in _versions(db, User).items() if v == 1}
     assert {r["id"] for r in history_rows("appuser_history")} == changed
+
+
+def test_version_in_set_parameters_refused(db: VersionedSQLAlchemy, trio: Any, User: Any) -> None:
+    """A single parameter dict that SETs ``version`` is refused too."""
+    with pytest.raises(ChrononautException):
+        db.session.execute(sa.update(User).where(User.id == 1), {"version": 4, "name": "x"})
