@@ -1,6 +1,6 @@
 """Where the demo keeps its data: its own database on the resolved PostgreSQL server.
 
-The server comes from :func:`chrononaut.testing.database_url` (an explicit
+The server comes from the project's ``_devdb`` tooling (an explicit
 ``DATABASE_URL``, else a server on 127.0.0.1:5432, else an embedded PostgreSQL),
 so the demo runs on a fresh machine without any set-up. The demo then works in a
 database of its own on that server, so it never touches the tables of whatever
@@ -52,18 +52,18 @@ def normalize_url(url: str | sa.URL) -> sa.URL:
 
 
 def server_url() -> sa.URL:
-    """The URL of the PostgreSQL server to use, resolved by :mod:`chrononaut.testing`.
+    """The URL of the PostgreSQL server to use, resolved by the project's ``_devdb``.
 
     This may start an embedded PostgreSQL that lives as long as this process.
     """
-    from chrononaut.testing import database_url
+    from _devdb import database_url
 
     return normalize_url(database_url())
 
 
 def server_description() -> str:
     """One line saying which server :func:`server_url` uses and why."""
-    from chrononaut.testing import describe_database
+    from _devdb import describe_database
 
     return describe_database()
 
