@@ -13,7 +13,6 @@ from typing import Any
 
 import click
 import sqlalchemy as sa
-from flask import current_app
 from flask.cli import with_appcontext
 
 from chrononaut.errors import ChrononautException
@@ -26,7 +25,9 @@ __all__ = ["COMMANDS", "history_command", "import_activity_command", "prune_comm
 
 
 def _extension() -> Any:
-    ext = current_app.extensions.get("sqlalchemy")
+    from chrononaut.flask_ext import _current_extension
+
+    ext = _current_extension()
     if ext is None:
         raise click.ClickException("this app has no Flask-SQLAlchemy extension")
     return ext
