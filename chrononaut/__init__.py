@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from chrononaut.context import acting_as, extra_change_info, rationale, suppress_versioning
 from chrononaut.errors import (
+    ActivityImportError,
     ChrononautException,
     DeadlockError,
     HiddenAttributeError,
@@ -30,6 +31,7 @@ from chrononaut.versioning.model import Versioned, history_class
 __version__ = "0.5.0.dev0"
 
 __all__ = [
+    "ActivityImportError",
     "ChrononautException",
     "DeadlockError",
     "HiddenAttributeError",

@@ -200,9 +200,14 @@ def history_command(model: str, key: tuple[str, ...], as_json: bool) -> None:
         result = _timeline.timeline(session, cls, pk)
     finally:
         session.rollback()
+    if not result.found:
+        shown = ", ".join(key)
+        raise click.ClickException(
+            f"{cls.__name__} {shown}: not found (no such record, and no history for this key)"
+        )
     if as_json:
         for change in result.changes:
-            click.echo(json.dumps(change.as_dict(), default=str))
+            click.echo(json.dumps(change.as_dict()))
         return
     for line in result.lines():
         click.echo(line)
