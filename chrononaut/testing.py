@@ -204,7 +204,7 @@ def _probe(probe: str) -> ResolvedDatabase | None:
     return ResolvedDatabase(
         _render(url),
         "server",
-        f"PostgreSQL server at {where} (user {url.username}, database {url.database})",
+        f"PostgreSQL server at {where} (user {url.username})",
     )
 
 
