@@ -119,9 +119,9 @@ def test_config_read_at_each_flush(app: Flask, db: VersionedSQLAlchemy) -> None:
 def test_plain_url_gets_installed_driver(database_url: str) -> None:
     """A plain ``postgresql://`` URL gets an installed driver written into the config."""
     app = Flask("plain")
-    app.config["SQLALCHEMY_DATABASE_URI"] = sa.make_url(database_url).set(
-        drivername="postgresql"
-    ).render_as_string(hide_password=False)
+    app.config["SQLALCHEMY_DATABASE_URI"] = (
+        sa.make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
     db = VersionedSQLAlchemy(app)
     with app.app_context():
         try:
