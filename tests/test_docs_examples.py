@@ -20,6 +20,10 @@ Pages steer this with reST comments, which Sphinx does not render:
 
 The page's database is dropped afterwards, so samples need not clean up.
 
+``README.md`` is covered the same way: its ```` ```python ```` fences run, and the
+markers are HTML comments (``<!-- doc-test: url ... -->``; a hidden body goes on
+the lines between ``<!-- doc-test: hidden`` and ``-->``).
+
 A new page is covered automatically; a page whose samples are not made runnable
 yet is listed in ``PENDING``.
 """
@@ -126,8 +130,69 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
 
+_MD_MARKER = re.compile(
+    r"^<!-- doc-test: (?P<kind>skip|raises|hidden|url)\b\s*(?P<arg>.*?)\s*(?:-->)?$"
+)
+
+
+def parse_markdown(page: Path) -> tuple[list[Block], int]:
+    """Like :func:`parse`, for a Markdown page (fenced blocks, HTML-comment markers)."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    name = str(page.relative_to(ROOT))
+    blocks: list[Block] = []
+    urls: list[str] = []
+    skip: str | None = None
+    raises: str | None = None
+    skipped = 0
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        marker = _MD_MARKER.match(line)
+        if marker:
+            kind, arg = marker["kind"], marker["arg"]
+            if kind == "hidden":
+                end = next(i for i in range(index + 1, len(lines)) if lines[i].strip() == "-->")
+                blocks.append(Block(name, index + 2, "\n".join(lines[index + 1 : end]) + "\n"))
+                index = end + 1
+                continue
+            if not arg:
+                raise ValueError(f"{name}:{index + 1}: `doc-test: {kind}` needs an argument")
+            if kind == "skip":
+                skip = arg
+            elif kind == "raises":
+                raises = arg
+            else:
+                urls.append(arg)
+        elif line.strip() in {"```python", "```py"}:
+            end = next(i for i in range(index + 1, len(lines)) if lines[i].strip() == "```")
+            if skip is None:
+                code = "\n".join(lines[index + 1 : end]) + "\n"
+                blocks.append(Block(name, index + 2, code, raises))
+            else:
+                skipped += 1
+            skip = raises = None
+            index = end + 1
+            continue
+        index += 1
+    _substitute(blocks, urls)
+    return blocks, skipped
+
+
+def _substitute(blocks: list[Block], urls: list[str]) -> None:
+    """Replace each ``doc-test: url`` literal by the test database's URL."""
+    for block in blocks:
+        code = block.code
+        for url in urls:
+            code = code.replace(f'"{url}"', 'os.environ["DATABASE_URL"]')
+        if code != block.code:
+            # On the line before the sample's first, so line numbers stay right.
+            block.code, block.line = "import os\n" + code, block.line - 1
+
+
 def parse(page: Path) -> tuple[list[Block], int]:
     """The python to run for ``page``, and how many samples it skips."""
+    if page.suffix == ".md":
+        return parse_markdown(page)
     lines = page.read_text(encoding="utf-8").splitlines()
     name = str(page.relative_to(ROOT))
     blocks: list[Block] = []
@@ -163,24 +228,19 @@ def parse(page: Path) -> tuple[list[Block], int]:
             skip = raises = None
             continue
         index += 1
-    for block in blocks:
-        code = block.code
-        for url in urls:
-            code = code.replace(f'"{url}"', 'os.environ["DATABASE_URL"]')
-        if code != block.code:
-            # On the line before the sample's first, so line numbers stay right.
-            block.code, block.line = "import os\n" + code, block.line - 1
+    _substitute(blocks, urls)
     return blocks, skipped
 
 
 def _pages() -> list[str]:
-    return sorted(p.name for p in DOCS.glob("*.rst") if p.name not in PENDING)
+    pages = [f"docs/{p.name}" for p in DOCS.glob("*.rst") if p.name not in PENDING]
+    return [*sorted(pages), "README.md"]
 
 
 @pytest.mark.parametrize("page", _pages())
 def test_page_samples_run(page: str, server_url: sa.URL) -> None:
     """Every python sample of the page runs, in order, against a real database."""
-    blocks, _skipped = parse(DOCS / page)
+    blocks, _skipped = parse(ROOT / page)
     if not blocks:
         return
     with temporary_database(server_url, prefix="chrononaut_docs") as url:
