@@ -9,7 +9,6 @@ database the URL names.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
 import sqlalchemy as sa
@@ -35,20 +34,16 @@ _SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def normalize_url(url: str | sa.URL) -> sa.URL:
-    """The URL with an explicit driver that is actually installed.
+    """The URL with its driver written out, by the rule ``VersionedSQLAlchemy`` applies.
 
-    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3; on a machine that
-    only has psycopg2 that fails, so pick psycopg2 there.
+    A plain ``postgresql://`` gets the installed driver (psycopg2, else psycopg 3);
+    a URL naming its driver keeps it.
 
     :param url: a PostgreSQL URL, with or without a driver.
     """
-    parsed = sa.make_url(url)
-    if parsed.drivername == "postgresql":
-        has_psycopg = importlib.util.find_spec("psycopg") is not None
-        parsed = parsed.set(
-            drivername="postgresql+psycopg" if has_psycopg else "postgresql+psycopg2"
-        )
-    return parsed
+    from chrononaut._urls import normalize_url as _normalize
+
+    return _normalize(url)
 
 
 def server_url() -> sa.URL:
