@@ -11,6 +11,7 @@ from chrononaut._context import acting_as, extra_change_info, rationale, suppres
 from chrononaut._flask_ext import VersionedSQLAlchemy
 from chrononaut._session import versioned_session
 from chrononaut.errors import (
+    ActivityImportError,
     ChrononautException,
     DeadlockError,
     HiddenAttributeError,
@@ -30,6 +31,7 @@ from chrononaut.versioning._model import Versioned, history_class
 __version__ = "0.5.0.dev0"
 
 __all__ = [
+    "ActivityImportError",
     "ChrononautException",
     "DeadlockError",
     "HiddenAttributeError",

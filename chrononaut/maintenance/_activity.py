@@ -41,7 +41,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from chrononaut.errors import ChrononautException
+from chrononaut.errors import ActivityImportError
 from chrononaut.maintenance._cast import cast_value
 from chrononaut.maintenance._models import base_pk_columns, live_pk_columns, versioned_models
 from chrononaut.versioning._model import VERSION_KEY, VersionMeta, meta_of
@@ -62,10 +62,6 @@ ACTIVITY_TABLE = "chrononaut_activity"
 
 #: The ``change_info`` key marking rows written by the importer.
 IMPORT_MARK = "imported"
-
-
-class ActivityImportError(ChrononautException):
-    """The activity table could not be imported as it is."""
 
 
 class ActivityConflictError(ActivityImportError):

@@ -13,7 +13,6 @@ from typing import Any
 
 import click
 import sqlalchemy as sa
-from flask import current_app
 from flask.cli import with_appcontext
 
 from chrononaut._cli_errors import cli_errors
@@ -25,7 +24,9 @@ __all__ = ["COMMANDS", "history_command", "import_activity_command", "prune_comm
 
 
 def _extension() -> Any:
-    ext = current_app.extensions.get("sqlalchemy")
+    from chrononaut._flask_ext import _current_extension
+
+    ext = _current_extension()
     if ext is None:
         raise click.ClickException("this app has no Flask-SQLAlchemy extension")
     return ext
@@ -200,9 +201,14 @@ def history_command(model: str, key: tuple[str, ...], as_json: bool) -> None:
         result = _timeline.timeline(session, cls, pk)
     finally:
         session.rollback()
+    if not result.found:
+        shown = ", ".join(key)
+        raise click.ClickException(
+            f"{cls.__name__} {shown}: not found (no such record, and no history for this key)"
+        )
     if as_json:
         for change in result.changes:
-            click.echo(json.dumps(change.as_dict(), default=str))
+            click.echo(json.dumps(change.as_dict()))
         return
     for line in result.lines():
         click.echo(line)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import decimal
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from chrononaut.errors import ChrononautException
+from chrononaut.errors import _NO_USER, ChrononautException
 from chrononaut.maintenance._cast import cast_value
 from chrononaut.maintenance._models import base_pk_columns
 from chrononaut.versioning._model import VERSION_KEY, VersionMeta, meta_of
@@ -43,17 +45,24 @@ class Change:
         return None if value is None else str(value)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready values; field values as the display text the timeline prints."""
+        """JSON values: field values as JSON numbers, strings, ``null``, ... (dates
+        and times as ISO 8601 text, decimals and UUIDs as text, bytes as hex);
+        ``fields`` maps each changed field to ``[old, new]`` (``new`` is ``null``
+        when the next version was pruned)."""
         return {
             "version": self.version,
             "changed": self.changed.isoformat(),
             "user_id": self.user_id,
             "remote_addr": self.remote_addr,
-            "extra": self.extra,
-            "fields": {k: [_show(o), _show(n)] for k, (o, n) in self.fields.items()},
+            "extra": _json(self.extra),
+            "fields": {
+                k: [_json(o), None if self.next_unknown else _json(n)]
+                for k, (o, n) in self.fields.items()
+            },
             "hidden_changed": self.hidden,
             "deleted": self.deleted,
-            "lock": self.lock,
+            "lock": _json(self.lock),
+            "next_pruned": self.next_unknown,
         }
 
 
@@ -69,6 +78,11 @@ class Timeline:
     #: the oldest version still in history (older ones were pruned), or None
     oldest_kept: int | None = None
 
+    @property
+    def found(self) -> bool:
+        """Whether the record exists or ever had recorded history."""
+        return self.current_version is not None or bool(self.changes)
+
     def lines(self) -> list[str]:
         """The timeline as text, one change per block."""
         key = ", ".join(str(v) for v in self.key)
@@ -83,7 +97,7 @@ class Timeline:
         if self.oldest_kept:
             out.append(f"  versions before {self.oldest_kept} were pruned")
         for change in self.changes:
-            who = change.user_id if change.user_id is not None else "unknown user"
+            who = change.user_id if change.user_id is not None else _NO_USER
             if change.remote_addr:
                 who += f" from {change.remote_addr}"
             target = "deleted" if change.deleted else f"v{change.version + 1}"
@@ -108,6 +122,23 @@ class Timeline:
             if change.next_unknown and not change.fields:
                 out.append("    (the next version was pruned: changed fields unknown)")
         return out
+
+
+def _json(value: Any) -> Any:
+    """``value`` as a JSON value (what ``json.dumps`` takes as it is)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, Mapping):
+        return {str(k): _json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_json(v) for v in value]
+    return str(value)
 
 
 def _show(value: Any) -> str:

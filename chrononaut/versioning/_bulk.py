@@ -25,11 +25,11 @@ from sqlalchemy.sql.elements import (
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from chrononaut.versioning._concurrency import _expected, forget_expected_version, stale_write_error
 from chrononaut._context import extra_info_active, versioning_suppressed
 from chrononaut.errors import ChrononautException, StaleWriteError
 from chrononaut.versioning._capture import _Batch, _now, _require_context
 from chrononaut.versioning._change_info import ChangeInfoBuilder, Settings, consume_appended
+from chrononaut.versioning._concurrency import _expected, forget_expected_version, stale_write_error
 from chrononaut.versioning._model import VERSION_KEY, VersionMeta, meta_of
 
 __all__ = ["run_bulk"]

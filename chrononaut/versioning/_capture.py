@@ -20,15 +20,12 @@ from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from chrononaut._context import extra_info_active, versioning_suppressed
-from chrononaut.errors import ChrononautException, StaleWriteError
+from chrononaut.errors import ChrononautException
 from chrononaut.versioning._change_info import ChangeInfoBuilder, Settings, consume_appended
 from chrononaut.versioning._concurrency import (
     check_expected_version,
     forget_expected_version,
 )
-from chrononaut._context import extra_info_active, versioning_suppressed
-from chrononaut.errors import ChrononautException
-from chrononaut.versioning._change_info import ChangeInfoBuilder, Settings, consume_appended
 from chrononaut.versioning._model import VERSION_KEY, VersionMeta, meta_of
 
 __all__ = ["Capture"]
