@@ -24,6 +24,7 @@ from chrononaut.flask_ext import VersionedSQLAlchemy
 from chrononaut.http import register_error_handlers
 from chrononaut.locking import advisory_lock, lock_all
 from chrononaut.session import versioned_session
+from chrononaut.versioning.as_of import as_of
 from chrononaut.versioning.change_info import append_change_info
 from chrononaut.versioning.model import Versioned, history_class
 
@@ -45,6 +46,7 @@ __all__ = [
     "acting_as",
     "advisory_lock",
     "append_change_info",
+    "as_of",
     "extra_change_info",
     "history_class",
     "lock_all",
