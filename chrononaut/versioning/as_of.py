@@ -15,10 +15,12 @@ pays one probe of an empty index for it.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapper, aliased
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.util import AliasedClass
@@ -127,13 +129,16 @@ def _columns(meta: VersionMeta) -> tuple[list[sa.Column[Any]], list[Any]]:
 
 
 def as_of_selectable(meta: VersionMeta, at: object) -> sa.Subquery:
-    """The ``UNION ALL`` that ``as_of`` maps (public for the benchmark and CLI)."""
-    at_param = _at(at)
+    """The ``UNION ALL`` that ``as_of`` maps, as a plain Core subquery (for plans)."""
+    return _union(meta, _at(at)).subquery()
+
+
+def _union(meta: VersionMeta, at_param: sa.BindParameter[Any]) -> sa.CompoundSelect[Any]:
     base = meta.tables[0]
     history = base.history
     history_from = meta.history_mapper.persist_selectable
     live_from = meta.mapper.persist_selectable
-    history_columns, live_columns = _columns(meta)
+    history_columns, live_columns = _columns_cached(meta)
     labels = [f"c{i}" for i in range(len(history_columns))]
 
     def history_select(*where: Any) -> sa.Select[Any]:
@@ -147,7 +152,8 @@ def as_of_selectable(meta: VersionMeta, at: object) -> sa.Subquery:
     # by it and lets a one-key query range-scan the (key, changed) btree.
     known = history_select(
         valid_from.isnot(None),
-        history_range(history).op("@>")(at_param),
+        # The cast: with an untyped literal PostgreSQL would read a range.
+        history_range(history).op("@>")(sa.cast(at_param, _TZ)),
         changed > at_param,
     )
     # Legacy versions (NULL valid_from) began where the key's previous version
@@ -191,7 +197,56 @@ def as_of_selectable(meta: VersionMeta, at: object) -> sa.Subquery:
     live_criterion = meta.mapper._single_table_criterion
     if live_criterion is not None:
         live = live.where(live_criterion)
-    return sa.union_all(known, legacy, live).subquery()
+    return sa.union_all(known, legacy, live)
+
+
+_tokens = itertools.count(1)
+
+
+class _AsOfUnion(sa.TextClause):
+    """The union as a statement element whose cache key is one token per class and
+    the instant's parameter.
+
+    Building and traversing the full union for every ``as_of()`` call would cost
+    several times the query's own round trip; this element is as cheap as a
+    ``text()`` to make, to cache-key and to execute from SQLAlchemy's compiled
+    cache, and renders the real union (through the compiler in use, so
+    ``schema_translate_map`` applies) only when a statement is compiled.
+    """
+
+    inherit_cache = True
+
+    def __init__(self, meta: VersionMeta, at_param: sa.BindParameter[Any]) -> None:
+        token = meta.__dict__.get("_chrononaut_as_of_token")
+        if token is None:
+            # Unique per class for the process's lifetime: cached SQL is keyed by it.
+            token = f"chrononaut_as_of_{next(_tokens)}"
+            meta.__dict__["_chrononaut_as_of_token"] = token
+        super().__init__(token)
+        self._bindparams = {"at": at_param}
+        self.chrononaut_meta = meta
+
+
+@compiles(_AsOfUnion)
+def _compile_as_of(element: _AsOfUnion, compiler: Any, **kw: Any) -> str:
+    rendered: str = compiler.process(_union(element.chrononaut_meta, element._bindparams["at"]), **kw)
+    return rendered
+
+
+def _source(meta: VersionMeta, at: object) -> sa.Subquery:
+    history_columns, _ = _columns_cached(meta)
+    labelled = [c.label(f"c{i}") for i, c in enumerate(history_columns)]
+    return _AsOfUnion(meta, _at(at)).columns(*labelled).subquery()
+
+
+def _columns_cached(meta: VersionMeta) -> tuple[list[sa.Column[Any]], list[Any]]:
+    # Single-table subclasses may add history columns later: recount.
+    size = sum(len(tmap.history.c) for tmap in meta.tables)
+    cached = meta.__dict__.get("_chrononaut_as_of_columns")
+    if cached is None or cached[0] != size:
+        cached = (size, _columns(meta))
+        meta.__dict__["_chrononaut_as_of_columns"] = cached
+    return cached[1]  # type: ignore[no-any-return]
 
 
 def as_of(model: type[Any], at: dt.datetime) -> AliasedClass[Any]:
@@ -218,7 +273,7 @@ def as_of(model: type[Any], at: dt.datetime) -> AliasedClass[Any]:
         datetime.
     """
     meta = _meta(model)
-    selectable = as_of_selectable(meta, at)
+    selectable = _source(meta, at)
     _listen(meta)
     past: AliasedClass[Any] = aliased(meta.history_mapper.class_, selectable)
     return past
