@@ -25,6 +25,7 @@ from werkzeug.wrappers.response import Response
 import chrononaut
 from chrononaut import ChrononautException, StaleWriteError
 from demo.models import EDITABLE_FIELDS, PLANS, Account, User, db
+from demo.timetravel import bp as timetravel_bp
 
 __all__ = ["create_app"]
 
@@ -71,6 +72,7 @@ def create_app(
     app.jinja_env.filters["when"] = _format_when
     app.jinja_env.filters["show"] = _show_value
     _register_views(app)
+    app.register_blueprint(timetravel_bp)
     return app
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapper, aliased
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.util import AliasedClass
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from chrononaut.versioning.history import _as_utc
 from chrononaut.versioning.tables import VALID_FROM_KEY, VERSION_KEY, history_range
@@ -214,7 +215,12 @@ class _AsOfUnion(sa.TextClause):
     ``schema_translate_map`` applies) only when a statement is compiled.
     """
 
-    inherit_cache = True
+    # The cache key: the class's token and the instant's parameter (whose value
+    # SQLAlchemy extracts per execution), nothing else.
+    _traverse_internals = [
+        ("text", InternalTraversal.dp_string),
+        ("chrononaut_at", InternalTraversal.dp_clauseelement),
+    ]
 
     def __init__(self, meta: VersionMeta, at_param: sa.BindParameter[Any]) -> None:
         token = meta.__dict__.get("_chrononaut_as_of_token")
@@ -223,19 +229,23 @@ class _AsOfUnion(sa.TextClause):
             token = f"chrononaut_as_of_{next(_tokens)}"
             meta.__dict__["_chrononaut_as_of_token"] = token
         super().__init__(token)
-        self._bindparams = {"at": at_param}
+        self.chrononaut_at = at_param
         self.chrononaut_meta = meta
 
 
 @compiles(_AsOfUnion)
 def _compile_as_of(element: _AsOfUnion, compiler: Any, **kw: Any) -> str:
-    rendered: str = compiler.process(_union(element.chrononaut_meta, element._bindparams["at"]), **kw)
+    union = _union(element.chrononaut_meta, element.chrononaut_at)
+    rendered: str = compiler.process(union, **kw)
     return rendered
 
 
 def _source(meta: VersionMeta, at: object) -> sa.Subquery:
+    labelled = meta.__dict__.get("_chrononaut_as_of_labels")
     history_columns, _ = _columns_cached(meta)
-    labelled = [c.label(f"c{i}") for i, c in enumerate(history_columns)]
+    if labelled is None or len(labelled) != len(history_columns):
+        labelled = [c.label(f"c{i}") for i, c in enumerate(history_columns)]
+        meta.__dict__["_chrononaut_as_of_labels"] = labelled
     return _AsOfUnion(meta, _at(at)).columns(*labelled).subquery()
 
 
