@@ -91,7 +91,7 @@ def seed(engine: sa.Engine, model: Any) -> None:
                 f"SELECT k, 'owner ' || k, k * 10 + v, 'note', v, "
                 f"  :base + v * interval '1 day' + k * interval '1 second', "
                 f"  :base + (v + 1) * interval '1 day' + k * interval '1 second', "
-                f"  '{{\"user_id\": null, \"remote_addr\": null}}'::jsonb "
+                f'  \'{{"user_id": null, "remote_addr": null}}\'::jsonb '
                 f"FROM generate_series(1, :n) AS k, generate_series(0, :v - 1) AS v"
             ),
             {"base": BASE, "n": LIVE, "v": VERSIONS},
@@ -139,9 +139,10 @@ def explain(engine: sa.Engine, statement: Any, label: str) -> None:
     with engine.connect() as conn:
         compiled = statement.compile(dialect=engine.dialect)
         if isinstance(statement, sa.TextClause):
-            rows = conn.execute(sa.text("EXPLAIN (ANALYZE, COSTS OFF) " + statement.text), {
-                k: v.value for k, v in statement._bindparams.items()
-            })
+            rows = conn.execute(
+                sa.text("EXPLAIN (ANALYZE, COSTS OFF) " + statement.text),
+                {k: v.value for k, v in statement._bindparams.items()},
+            )
         else:
             rows = conn.exec_driver_sql(
                 "EXPLAIN (ANALYZE, COSTS OFF) " + str(compiled), compiled.params

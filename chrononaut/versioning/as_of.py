@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -69,7 +69,7 @@ def _source_table(meta: VersionMeta, tmap: TableMap) -> sa.Table:
                 for key, col_key in tmap.columns
             ):
                 return table
-        except Exception:  # noqa: BLE001 - a column this mapper does not map
+        except Exception:
             continue
     raise LookupError(tmap.history.name)  # pragma: no cover - built from these tables
 
@@ -143,9 +143,11 @@ def _union(meta: VersionMeta, at_param: sa.BindParameter[Any]) -> sa.CompoundSel
     labels = [f"c{i}" for i in range(len(history_columns))]
 
     def history_select(*where: Any) -> sa.Select[Any]:
-        return sa.select(
-            *[c.label(n) for c, n in zip(history_columns, labels, strict=True)]
-        ).select_from(history_from).where(*where)
+        return (
+            sa.select(*[c.label(n) for c, n in zip(history_columns, labels, strict=True)])
+            .select_from(history_from)
+            .where(*where)
+        )
 
     valid_from = history.c[VALID_FROM_KEY]
     changed = history.c.changed
@@ -256,7 +258,7 @@ def _columns_cached(meta: VersionMeta) -> tuple[list[sa.Column[Any]], list[Any]]
     if cached is None or cached[0] != size:
         cached = (size, _columns(meta))
         meta.__dict__["_chrononaut_as_of_columns"] = cached
-    return cached[1]  # type: ignore[no-any-return]
+    return cached[1]
 
 
 def as_of(model: type[Any], at: dt.datetime) -> AliasedClass[Any]:
@@ -285,8 +287,7 @@ def as_of(model: type[Any], at: dt.datetime) -> AliasedClass[Any]:
     meta = _meta(model)
     selectable = _source(meta, at)
     _listen(meta)
-    past: AliasedClass[Any] = aliased(meta.history_mapper.class_, selectable)
-    return past
+    return cast("AliasedClass[Any]", aliased(meta.history_mapper.class_, selectable))
 
 
 def version_at(record: Any, at: dt.datetime) -> Any:

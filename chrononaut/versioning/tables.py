@@ -184,9 +184,7 @@ def build_history_table(
 def _range_expression(valid_from: sa.ColumnElement[Any], changed: sa.ColumnElement[Any]) -> Any:
     # greatest(): a row whose clocks disagreed covers an empty range, never an
     # invalid one (tstzrange refuses a lower bound above its upper bound).
-    return sa.func.tstzrange(
-        valid_from, sa.func.greatest(changed, valid_from), type_=TSTZRANGE()
-    )
+    return sa.func.tstzrange(valid_from, sa.func.greatest(changed, valid_from), type_=TSTZRANGE())
 
 
 def history_range(history: sa.FromClause) -> Any:

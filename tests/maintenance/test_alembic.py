@@ -62,7 +62,13 @@ def test_empty_database_gets_both_tables(engine: sa.Engine, prefix: str) -> None
         ("create_index", f"{prefix}article_history", f"ix_{prefix}article_history_range"),
         ("create_index", f"{prefix}article_history", f"ix_{prefix}article_history_legacy"),
     }
-    assert _columns(engine, f"{prefix}article") == {"id", "title", "secret", "version", "valid_from"}
+    assert _columns(engine, f"{prefix}article") == {
+        "id",
+        "title",
+        "secret",
+        "version",
+        "valid_from",
+    }
     assert _columns(engine, f"{prefix}article_history") == {
         "id",
         "title",

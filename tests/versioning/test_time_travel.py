@@ -118,9 +118,7 @@ def test_join_two_instants(db: VersionedSQLAlchemy, Account: Any, timeline: Any)
     Then = as_of(Account, timeline["t1"])
     Now = as_of(Account, timeline["t3"])
     query = (
-        sa.select(Then.id, Then.balance, Now.balance)
-        .join(Now, Now.id == Then.id)
-        .order_by(Then.id)
+        sa.select(Then.id, Then.balance, Now.balance).join(Now, Now.id == Then.id).order_by(Then.id)
     )
     assert db.session.execute(query).all() == [(1, 10, 15)]
 

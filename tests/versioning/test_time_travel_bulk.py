@@ -61,7 +61,9 @@ def test_bulk_set_valid_from_refused(db: VersionedSQLAlchemy, User: Any, users: 
 
 
 @WIRED_AT_MERGE
-def test_upsert_set_valid_from_refused(db: VersionedSQLAlchemy, User: Any, users: list[Any]) -> None:
+def test_upsert_set_valid_from_refused(
+    db: VersionedSQLAlchemy, User: Any, users: list[Any]
+) -> None:
     """An upsert's ``set_`` naming ``valid_from`` raises before any statement."""
     statement = pg_insert(User).values(id=users[0].id, name="x", email="x@x")
     statement = statement.on_conflict_do_update(

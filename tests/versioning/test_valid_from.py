@@ -55,7 +55,9 @@ def test_insert_sends_one_statement(db: VersionedSQLAlchemy, User: Any) -> None:
     assert len(sent) == 1 and sent[0].startswith("INSERT")
 
 
-def test_update_continues_ranges(db: VersionedSQLAlchemy, make_user: Any, history_rows: Any) -> None:
+def test_update_continues_ranges(
+    db: VersionedSQLAlchemy, make_user: Any, history_rows: Any
+) -> None:
     """A change ends the old version at the new one's ``valid_from`` (one-statement path)."""
     user = make_user()
     first = user.valid_from
