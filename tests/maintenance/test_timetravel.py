@@ -299,3 +299,56 @@ def test_alembic_adds_valid_from_without_rewrite(engine: sa.Engine, prefix: str)
         assert sorted(r.text for r in session.scalars(sa.select(past))) == ["a", "b"]
     finally:
         session.close()
+
+
+def test_chrononaut_02_tables_read_as_of(engine: sa.Engine, prefix: str) -> None:
+    """0.1/0.2 history (no valid_from, NULL after the documented migration) reads
+    correctly as of any instant: each version began where the previous one ended."""
+    from alembic.autogenerate import produce_migrations
+    from alembic.operations import Operations
+
+    from .test_legacy_history import LEGACY
+    from .test_legacy_history import _model as legacy_model
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql(LEGACY.format(p=prefix))
+        conn.execute(sa.text(f"UPDATE {prefix}todos SET version = 0 WHERE version IS NULL"))
+    model = legacy_model(prefix)
+    with engine.begin() as conn:
+        ctx = context(conn, prefix)
+        script = produce_migrations(ctx, model.metadata)
+        assert script.upgrade_ops is not None
+        flat: list[ops.MigrateOperation] = []
+        for op in script.upgrade_ops.ops:
+            flat.extend(op.ops if isinstance(op, ops.ModifyTableOps) else [op])
+        operations = Operations(ctx)
+        for op in _documented_migration(flat):
+            operations.invoke(op)
+    session = versioned_session(sessionmaker(engine))()
+    try:
+
+        def texts(at: dt.datetime) -> list[tuple[int, str | None]]:
+            past = as_of(model, at)
+            return [(r.id, r.text) for r in session.scalars(sa.select(past).order_by(past.id))]
+
+        assert texts(dt.datetime(2016, 6, 22, 20, tzinfo=UTC)) == [
+            (1, "Tpyo"),
+            (2, "older than the mixin"),
+        ]
+        assert texts(dt.datetime(2016, 6, 22, 21, tzinfo=UTC))[0] == (1, "Typo fixed")
+        todo = session.get(model, 1)
+        assert todo.version_at(dt.datetime(2016, 6, 22, 23, tzinfo=UTC)) is todo
+        assert todo.valid_from is None
+        backfill_valid_from(engine, [model])
+        with engine.connect() as conn:
+            starts = (
+                conn.execute(
+                    sa.text(f"SELECT valid_from FROM {prefix}todos_history ORDER BY version")
+                )
+                .scalars()
+                .all()
+            )
+        assert starts == [None, dt.datetime(2016, 6, 22, 20, 44, 52, 134125, tzinfo=UTC)]
+        assert texts(dt.datetime(2016, 6, 22, 21, tzinfo=UTC))[0] == (1, "Typo fixed")
+    finally:
+        session.close()
