@@ -90,14 +90,12 @@ def _detach_current(target: Any, context: Any) -> None:
             session.expunge(target)
 
 
-_listening: set[int] = set()
-
-
 def _listen(meta: VersionMeta) -> None:
     root: Mapper[Any] = meta.history_mapper.base_mapper
-    if id(root) not in _listening:
+    # Marked on the history class itself: ids of mappers are reused once collected.
+    if not root.class_.__dict__.get("_chrononaut_detaches_current"):
         event.listen(root, "load", _detach_current, propagate=True)
-        _listening.add(id(root))
+        type.__setattr__(root.class_, "_chrononaut_detaches_current", True)
 
 
 def _columns(meta: VersionMeta) -> tuple[list[sa.Column[Any]], list[Any]]:

@@ -381,3 +381,66 @@ def test_version_at_naive(db: VersionedSQLAlchemy, Account: Any, timeline: Any) 
     """A naive ``at`` is taken as UTC."""
     naive = timeline["t1"].replace(tzinfo=None)
     assert db.session.get(Account, 1).version_at(naive).balance == 10
+
+
+def test_composite_key_and_attribute_names(db: VersionedSQLAlchemy) -> None:
+    """Composite primary keys and attribute keys that differ from column names."""
+
+    class Entry(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "ledger_entry"
+        book = db.Column(db.Integer, primary_key=True)
+        line = db.Column(db.Integer, primary_key=True)
+        amount_cents = db.Column("amount", db.Integer)
+
+    db.create_all()
+    db.session.add_all(
+        [Entry(book=1, line=1, amount_cents=5), Entry(book=1, line=2, amount_cents=7)]
+    )
+    db.session.commit()
+    t1 = _now()
+    db.session.get(Entry, (1, 2)).amount_cents = -1
+    db.session.commit()
+    Past = as_of(Entry, t1)
+    rows = db.session.scalars(sa.select(Past).where(Past.amount_cents > 0).order_by(Past.line))
+    assert [(r.book, r.line, r.amount_cents) for r in rows] == [(1, 1, 5), (1, 2, 7)]
+    assert db.session.get(Entry, (1, 2)).version_at(t1).amount_cents == 7
+
+
+def test_schema_qualified_table(db: VersionedSQLAlchemy) -> None:
+    """A model in a schema reads as of an instant like any other."""
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA IF NOT EXISTS chron_tt"))
+
+    class Doc(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "tt_doc"
+        __table_args__ = {"schema": "chron_tt"}
+        id = db.Column(db.Integer, primary_key=True)
+        title = db.Column(db.Text)
+
+    db.create_all()
+    db.session.add(Doc(id=1, title="a"))
+    db.session.commit()
+    t1 = _now()
+    db.session.get(Doc, 1).title = "b"
+    db.session.commit()
+    assert [r.title for r in db.session.scalars(sa.select(as_of(Doc, t1)))] == ["a"]
+    assert [r.title for r in db.session.scalars(sa.select(as_of(Doc, _now())))] == ["b"]
+
+
+def test_schema_translate_map(db: VersionedSQLAlchemy, Account: Any, timeline: Any) -> None:
+    """The union is compiled by the connection's compiler: schema translation applies."""
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA IF NOT EXISTS chron_tt_copy"))
+        conn.execute(sa.text("CREATE TABLE chron_tt_copy.account AS SELECT * FROM account"))
+        conn.execute(
+            sa.text("CREATE TABLE chron_tt_copy.account_history AS SELECT * FROM account_history")
+        )
+        conn.execute(sa.text("DELETE FROM chron_tt_copy.account WHERE id = 3"))
+    try:
+        engine = db.engine.execution_options(schema_translate_map={None: "chron_tt_copy"})
+        with sa.orm.Session(engine) as session:
+            Past = as_of(Account, _now())
+            assert [r.id for r in session.scalars(sa.select(Past).order_by(Past.id))] == [1]
+    finally:
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA chron_tt_copy CASCADE"))
