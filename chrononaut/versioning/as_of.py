@@ -106,11 +106,12 @@ def _columns(meta: VersionMeta) -> tuple[list[sa.Column[Any]], list[Any]]:
     history_columns: list[sa.Column[Any]] = []
     live_columns: list[Any] = []
     seen: set[sa.Table] = set()
-    for tmap in meta.tables:
+    own = [(meta, tmap) for tmap in meta.tables]
+    for owner, tmap in [*own, *_descendant_tables(meta)]:
         if tmap.history in seen:
             continue
         seen.add(tmap.history)
-        source = _source_table(meta, tmap)
+        source = _source_table(owner, tmap)
         for column in tmap.history.c:
             history_columns.append(column)
             if column.key == VERSION_KEY:
@@ -127,6 +128,38 @@ def _columns(meta: VersionMeta) -> tuple[list[sa.Column[Any]], list[Any]]:
     return history_columns, live_columns
 
 
+def _descendant_tables(meta: VersionMeta) -> list[tuple[VersionMeta, TableMap]]:
+    """History tables of joined-table subclasses below ``meta``'s class (with the
+    subclass that owns each): ``as_of(Base, at)`` loads their columns too, so a
+    subclass record of a still-current version needs no later load."""
+    from chrononaut.versioning.model import meta_of
+
+    known = {tmap.history for tmap in meta.tables}
+    found: list[tuple[VersionMeta, TableMap]] = []
+    for mapper in meta.mapper.self_and_descendants:
+        sub = meta_of(mapper.class_)
+        if sub is None or sub is meta:
+            continue
+        for tmap in sub.tables:
+            if tmap.history not in known:
+                known.add(tmap.history)
+                found.append((sub, tmap))
+    return found
+
+
+def _polymorphic(meta: VersionMeta) -> list[Mapper[Any]]:
+    """History mappers of the joined-table subclasses below ``meta``'s class."""
+    from chrononaut.versioning.model import meta_of
+
+    tables = {tmap.history for _, tmap in _descendant_tables(meta)}
+    mappers: list[Mapper[Any]] = []
+    for mapper in meta.mapper.self_and_descendants:
+        sub = meta_of(mapper.class_)
+        if sub is not None and sub is not meta and any(t.history in tables for t in sub.tables):
+            mappers.append(sub.history_mapper)
+    return mappers
+
+
 def as_of_selectable(meta: VersionMeta, at: object) -> sa.Subquery:
     """The ``UNION ALL`` that ``as_of`` maps, as a plain Core subquery (for plans)."""
     return _union(meta, _at(at)).subquery()
@@ -135,8 +168,31 @@ def as_of_selectable(meta: VersionMeta, at: object) -> sa.Subquery:
 def _union(meta: VersionMeta, at_param: sa.BindParameter[Any]) -> sa.CompoundSelect[Any]:
     base = meta.tables[0]
     history = base.history
-    history_from = meta.history_mapper.persist_selectable
-    live_from = meta.mapper.persist_selectable
+    history_from: Any = meta.history_mapper.persist_selectable
+    live_from: Any = meta.mapper.persist_selectable
+    live_root = meta.version_column.table
+    for owner, tmap in _descendant_tables(meta):
+        # Rows of other classes have no row there: outer joins, by key (and version).
+        history_from = history_from.outerjoin(
+            tmap.history,
+            sa.and_(
+                *[
+                    tmap.history.c[col] == history.c[root]
+                    for (_, col), (_, root) in zip(tmap.pk, base.pk, strict=True)
+                ],
+                tmap.history.c[VERSION_KEY] == history.c[VERSION_KEY],
+            ),
+        )
+        source = _source_table(owner, tmap)
+        live_from = live_from.outerjoin(
+            source,
+            sa.and_(
+                *[
+                    source.c[col] == live_root.c[root]
+                    for (_, col), (_, root) in zip(tmap.pk, base.pk, strict=True)
+                ]
+            ),
+        )
     history_columns, live_columns = _columns_cached(meta)
     labels = [f"c{i}" for i in range(len(history_columns))]
 
@@ -252,6 +308,7 @@ def _source(meta: VersionMeta, at: object) -> sa.Subquery:
 def _columns_cached(meta: VersionMeta) -> tuple[list[sa.Column[Any]], list[Any]]:
     # Single-table subclasses may add history columns later: recount.
     size = sum(len(tmap.history.c) for tmap in meta.tables)
+    size += sum(len(tmap.history.c) for _, tmap in _descendant_tables(meta))
     cached = meta.__dict__.get("_chrononaut_as_of_columns")
     if cached is None or cached[0] != size:
         cached = (size, _columns(meta))
@@ -285,6 +342,17 @@ def as_of(model: type[Any], at: dt.datetime) -> AliasedClass[Any]:
     meta = _meta(model)
     selectable = _source(meta, at)
     _listen(meta)
+    subclasses = _polymorphic(meta)
+    if subclasses:
+        # What with_polymorphic() makes, without its search for the subclasses'
+        # tables in the selectable (they are inside the union, out of its sight).
+        return AliasedClass(
+            meta.history_mapper.class_,
+            selectable,
+            with_polymorphic_mappers=[meta.history_mapper, *subclasses],
+            with_polymorphic_discriminator=None,
+            represents_outer_join=True,
+        )
     return cast("AliasedClass[Any]", aliased(meta.history_mapper.class_, selectable))
 
 

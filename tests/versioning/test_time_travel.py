@@ -292,9 +292,18 @@ def test_joined_base_sees_all(db: VersionedSQLAlchemy, joined: dict[str, Any]) -
     Staff, Engineer = joined["Staff"], joined["Engineer"]
     db.session.add_all([Staff(id=1, name="boss"), Engineer(id=2, name="eng", skill="sql")])
     db.session.commit()
-    Past = as_of(Staff, _now())
-    rows = db.session.scalars(sa.select(Past).order_by(Past.id)).all()
-    assert [r.name for r in rows] == ["boss", "eng"]
+    t1 = _now()
+    db.session.get(Engineer, 2).skill = "python"
+    db.session.commit()
+    for at, skill in ((t1, "sql"), (_now(), "python")):
+        Past = as_of(Staff, at)
+        rows = db.session.scalars(sa.select(Past).order_by(Past.id)).all()
+        db.session.commit()  # records stay readable, subclass columns included
+        assert [r.name for r in rows] == ["boss", "eng"]
+        assert isinstance(rows[1], history_class(Engineer)) and rows[1].skill == skill
+        assert type(rows[0]) is history_class(Staff)
+        count = sa.select(sa.func.count()).select_from(Past)
+        assert db.session.scalar(count) == 2
 
 
 def test_single_table_subclass(db: VersionedSQLAlchemy) -> None:
