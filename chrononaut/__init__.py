@@ -25,6 +25,7 @@ from chrononaut.errors import (
 )
 from chrononaut.http import register_error_handlers
 from chrononaut.locking import advisory_lock, lock_all
+from chrononaut.versioning._as_of import as_of
 from chrononaut.versioning._change_info import append_change_info
 from chrononaut.versioning._model import Versioned, history_class
 
@@ -47,6 +48,7 @@ __all__ = [
     "acting_as",
     "advisory_lock",
     "append_change_info",
+    "as_of",
     "extra_change_info",
     "history_class",
     "lock_all",

@@ -15,7 +15,11 @@ __all__ = ["chrononaut_cli"]
 
 chrononaut_cli = AppGroup("chrononaut", help="Chrononaut: history, locks and maintenance.")
 
-_COMMAND_MODULES = ("chrononaut.locking._cli", "chrononaut.maintenance._cli")
+_COMMAND_MODULES = (
+    "chrononaut.locking._cli",
+    "chrononaut.maintenance._cli",
+    "chrononaut.maintenance._timetravel",
+)
 
 
 def _register() -> None:

@@ -26,6 +26,7 @@ import chrononaut
 from chrononaut import ChrononautException, StaleWriteError
 from chrononaut.errors import _NO_USER
 from demo.models import DEMO_USERS, EDITABLE_FIELDS, PLANS, Account, User, db
+from demo.timetravel import bp as timetravel_bp
 
 __all__ = ["create_app"]
 
@@ -73,6 +74,7 @@ def create_app(
     app.jinja_env.filters["when"] = _format_when
     app.jinja_env.filters["show"] = _show_value
     _register_views(app)
+    app.register_blueprint(timetravel_bp)
     return app
 
 

@@ -13,6 +13,7 @@ SPEC_NAMES = {
     "Versioned",
     "versioned_session",
     "history_class",
+    "as_of",
     "extra_change_info",
     "append_change_info",
     "rationale",

@@ -44,7 +44,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from chrononaut.errors import ActivityImportError
 from chrononaut.maintenance._cast import cast_value
 from chrononaut.maintenance._models import base_pk_columns, live_pk_columns, versioned_models
-from chrononaut.versioning._model import VERSION_KEY, VersionMeta, meta_of
+from chrononaut.versioning._model import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
 
 __all__ = [
     "ACTIVITY_TABLE",
@@ -250,8 +250,12 @@ def _history_rows(
     version: int,
     changed: dt.datetime,
     info: dict[str, Any],
+    valid_from: dt.datetime | None = None,
 ) -> dict[sa.Table, dict[str, Any]]:
-    """One history row per history table of the hierarchy for one prior state."""
+    """One history row per history table of the hierarchy for one prior state.
+
+    ``valid_from`` is when that state began: the time its own activity row records.
+    """
     where = f"{item.table_name} key {item.key!r} version {state.version}"
     rows: dict[sa.Table, dict[str, Any]] = {}
     for tmap in meta.tables:
@@ -260,7 +264,8 @@ def _history_rows(
             row[col_key] = _column_value(tmap.history.c[col_key], key, state.data, where)
         row[VERSION_KEY] = version
         if tmap.base:
-            row["changed"] = changed
+            row[VALID_FROM_KEY] = valid_from
+            row["changed"] = max(changed, valid_from) if valid_from is not None else changed
             row["change_info"] = info
         rows[tmap.history] = row
     return rows
@@ -537,7 +542,7 @@ def _convert(
         for state, change in itertools.pairwise(states):
             info = _change_info(change, source)
             for tbl, hrow in _history_rows(
-                meta, item, state, state.version, change.changed, info
+                meta, item, state, state.version, change.changed, info, state.changed
             ).items():
                 rows.setdefault(tbl, []).append(hrow)
         if count:
@@ -548,15 +553,17 @@ def _convert(
             info = {"user_id": None, "remote_addr": None, "deleted": True}
             info[IMPORT_MARK] = {"from": source, "activity_id": states[-1].id}
             for tbl, hrow in _history_rows(
-                meta, item, states[-1], newest, states[-1].changed, info
+                meta, item, states[-1], newest, states[-1].changed, info, states[-1].changed
             ).items():
                 rows.setdefault(tbl, []).append(hrow)
             summary.deleted += 1
         if pk in live and newest:
             match = sa.and_(*[c == v for c, v in zip(live_pk, pk, strict=True)])
-            conn.execute(
-                sa.update(live_table).where(match).values({live_version: live_version + newest})
-            )
+            values: dict[Any, Any] = {live_version: live_version + newest}
+            if not count:
+                # The live row's current version began with the newest activity row.
+                values[live_table.c[VALID_FROM_KEY]] = states[-1].changed
+            conn.execute(sa.update(live_table).where(match).values(values))
             summary.live_versions += 1
         summary.keys += 1
         summary.per_table[history.name] = summary.per_table.get(history.name, 0) + 1

@@ -37,6 +37,8 @@ class Change:
     lock: dict[str, Any] | None = None
     #: whether the new values are unknown (the next version was pruned)
     next_unknown: bool = False
+    #: when this version began (None: where the previous one ended; legacy rows)
+    valid_from: dt.datetime | None = None
 
     @property
     def why(self) -> str | None:
@@ -63,6 +65,7 @@ class Change:
             "deleted": self.deleted,
             "lock": _json(self.lock),
             "next_pruned": self.next_unknown,
+            "valid_from": None if self.valid_from is None else self.valid_from.isoformat(),
         }
 
 
@@ -77,6 +80,8 @@ class Timeline:
     changes: list[Change] = field(default_factory=list)
     #: the oldest version still in history (older ones were pruned), or None
     oldest_kept: int | None = None
+    #: when the live record's current version began (None: unknown or deleted)
+    current_since: dt.datetime | None = None
 
     @property
     def found(self) -> bool:
@@ -90,6 +95,8 @@ class Timeline:
             head = f"{self.model} {key}: deleted"
         else:
             head = f"{self.model} {key}: current version {self.current_version}"
+            if self.current_since is not None:
+                head += f" [{_when(self.current_since)}, now)"
         out = [head]
         if not self.changes:
             out.append("  no recorded changes")
@@ -105,6 +112,8 @@ class Timeline:
                 f"v{change.version} -> {target}  "
                 f"{change.changed.isoformat(sep=' ', timespec='seconds')}  by {who}"
             )
+            began = "?" if change.valid_from is None else _when(change.valid_from)
+            out.append(f"    v{change.version} was current [{began}, {_when(change.changed)})")
             if change.why:
                 out.append(f"    why: {change.why}")
             others = {k: v for k, v in change.extra.items() if k != "rationale"}
@@ -139,6 +148,8 @@ def _json(value: Any) -> Any:
     if isinstance(value, list | tuple | set | frozenset):
         return [_json(v) for v in value]
     return str(value)
+def _when(value: dt.datetime) -> str:
+    return value.isoformat(sep=" ", timespec="microseconds")
 
 
 def _show(value: Any) -> str:
@@ -204,6 +215,7 @@ def timeline(session: Session, model: type[Any], key: tuple[Any, ...]) -> Timeli
         model=model.__name__,
         key=key,
         current_version=None if live is None else int(getattr(live, VERSION_KEY)),
+        current_since=None if live is None else getattr(live, "valid_from", None),
     )
     if records and records[0].version > 0:
         result.oldest_kept = records[0].version
@@ -237,6 +249,7 @@ def timeline(session: Session, model: type[Any], key: tuple[Any, ...]) -> Timeli
                 deleted=deleted,
                 lock=lock if isinstance(lock, dict) else None,
                 next_unknown=gap,
+                valid_from=record.__dict__.get("valid_from"),
             )
         )
     return result

@@ -26,7 +26,7 @@ from chrononaut.versioning._concurrency import (
     check_expected_version,
     forget_expected_version,
 )
-from chrononaut.versioning._model import VERSION_KEY, VersionMeta, meta_of
+from chrononaut.versioning._model import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
 
 __all__ = ["Capture"]
 
@@ -52,11 +52,13 @@ class _Batch:
         version: int,
         changed: dt.datetime,
         change_info: dict[str, Any],
+        valid_from: dt.datetime | None = None,
     ) -> None:
         for tmap in meta.tables:
             row: Row = {col_key: values[key] for key, col_key in tmap.columns}
             row[VERSION_KEY] = version
             if tmap.base:
+                row[VALID_FROM_KEY] = valid_from
                 row["changed"] = changed
                 row["change_info"] = change_info
             self.rows.setdefault(tmap.history, []).append(row)
@@ -218,11 +220,11 @@ class _FastUpdates:
                     written = self._many(connection, meta, keys, chunk, changed_at)
                     for member in chunk:
                         if _key_of(member[1]) in written:
-                            done.add(self._written(meta, keys, member))
+                            done.add(self._written(meta, keys, member, changed_at))
             else:
                 for member in members:
                     if self._one(connection, meta, keys, member, changed_at):
-                        done.add(self._written(meta, keys, member))
+                        done.add(self._written(meta, keys, member, changed_at))
         return done
 
     @staticmethod
@@ -268,7 +270,10 @@ class _FastUpdates:
 
     @staticmethod
     def _written(
-        meta: VersionMeta, keys: tuple[str, ...], member: tuple[Any, Any, int, Any]
+        meta: VersionMeta,
+        keys: tuple[str, ...],
+        member: tuple[Any, Any, int, Any],
+        changed_at: dt.datetime,
     ) -> int:
         """Tell the session the record's row now holds its values: no UPDATE left."""
         obj, state, old_version, _ = member
@@ -276,6 +281,12 @@ class _FastUpdates:
         for key in keys:
             set_committed_value(obj, key, dict_.get(key))
         set_committed_value(obj, VERSION_KEY, old_version + 1)
+        # The statement set valid_from = greatest(changed, valid_from), the same
+        # computation as here from the value the version check vouches for.
+        if VALID_FROM_KEY in dict_:
+            set_committed_value(obj, VALID_FROM_KEY, _ends_at(changed_at, dict_[VALID_FROM_KEY]))
+        else:
+            state._expire_attributes(dict_, [VALID_FROM_KEY])
         consume_appended(state)
         forget_expected_version(state)
         return id(obj)
@@ -312,6 +323,56 @@ def _stored_values(
         else:
             values[key] = getattr(obj, key)
     return values
+
+
+_OWN_VALID_FROM = "chrononaut.valid_from"
+
+
+def _refuse_valid_from(obj: Any, state: InstanceState[Any], committed: bool) -> None:
+    """Refuse an application's own ``valid_from``: Chrononaut sets it (SPEC §2)."""
+    dict_ = state.dict
+    if committed:
+        if VALID_FROM_KEY not in state.committed_state:
+            return
+        value = dict_.get(VALID_FROM_KEY)
+        old = state.committed_state[VALID_FROM_KEY]
+        if value is old or value == old:
+            return
+    else:
+        value = dict_.get(VALID_FROM_KEY)
+        if value is None:
+            return
+    if value is state.info.get(_OWN_VALID_FROM):
+        return  # ours, from an earlier attempt at this flush
+    raise ChrononautException(
+        f"{type(obj).__name__}.valid_from is set by Chrononaut (when the record's "
+        f"current version began); don't assign it"
+    )
+
+
+def _set_valid_from(obj: Any, state: InstanceState[Any], value: dt.datetime) -> None:
+    state.info[_OWN_VALID_FROM] = value
+    setattr(obj, VALID_FROM_KEY, value)
+
+
+def _old_valid_from(obj: Any, state: InstanceState[Any]) -> dt.datetime | None:
+    """``valid_from`` as the row holds it before this flush (loaded if expired)."""
+    committed = state.committed_state
+    if VALID_FROM_KEY in committed:
+        old = committed[VALID_FROM_KEY]
+        if old is not NO_VALUE:
+            return old  # type: ignore[no-any-return]
+    if VALID_FROM_KEY in state.dict:
+        return state.dict[VALID_FROM_KEY]  # type: ignore[no-any-return]
+    return getattr(obj, VALID_FROM_KEY)  # type: ignore[no-any-return]
+
+
+def _ends_at(clock: dt.datetime, valid_from: dt.datetime | None) -> dt.datetime:
+    """``changed`` of the version that began at ``valid_from``: never before it, so
+    ranges never run backwards (SPEC §2)."""
+    if valid_from is not None and valid_from > clock:
+        return valid_from
+    return clock
 
 
 def _committed_version(obj: Any, committed: dict[str, Any], dict_: dict[str, Any]) -> int:
@@ -355,6 +416,12 @@ class Capture:
         # The one-statement path runs before SQLAlchemy's own statements, so it is
         # used only when the flush has no INSERT or DELETE it might need to follow.
         new, deleted = session.new, session.deleted
+        for obj in new:
+            # valid_from: the INSERT carries the flush's instant (no extra round trip).
+            if meta_of(type(obj)) is not None:
+                new_state = instance_state(obj)
+                _refuse_valid_from(obj, new_state, committed=False)
+                _set_valid_from(obj, new_state, changed_at)
         fast_allowed = only is None and not suppressed and not new and not deleted
         fast = _FastUpdates()
 
@@ -366,6 +433,7 @@ class Capture:
             committed = state.committed_state
             dict_ = state.dict
             old_version = _committed_version(obj, committed, dict_)
+            _refuse_valid_from(obj, state, committed=True)
             check_expected_version(session, obj, state, old_version)
             candidates.append((obj, old_version))
             if suppressed:
@@ -402,9 +470,13 @@ class Capture:
                 if not (changed_tracked or changed_hidden):
                     continue
             info = change_info().build(type(obj), state, hidden_changed=changed_hidden)
-            batch.add(meta, _stored_values(obj, meta, old_values), old_version, changed_at, info)
+            began = _old_valid_from(obj, state)
+            ended = _ends_at(changed_at, began)
+            values = _stored_values(obj, meta, old_values)
+            batch.add(meta, values, old_version, ended, info, valid_from=began)
             batch.states.append(state)
             setattr(obj, VERSION_KEY, old_version + 1)
+            _set_valid_from(obj, state, ended)
 
         if fast:
             done = fast.execute(session, changed_at)
@@ -426,7 +498,10 @@ class Capture:
             if suppressed:
                 continue
             info = change_info().build(type(obj), state, deleted=True)
-            batch.add(meta, _stored_values(obj, meta), old_version, changed_at, info)
+            began = _old_valid_from(obj, state)
+            values = _stored_values(obj, meta)
+            ended = _ends_at(changed_at, began)
+            batch.add(meta, values, old_version, ended, info, valid_from=began)
             batch.states.append(state)
 
         for obj in new:

@@ -108,20 +108,21 @@ class HistoryReadMixin:
         return query if return_query else query.all()
 
     def version_at(self, at: dt.datetime) -> Any:
-        """The history record that was current at ``at``, or this record itself when
-        it has not changed since.
+        """The version of this record that was current at ``at``.
+
+        That is the history record whose range ``[valid_from, changed)`` contains
+        ``at``; this record itself when its current version began at or before
+        ``at``; ``None`` when the record did not exist at ``at`` (before its insert,
+        after its delete, between a delete and the re-insert of its key). A
+        ``NULL`` ``valid_from`` (rows older than the column) begins where the
+        key's previous history row ended, or at the beginning.
 
         :param at: the moment to look at (naive datetimes are taken as UTC).
+        :raises TypeError: when ``at`` is not a datetime.
         """
-        changed = self._chrononaut_meta().tables[0].history.c.changed
-        found = (
-            self._history_query()
-            .filter(changed > _as_utc(at, "at"))
-            .order_by(None)
-            .order_by(changed, self._chrononaut_meta().tables[0].history.c.version)
-            .first()
-        )
-        return self if found is None else found
+        from chrononaut.versioning._as_of import version_at
+
+        return version_at(self, _as_utc(at, "at"))
 
     def has_changed_since(self, since: dt.datetime) -> bool:
         """Whether a tracked or hidden change was made after ``since``.

@@ -21,6 +21,7 @@ from chrononaut.versioning._history import HistoryReadMixin
 __all__ = ["HistoryRecord", "VersionMeta", "Versioned", "history_class", "meta_of"]
 
 VERSION_KEY = tables.VERSION_KEY
+VALID_FROM_KEY = tables.VALID_FROM_KEY
 
 
 @dataclass
@@ -146,6 +147,7 @@ class HistoryRecord:
     __chrononaut_untracked_keys__: ClassVar[frozenset[str]] = frozenset()
 
     version: int
+    valid_from: Any
     changed: Any
     change_info: dict[str, Any]
 
@@ -271,7 +273,12 @@ def _configure(mapper: Mapper[Any]) -> None:
             f"not; put the Versioned mixin on the base of the hierarchy"
         )
 
-    excluded_keys = hidden | untracked | {VERSION_KEY}
+    if VALID_FROM_KEY in hidden | untracked:
+        raise ChrononautException(
+            f"{cls.__name__}: {VALID_FROM_KEY!r} is Chrononaut's own column; it can't be "
+            f"hidden or untracked"
+        )
+    excluded_keys = hidden | untracked | {VERSION_KEY, VALID_FROM_KEY}
     table_maps: list[TableMap]
     props: dict[str, Any] = {}
     local = mapper.local_table
@@ -308,6 +315,8 @@ def _configure(mapper: Mapper[Any]) -> None:
         # the generator is off; the UPDATE still checks the old value.
         if VERSION_KEY not in local.c:
             raise ChrononautException(f"{cls.__name__} has no {VERSION_KEY!r} column")
+        _check_own_column(cls, local, VERSION_KEY)
+        _check_own_column(cls, local, VALID_FROM_KEY)
         mapper.version_id_col = local.c[VERSION_KEY]
         mapper.version_id_generator = False
         name = tables.history_table_name(local.name, getattr(cls, "__chrononaut_tablename__", None))
@@ -425,6 +434,18 @@ def _configure(mapper: Mapper[Any]) -> None:
     type.__setattr__(cls, "__history_mapper__", history_mapper)
 
 
+def _check_own_column(cls: type[Any], table: sa.Table, key: str) -> None:
+    """Refuse a model that declares ``version`` / ``valid_from`` itself: Chrononaut
+    sets these columns, so a column of the model's own would be silently overwritten."""
+    column = table.c.get(key)
+    if column is None or column.info.get(tables.INFO_KEY) != key:
+        raise ChrononautException(
+            f"{cls.__name__} defines a {key!r} column of its own; Versioned adds and sets "
+            f"{key!r} itself: rename the model's column (e.g. with "
+            f"Column('{key}_', ...)) or drop it"
+        )
+
+
 def _on_mapper_constructed(mapper: Mapper[Any], class_: type[Any]) -> None:
     _configure(mapper)
 
@@ -466,6 +487,19 @@ class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin):
             # Existing rows of a table that becomes Versioned start at version 0.
             server_default=sa.text("0"),
             info={tables.INFO_KEY: "version"},
+        )
+
+    @declared_attr
+    def valid_from(cls) -> Mapped[Any]:
+        """When the record's current version began (set by Chrononaut, never by the
+        application; ``NULL`` for rows that predate the column)."""
+        return sa.Column(  # type: ignore[return-value]
+            VALID_FROM_KEY,
+            sa.DateTime(timezone=True),
+            nullable=True,
+            # Rows inserted outside the ORM; the ORM sends the flush's own instant.
+            server_default=sa.func.now(),
+            info={tables.INFO_KEY: VALID_FROM_KEY},
         )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

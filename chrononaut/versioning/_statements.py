@@ -11,6 +11,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import array as pg_array
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from chrononaut.versioning._tables import VALID_FROM_KEY
+
 if TYPE_CHECKING:
     from chrononaut.versioning._model import VersionMeta
 
@@ -69,10 +71,15 @@ def fast_update(
         *[c == value for c, value in zip(pk_columns, key_values, strict=True)],
         version == old_version,
     )
+    # valid_from: the ended version covers [valid_from, changed), and the new one
+    # begins at that changed, which is never before valid_from (SPEC §2).
+    valid_from = table.c[VALID_FROM_KEY]
+    ended = sa.func.greatest(_typed("changed", sa.DateTime(timezone=True)), valid_from)
     source = sa.select(
         *[table.c[col_key] for _, col_key in tmap.columns],
         version,
-        _typed("changed", sa.DateTime(timezone=True)),
+        valid_from,
+        ended,
         change_info,
     ).where(match)
     history_insert = (
@@ -81,6 +88,7 @@ def fast_update(
             [
                 *[history.c[col_key] for _, col_key in tmap.columns],
                 history.c.version,
+                history.c[VALID_FROM_KEY],
                 history.c.changed,
                 history.c.change_info,
             ],
@@ -96,6 +104,7 @@ def fast_update(
             {
                 **{c: value for c, value in zip(set_columns, new_values, strict=True)},
                 version: old_version + sa.literal_column("1"),
+                valid_from: ended,
             }
         )
     )

@@ -7,9 +7,10 @@ be tested (and reasoned about by Alembic autogenerate) on its own.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, TSTZRANGE
 from sqlalchemy.sql.base import SchemaEventTarget
 
 from chrononaut.errors import ChrononautException
@@ -17,10 +18,12 @@ from chrononaut.errors import ChrononautException
 __all__ = [
     "GENERATED_COLUMNS",
     "INFO_KEY",
+    "VALID_FROM_KEY",
     "VERSION_KEY",
     "add_history_columns",
     "build_history_table",
     "copy_column",
+    "history_range",
     "history_table_name",
 ]
 
@@ -30,8 +33,11 @@ INFO_KEY = "chrononaut"
 #: The version column's name, on the model's table and in its history table.
 VERSION_KEY = "version"
 
+#: When the row's current version began (model table) / a history row's version began.
+VALID_FROM_KEY = "valid_from"
+
 #: Names of the columns a base history table adds to the copied ones.
-GENERATED_COLUMNS = (VERSION_KEY, "changed", "change_info")
+GENERATED_COLUMNS = (VERSION_KEY, VALID_FROM_KEY, "changed", "change_info")
 
 
 def history_table_name(table_name: str, override: str | None = None) -> str:
@@ -81,6 +87,14 @@ def _generated_columns(base: bool) -> list[sa.Column[object]]:
         )
     ]
     if base:
+        columns.append(
+            sa.Column(
+                VALID_FROM_KEY,
+                sa.DateTime(timezone=True),
+                nullable=True,  # NULL: began where the key's previous history row ended
+                info={INFO_KEY: VALID_FROM_KEY},
+            )
+        )
         columns.append(
             sa.Column(
                 "changed",
@@ -136,6 +150,26 @@ def build_history_table(
         indexes.append(
             sa.Index(_index_name(name, "changed"), *[c.name for c in key_columns], changed.name)
         )
+        # as_of(): "which rows were current at t" over the whole table is a range
+        # containment test, which a GiST index over [valid_from, changed) answers
+        # without reading the rows that ended before t or began after it.
+        # Legacy rows (NULL valid_from) are found through a partial index that
+        # stays empty, and costs nothing, once they are backfilled or absent.
+        valid_from = next(c for c in added if c.name == VALID_FROM_KEY)
+        indexes.append(
+            sa.Index(
+                _index_name(name, "range"),
+                _range_expression(valid_from, changed),
+                postgresql_using="gist",
+            )
+        )
+        indexes.append(
+            sa.Index(
+                _index_name(name, "legacy"),
+                changed.name,
+                postgresql_where=valid_from.is_(None),
+            )
+        )
     return sa.Table(
         name,
         metadata if metadata is not None else table.metadata,
@@ -145,6 +179,21 @@ def build_history_table(
         schema=table.schema,
         comment=f"History of {table.fullname} (written by Chrononaut)",
     )
+
+
+def _range_expression(valid_from: sa.ColumnElement[Any], changed: sa.ColumnElement[Any]) -> Any:
+    # greatest(): a row whose clocks disagreed covers an empty range, never an
+    # invalid one (tstzrange refuses a lower bound above its upper bound).
+    return sa.func.tstzrange(valid_from, sa.func.greatest(changed, valid_from), type_=TSTZRANGE())
+
+
+def history_range(history: sa.FromClause) -> Any:
+    """``[valid_from, changed)`` of a base history table's rows, as the expression
+    its GiST index is built on (queries must use exactly this to use the index).
+
+    :param history: a base history table (or an alias of one).
+    """
+    return _range_expression(history.c[VALID_FROM_KEY], history.c.changed)
 
 
 def _index_name(table_name: str, suffix: str) -> str:
