@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from chrononaut.errors import StaleWriteError
+from chrononaut.leases import install_lease_listeners
 from chrononaut.versioning.capture import CANDIDATES_KEY, Capture
 from chrononaut.versioning.change_info import Settings, StaticSettings
 
@@ -53,6 +54,7 @@ def _explain_stale_writes(cls: type[Session]) -> None:
 
 
 def _listen(target: Any, settings: Settings) -> None:
+    install_lease_listeners(target)  # first: lease facts are needed by capture
     capture = Capture(settings)
     event.listen(target, "before_flush", capture.before_flush)
     event.listen(target, "after_flush", capture.after_flush)

@@ -21,6 +21,7 @@ SPEC_NAMES = {
     "advisory_lock",
     "lock_all",
     "LockHolder",
+    "Lease",
     "register_error_handlers",
     "ChrononautException",
     "HiddenAttributeError",
@@ -31,6 +32,7 @@ SPEC_NAMES = {
     "RecordLockedError",
     "LockTimeoutError",
     "DeadlockError",
+    "RecordLeasedError",
 }
 
 #: (error, its parents) per SPEC §6.
@@ -44,6 +46,7 @@ HIERARCHY = [
     ("RecordLockedError", ("LockNotAvailableError",)),
     ("LockTimeoutError", ("LockError",)),
     ("DeadlockError", ("LockError",)),
+    ("RecordLeasedError", ("LockError",)),
 ]
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm.properties import ColumnProperty
 
 from chrononaut.concurrency import OptimisticMixin
 from chrononaut.errors import ChrononautException, HiddenAttributeError, UntrackedAttributeError
+from chrononaut.leases import LeaseMixin
 from chrononaut.locking import LockableMixin
 from chrononaut.versioning import statements, tables
 from chrononaut.versioning.history import HistoryReadMixin
@@ -434,7 +435,7 @@ def meta_of(cls: type[Any]) -> VersionMeta | None:
     return meta if isinstance(meta, VersionMeta) else None
 
 
-class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin):
+class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin, LeaseMixin):
     """Mixin for models whose changes are kept in a history table.
 
     Adds an integer ``version`` column (0 for a new row, the mapper's
