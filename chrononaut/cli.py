@@ -15,7 +15,7 @@ __all__ = ["chrononaut_cli"]
 
 chrononaut_cli = AppGroup("chrononaut", help="Chrononaut: history, locks and maintenance.")
 
-_COMMAND_MODULES = ("chrononaut.locking.cli", "chrononaut.maintenance.cli")
+_COMMAND_MODULES = ("chrononaut.locking.cli", "chrononaut.maintenance.cli", "chrononaut.lease_cli")
 
 
 def _register() -> None:
