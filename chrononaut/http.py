@@ -49,6 +49,7 @@ from chrononaut.errors import (
     LockError,
     LockNotAvailableError,
     LockTimeoutError,
+    RecordLeasedError,
     StaleWriteError,
 )
 
@@ -415,6 +416,8 @@ def register_error_handlers(app: Flask | Blueprint) -> None:
       → 423 ``{"error": "locked", "holder": ...}``;
       :class:`~chrononaut.LockTimeoutError` → 423 ``{"error": "lock_timeout", ...}``
       (:func:`lock_error_body`)
+    - :class:`~chrononaut.RecordLeasedError` → 423 ``{"error": "leased", "lease": ...}``
+      (:func:`chrononaut.lease_web.lease_error_body`)
 
     HTML apps: register a handler of your own for the same class *after* this call
     (it replaces this one), or skip this call and register yours; an API blueprint
@@ -428,3 +431,6 @@ def register_error_handlers(app: Flask | Blueprint) -> None:
     app.register_error_handler(StaleWriteError, stale_write_response)
     app.register_error_handler(LockNotAvailableError, lock_error_response)
     app.register_error_handler(LockTimeoutError, lock_error_response)
+    from chrononaut.lease_web import lease_error_response
+
+    app.register_error_handler(RecordLeasedError, lease_error_response)

@@ -472,6 +472,8 @@ def release_lease(record: object, token: str, *, commit: bool = True) -> None:
     pk = _pk(state)
 
     def acquire() -> None:
+        # Pending changes are the holder's: they are written while the lease holds.
+        session.flush()
         conn = session.connection(bind_arguments={"mapper": state.mapper})
         name, key = target.table_name(conn), record_key(pk)
         row = conn.execute(
@@ -568,6 +570,9 @@ class LeaseMixin:
 
     def release_lease(self, token: str, *, commit: bool = True) -> None:
         """Release the lease ``token`` names (on save or cancel).
+
+        The session's pending changes are flushed first, while the lease still
+        holds, so they carry ``change_info["lease"]``.
 
         :raises ChrononautException: the token is unknown, expired, released or
             was taken over.
