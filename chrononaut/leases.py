@@ -28,12 +28,12 @@ import re
 import secrets
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.postgresql.dml import OnConflictDoUpdate
 from sqlalchemy.engine import Connection
@@ -603,6 +603,8 @@ class _Pending:
     name: str
     keys: dict[str, tuple[tuple[Any, ...], type[Any], InstanceState[Any] | None]]
     deleted: list[str]
+    #: id(state) -> the record's version before the flush (its history row's version)
+    versions: dict[int, int | None] = field(default_factory=dict)
 
 
 def _watched_change(state: InstanceState[Any], watched: frozenset[str]) -> bool:
@@ -644,6 +646,54 @@ def _refuse(pending: _Pending, rows: list[Any]) -> None:
     raise _leased_error(cls, pk, _from_row(first).lease())
 
 
+def _record_lease_in_history(
+    pending: _Pending, unrecorded: list[tuple[InstanceState[Any], _Known]]
+) -> None:
+    """Add ``change_info["lease"]`` to history rows this flush wrote for the holder.
+
+    Only when the transaction did not know the lease before the flush (the holder
+    neither took nor renewed it in this transaction): one more statement then.
+    """
+    from chrononaut.versioning.model import VERSION_KEY, meta_of
+
+    by_class: dict[type[Any], list[dict[str, Any]]] = {}
+    for state, lease in unrecorded:
+        version = pending.versions.get(id(state))
+        if version is None:
+            continue
+        params: dict[str, Any] = {"chrononaut_v": version}
+        params["chrononaut_patch"] = {"lease": lease.change_info()}
+        by_class.setdefault(state.class_, []).append(params | {"_state": state})
+    for cls, rows in by_class.items():
+        meta = meta_of(cls)
+        if meta is None:
+            continue
+        base = next((t for t in meta.tables if t.base), None)
+        if base is None:
+            continue
+        history = base.history
+        for row in rows:
+            state = row.pop("_state")
+            for i, (attr, _) in enumerate(base.pk):
+                row[f"chrononaut_k{i}"] = state.dict.get(attr)
+        change_info = history.c.change_info
+        statement = (
+            sa.update(history)
+            .where(
+                *[
+                    history.c[col] == sa.bindparam(f"chrononaut_k{i}")
+                    for i, (_, col) in enumerate(base.pk)
+                ],
+                history.c[VERSION_KEY] == sa.bindparam("chrononaut_v"),
+                sa.not_(change_info.has_key("lease")),
+            )
+            .values(
+                {change_info: change_info.op("||")(sa.bindparam("chrononaut_patch", type_=JSONB))}
+            )
+        )
+        pending.conn.execute(statement, rows)
+
+
 def _sortable(pk: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple((v is None, str(type(v)), v) for v in pk)
 
@@ -677,6 +727,8 @@ class _Listeners:
                 )
             key = record_key(_pk(state))
             pending.keys[key] = (_pk(state), cls, state)
+            version = state.committed_state.get("version", state.dict.get("version"))
+            pending.versions[id(state)] = version if isinstance(version, int) else None
             if deleted:
                 pending.deleted.append(key)
 
@@ -687,27 +739,20 @@ class _Listeners:
         if not groups:
             session.info.pop(_FLUSH_KEY, None)
             return
+        # The holder's changes carry change_info["lease"], built before the flush
+        # from what this transaction knows about the lease (it took or renewed it,
+        # or an earlier flush read it). Nothing is read here: the one check runs
+        # after the writes; a holder's lease it finds unknown is added to the
+        # history row then.
         known = _known(session)
         info: dict[InstanceState[Any], dict[str, Any]] = {}
         for pending in groups.values():
-            if pending.user_id is not None:
-                # The holder's changes carry change_info["lease"]: read the leases this
-                # transaction has not seen yet (a foreign one refuses the flush early).
-                unseen = [k for k in pending.keys if (pending.name, k) not in known]
-                if unseen:
-                    rows = conn_rows = pending.conn.execute(
-                        _statements(pending.target.leases)["check"],
-                        {"t": pending.name, "keys": unseen},
-                    ).all()
-                    for k in unseen:
-                        known[(pending.name, k)] = None
-                    for row in conn_rows:
-                        known[(pending.name, row.record_key)] = _from_row(row)
-                    _refuse(pending, list(rows))
-                for k, (_, _, state) in pending.keys.items():
-                    lease = known.get((pending.name, k))
-                    if lease is not None and lease.user_id == pending.user_id and state:
-                        info[state] = lease.change_info()
+            if pending.user_id is None:
+                continue
+            for k, (_, _, state) in pending.keys.items():
+                lease = known.get((pending.name, k))
+                if lease is not None and lease.user_id == pending.user_id and state:
+                    info[state] = lease.change_info()
         session.info[_INFO_KEY] = info
         session.info[_FLUSH_KEY] = list(groups.values())
 
@@ -715,14 +760,24 @@ class _Listeners:
         groups: list[_Pending] | None = session.info.pop(_FLUSH_KEY, None)
         if not groups:
             return
+        info: dict[InstanceState[Any], dict[str, Any]] = session.info.get(_INFO_KEY) or {}
+        known = _known(session)
         for pending in groups:
             # The UPDATE/DELETE statements of this flush hold the row locks now: a
             # lease committed before they got them is visible to this new statement.
             rows = _lease_rows(pending, list(pending.keys))
             _refuse(pending, rows)
-            known = _known(session)
+            unrecorded: list[tuple[InstanceState[Any], _Known]] = []
+            for row in rows:
+                found = _from_row(row)
+                known[(pending.name, row.record_key)] = found
+                state = pending.keys[row.record_key][2]
+                if state is not None and state not in info:
+                    unrecorded.append((state, found))
             for k in pending.deleted:
                 known[(pending.name, k)] = None
+            if unrecorded:
+                _record_lease_in_history(pending, unrecorded)
 
     def do_orm_execute(self, orm_execute_state: ORMExecuteState) -> Any:
         state = orm_execute_state
@@ -891,18 +946,20 @@ def _change_info(session: Session, state: InstanceState[Any]) -> tuple[str, Any]
 
 
 def install_lease_listeners(target: Any) -> None:
-    """Enforce edit leases in sessions of ``target`` (called by ``versioned_session``).
+    """Enforce edit leases in sessions of ``target`` (called by ``versioned_session``
+    after history capture registered its listeners).
 
-    Registered before history capture's listeners, so the lease facts are known
-    when ``change_info`` is built and a bulk statement on a leased record is
-    refused before anything of it runs.
+    ``before_flush`` and ``do_orm_execute`` go *before* capture's (``insert=True``):
+    the lease facts are known when ``change_info`` is built, and a bulk statement on
+    a leased record is refused before anything of it runs. ``after_flush`` goes
+    after capture's, so every history row of the flush exists when it runs.
     """
     from chrononaut.versioning.change_info import register_change_info_provider
 
     listeners = _Listeners()
-    event.listen(target, "before_flush", listeners.before_flush)
+    event.listen(target, "before_flush", listeners.before_flush, insert=True)
+    event.listen(target, "do_orm_execute", listeners.do_orm_execute, insert=True)
     event.listen(target, "after_flush", listeners.after_flush)
-    event.listen(target, "do_orm_execute", listeners.do_orm_execute)
     register_change_info_provider(_change_info)
 
 

@@ -54,11 +54,11 @@ def _explain_stale_writes(cls: type[Session]) -> None:
 
 
 def _listen(target: Any, settings: Settings) -> None:
-    install_lease_listeners(target)  # first: lease facts are needed by capture
     capture = Capture(settings)
     event.listen(target, "before_flush", capture.before_flush)
     event.listen(target, "after_flush", capture.after_flush)
     event.listen(target, "do_orm_execute", capture.do_orm_execute)
+    install_lease_listeners(target)  # goes around capture's listeners (see there)
 
 
 @overload

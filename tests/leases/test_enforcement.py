@@ -302,3 +302,61 @@ def test_leased_flush_one_statement_when_known(
         db.session.flush()
     assert len([s for s in statements if LEASE_TABLE in s]) == 1
     db.session.commit()
+
+
+def test_unleased_write_one_statement(
+    db: VersionedSQLAlchemy, Doc: Any, statements: list[str]
+) -> None:
+    """A write of a leased model's free record costs one lease statement per flush."""
+    doc = db.session.get(Doc, 1)
+    statements.clear()
+    with acting_as("bob"):
+        doc.title = "free"
+        db.session.commit()
+    assert len([s for s in statements if LEASE_TABLE in s]) == 1
+
+
+def test_holder_change_info_on_slow_path(
+    db: VersionedSQLAlchemy, Doc: Any, alice_leases: Callable[..., Any]
+) -> None:
+    """A holder's change flushed with an INSERT (history written after the flush)
+    carries change_info["lease"] too."""
+    alice_leases(1)
+    doc = db.session.get(Doc, 1)
+    with acting_as("alice"):
+        doc.title = "with a new one"
+        db.session.add(Doc(id=9, title="new"))
+        db.session.commit()
+    assert doc.versions()[-1].change_info["lease"]["user_id"] == "alice"
+
+
+def test_holder_delete_change_info(
+    db: VersionedSQLAlchemy, Doc: Any, alice_leases: Callable[..., Any]
+) -> None:
+    """The history row of a holder's delete carries change_info["lease"]."""
+    alice_leases(2)
+    doc = db.session.get(Doc, 2)
+    with acting_as("alice"):
+        db.session.delete(doc)
+        db.session.commit()
+    history = history_class(Doc)
+    row = db.session.execute(sa.select(history).where(history.id == 2)).scalars().one()
+    assert row.change_info["deleted"] is True
+    assert row.change_info["lease"]["user_id"] == "alice"
+
+
+def test_holder_lease_recorded_once(
+    db: VersionedSQLAlchemy, Doc: Any, alice_leases: Callable[..., Any], statements: list[str]
+) -> None:
+    """A holder's second flush in one transaction knows the lease: one statement."""
+    alice_leases(1)
+    doc = db.session.get(Doc, 1)
+    with acting_as("alice"):
+        doc.title = "one"
+        db.session.flush()
+        statements.clear()
+        doc.title = "two"
+        db.session.flush()
+        db.session.commit()
+    assert len([s for s in statements if LEASE_TABLE in s]) == 1
+    assert all("lease" in v.change_info for v in doc.versions()[-2:])
