@@ -5,10 +5,11 @@ without; each variant changes one tracked column of one row and commits, as the
 acting user. Variants, measured interleaved in one run (see ``_harness``):
 
 - ``plain``: the model without leases (the baseline);
-- ``leased, free``: the leased model, no lease on the row;
+- ``leased, free``: the leased model, no lease on the row (one check statement
+  after the UPDATE);
 - ``leased, holder``: the holder writes; the transaction has not seen the lease
-  yet, so the flush reads it first (for ``change_info["lease"]``) and checks it
-  after the UPDATE;
+  yet, so after the check one more statement adds ``change_info["lease"]`` to
+  the history row just written;
 - ``leased, holder+renew``: the web save pattern: ``renew_lease(token,
   commit=False)`` (a statement of its own), then the write, whose flush checks
   the lease once.
