@@ -647,51 +647,43 @@ def _refuse(pending: _Pending, rows: list[Any]) -> None:
 
 
 def _record_lease_in_history(
-    pending: _Pending, unrecorded: list[tuple[InstanceState[Any], _Known]]
+    conn: Connection, cls: type[Any], fixes: list[tuple[dict[str, Any], int, _Known]]
 ) -> None:
-    """Add ``change_info["lease"]`` to history rows this flush wrote for the holder.
+    """Add ``change_info["lease"]`` to history rows just written for the holder.
 
-    Only when the transaction did not know the lease before the flush (the holder
-    neither took nor renewed it in this transaction): one more statement then.
+    Only for changes made while the transaction did not know the lease before
+    the write (the holder neither took nor renewed it in this transaction): one
+    more statement then. ``fixes``: (primary key by attribute key, the history
+    row's version, the lease).
     """
     from chrononaut.versioning.model import VERSION_KEY, meta_of
 
-    by_class: dict[type[Any], list[dict[str, Any]]] = {}
-    for state, lease in unrecorded:
-        version = pending.versions.get(id(state))
-        if version is None:
-            continue
-        params: dict[str, Any] = {"chrononaut_v": version}
-        params["chrononaut_patch"] = {"lease": lease.change_info()}
-        by_class.setdefault(state.class_, []).append(params | {"_state": state})
-    for cls, rows in by_class.items():
-        meta = meta_of(cls)
-        if meta is None:
-            continue
-        base = next((t for t in meta.tables if t.base), None)
-        if base is None:
-            continue
-        history = base.history
-        for row in rows:
-            state = row.pop("_state")
-            for i, (attr, _) in enumerate(base.pk):
-                row[f"chrononaut_k{i}"] = state.dict.get(attr)
-        change_info = history.c.change_info
-        statement = (
-            sa.update(history)
-            .where(
-                *[
-                    history.c[col] == sa.bindparam(f"chrononaut_k{i}")
-                    for i, (_, col) in enumerate(base.pk)
-                ],
-                history.c[VERSION_KEY] == sa.bindparam("chrononaut_v"),
-                sa.not_(change_info.has_key("lease")),
-            )
-            .values(
-                {change_info: change_info.op("||")(sa.bindparam("chrononaut_patch", type_=JSONB))}
-            )
+    meta = meta_of(cls)
+    base = None if meta is None else next((t for t in meta.tables if t.base), None)
+    if base is None or not fixes:
+        return
+    history = base.history
+    rows: list[dict[str, Any]] = []
+    for pk, version, lease in fixes:
+        row: dict[str, Any] = {"chrononaut_v": version}
+        row["chrononaut_patch"] = {"lease": lease.change_info()}
+        for i, (attr, _) in enumerate(base.pk):
+            row[f"chrononaut_k{i}"] = pk.get(attr)
+        rows.append(row)
+    change_info = history.c.change_info
+    statement = (
+        sa.update(history)
+        .where(
+            *[
+                history.c[col] == sa.bindparam(f"chrononaut_k{i}")
+                for i, (_, col) in enumerate(base.pk)
+            ],
+            history.c[VERSION_KEY] == sa.bindparam("chrononaut_v"),
+            sa.not_(change_info.has_key("lease")),
         )
-        pending.conn.execute(statement, rows)
+        .values({change_info: change_info.op("||")(sa.bindparam("chrononaut_patch", type_=JSONB))})
+    )
+    conn.execute(statement, rows)
 
 
 def _sortable(pk: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -776,8 +768,14 @@ class _Listeners:
                     unrecorded.append((state, found))
             for k in pending.deleted:
                 known[(pending.name, k)] = None
-            if unrecorded:
-                _record_lease_in_history(pending, unrecorded)
+            by_class: dict[type[Any], list[tuple[dict[str, Any], int, _Known]]] = {}
+            for state, found in unrecorded:
+                version = pending.versions.get(id(state))
+                if version is not None:
+                    pk = {p.key: state.dict.get(p.key) for p in state.mapper.column_attrs}
+                    by_class.setdefault(state.class_, []).append((pk, version, found))
+            for cls, fixes in by_class.items():
+                _record_lease_in_history(pending.conn, cls, fixes)
 
     def do_orm_execute(self, orm_execute_state: ORMExecuteState) -> Any:
         state = orm_execute_state
@@ -789,8 +787,16 @@ class _Listeners:
         target = _leased(mapper) if isinstance(mapper, Mapper) else None
         if target is None:
             return None
-        _check_bulk(state, target)
-        return None
+        fixes = _check_bulk(state, target)
+        if not fixes:
+            return None
+        # The holder's rows that the session does not hold: run the statement (and
+        # history capture, the listeners after this one) first, then add the lease
+        # to the history rows it wrote.
+        result = state.invoke_statement()
+        conn = state.session.connection(bind_arguments={"mapper": target.mapper})
+        _record_lease_in_history(conn, target.mapper.class_, fixes)
+        return result
 
 
 def _bulk_pks(state: ORMExecuteState, target: _Target) -> list[tuple[Any, ...]] | None:
@@ -860,16 +866,18 @@ def _set_keys(state: ORMExecuteState) -> set[str] | None:
     return found
 
 
-def _check_bulk(state: ORMExecuteState, target: _Target) -> None:
+def _check_bulk(
+    state: ORMExecuteState, target: _Target
+) -> list[tuple[dict[str, Any], int, _Known]]:
     """Lock and check the rows an ORM bulk statement or upsert is about to change."""
     session = state.session
     statement = state.statement
     if state.is_insert:
         if not isinstance(getattr(statement, "_post_values_clause", None), OnConflictDoUpdate):
-            return  # a plain INSERT changes no existing record
+            return []  # a plain INSERT changes no existing record
         pks = _bulk_pks(state, target)
         if not pks:
-            return
+            return []
         where: Any = _pk_in(target, pks)
     else:
         if state.is_update:
@@ -885,7 +893,7 @@ def _check_bulk(state: ORMExecuteState, target: _Target) -> None:
                     for c in p.columns
                 }
                 if keys <= columns and not keys & watched:
-                    return  # untracked-only changes are not refused
+                    return []  # untracked-only changes are not refused
         pks = _bulk_pks(state, target) if isinstance(state.parameters, list) else None
         if pks:
             where = _pk_in(target, pks)
@@ -895,31 +903,46 @@ def _check_bulk(state: ORMExecuteState, target: _Target) -> None:
                 where = sa.true()
     cls = target.mapper.class_
     user_id = resolve_actor(cls).user_id
+    mapper = target.mapper
+    pk_keys = [mapper.get_property_by_column(col).key for col in target.pk_columns]
+    version_attr = getattr(cls, "version", None) if "version" in mapper.column_attrs else None
+    selected: list[Any] = [getattr(cls, key) for key in pk_keys]
+    if version_attr is not None:
+        selected.append(version_attr)
+    # An ORM select, so joined-inheritance statements get their JOIN; only the base
+    # table's rows are locked (FOR NO KEY UPDATE: what the write itself will take).
     locked = (
-        sa.select(*target.pk_columns)
-        .select_from(target.table)
+        sa.select(*selected)
         .where(where)
-        .order_by(*target.pk_columns)
-        .with_for_update(key_share=True)
+        .order_by(*selected[: len(pk_keys)])
+        .with_for_update(key_share=True, of=target.table)
         .execution_options(**{_GUARD: True})
     )
-    conn = session.connection(bind_arguments={"mapper": target.mapper})
-    found = conn.execute(locked).all()
+    found = session.execute(locked, bind_arguments={"mapper": mapper}).all()
     if not found:
-        return
+        return []
+    conn = session.connection(bind_arguments={"mapper": mapper})
     pending = _Pending(target, user_id, conn, target.table_name(conn), {}, [])
     identity = session.identity_map
+    versions: dict[str, int | None] = {}
     for row in found:
-        pk = tuple(row)
-        ident = identity.get(target.mapper.identity_key_from_primary_key(pk))
-        pending.keys[record_key(pk)] = (pk, cls, instance_state(ident) if ident else None)
+        pk = tuple(row[: len(pk_keys)])
+        ident = identity.get(mapper.identity_key_from_primary_key(pk))
+        key = record_key(pk)
+        pending.keys[key] = (pk, cls, instance_state(ident) if ident else None)
+        versions[key] = row[len(pk_keys)] if version_attr is not None else None
     rows = _lease_rows(pending, list(pending.keys))
     _refuse(pending, rows)
     info: dict[InstanceState[Any], dict[str, Any]] = session.info.setdefault(_INFO_KEY, {})
+    fixes: list[tuple[dict[str, Any], int, _Known]] = []
     for row in rows:
-        obj_state = pending.keys[row.record_key][2]
+        pk, _, obj_state = pending.keys[row.record_key]
         if obj_state is not None:
             info[obj_state] = _from_row(row).change_info()
+            continue
+        version = versions.get(row.record_key)
+        if isinstance(version, int):
+            fixes.append((dict(zip(pk_keys, pk, strict=True)), version, _from_row(row)))
     if state.is_delete and user_id is not None:
         mine = [r.record_key for r in rows if r.user_id == user_id]
         if mine:
@@ -929,6 +952,7 @@ def _check_bulk(state: ORMExecuteState, target: _Target) -> None:
                     leases.c.table_name == pending.name, leases.c.record_key.in_(mine)
                 )
             )
+    return fixes
 
 
 def _pk_in(target: _Target, pks: list[tuple[Any, ...]]) -> sa.ColumnElement[bool]:

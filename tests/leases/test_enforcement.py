@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from chrononaut import (
     RecordLeasedError,
+    Versioned,
     VersionedSQLAlchemy,
     acting_as,
     history_class,
@@ -360,3 +361,47 @@ def test_holder_lease_recorded_once(
         db.session.commit()
     assert len([s for s in statements if LEASE_TABLE in s]) == 1
     assert all("lease" in v.change_info for v in doc.versions()[-2:])
+
+
+def test_holder_bulk_change_info(
+    db: VersionedSQLAlchemy, Doc: Any, alice_leases: Callable[..., Any]
+) -> None:
+    """The holder's bulk UPDATE of rows the session does not hold records the lease."""
+    alice_leases(1)
+    db.session.expunge_all()
+    with acting_as("alice"):
+        db.session.execute(sa.update(Doc).where(Doc.id == 1).values(title="bulk by alice"))
+        db.session.commit()
+    history = history_class(Doc)
+    row = db.session.execute(sa.select(history).where(history.id == 1)).scalars().one()
+    assert row.change_info["lease"]["user_id"] == "alice"
+
+
+def test_joined_subclass_bulk_refused(db: VersionedSQLAlchemy) -> None:
+    """A bulk UPDATE of a joined-inheritance subclass checks the base table's leases."""
+
+    class Item(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "lease_item"
+        __chrononaut_leases__ = True
+        id = sa.Column(sa.Integer, primary_key=True)
+        kind = sa.Column(sa.String(10), nullable=False)
+        name = sa.Column(sa.String(20), nullable=False, default="")
+        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "item"}
+
+    class Book(Item):
+        __tablename__ = "lease_book"
+        id = sa.Column(sa.Integer, sa.ForeignKey("lease_item.id"), primary_key=True)
+        pages = sa.Column(sa.Integer, nullable=False, default=0)
+        __mapper_args__ = {"polymorphic_identity": "book"}
+
+    db.create_all()
+    db.session.add_all([Book(id=1, name="a", pages=1), Book(id=2, name="b", pages=2)])
+    db.session.commit()
+    with acting_as("alice"):
+        db.session.get(Book, 2).lease()
+    with acting_as("bob"), pytest.raises(RecordLeasedError, match=r"Book\(2\)"):
+        db.session.execute(sa.update(Book).where(Book.pages > 1).values(pages=9))
+    db.session.rollback()
+    with acting_as("bob"):
+        db.session.execute(sa.update(Book).where(Book.pages == 1).values(pages=5))
+        db.session.commit()
