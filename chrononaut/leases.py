@@ -580,7 +580,14 @@ class LeaseMixin:
         release_lease(self, token, commit=commit)
 
 
+#: Whether any leased model was defined in this process: until then the session
+#: listeners return at once (apps without leases pay one attribute read per flush).
+_any_leased = False
+
+
 def _define_table(mapper: Mapper[Any]) -> None:
+    global _any_leased
+    _any_leased = True
     table = mapper.base_mapper.local_table
     if isinstance(table, sa.Table):
         lease_table(table.metadata)
@@ -694,6 +701,8 @@ class _Listeners:
     """The session listeners that enforce leases (one set per session factory)."""
 
     def before_flush(self, session: Session, flush_context: UOWTransaction, instances: Any) -> None:
+        if not _any_leased:
+            return
         session.info.pop(_INFO_KEY, None)
         only = None if instances is None else {id(o) for o in instances}
         groups: dict[int, _Pending] = {}
@@ -779,7 +788,7 @@ class _Listeners:
 
     def do_orm_execute(self, orm_execute_state: ORMExecuteState) -> Any:
         state = orm_execute_state
-        if not (state.is_update or state.is_delete or state.is_insert):
+        if not _any_leased or not (state.is_update or state.is_delete or state.is_insert):
             return None
         if state.execution_options.get(_GUARD):
             return None
