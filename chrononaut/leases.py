@@ -21,6 +21,7 @@ PostgreSQL's serialization failure instead of overwriting the lease holder.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -314,13 +315,27 @@ def _statements(leases: sa.Table) -> dict[str, Any]:
         )
         .cte("chrononaut_lease_gone")
     )
+    # A takeover is recorded on the new holder's next change only: the check of
+    # that change clears it (the main query still reads the value from before).
+    cleared = (
+        sa.update(leases)
+        .where(
+            many,
+            live,
+            c.user_id == sa.bindparam("actor", type_=sa.Text),
+            c.took_over_from.is_not(None),
+        )
+        .values(took_over_from=None)
+        .cte("chrononaut_lease_cleared")
+    )
     return {
         "take": take,
         "renew": renew,
         "release": release,
         "holder": holder,
         "check": check,
-        "check_delete": check.add_cte(gone),
+        "check_mine": check.add_cte(cleared),
+        "check_mine_delete": check.add_cte(cleared).add_cte(gone),
     }
 
 
@@ -628,18 +643,18 @@ def _watched_change(state: InstanceState[Any], watched: frozenset[str]) -> bool:
 
 
 def _lease_rows(pending: _Pending, keys: list[str]) -> list[Any]:
+    """The live leases of ``keys``, in one statement that also (for the acting user)
+    clears a recorded takeover and deletes the leases of records being deleted."""
     statements = _statements(pending.target.leases)
-    if pending.deleted and pending.user_id is not None:
-        stmt = statements["check_delete"]
-        params: dict[str, Any] = {
-            "t": pending.name,
-            "keys": keys,
-            "dkeys": pending.deleted,
-            "actor": pending.user_id,
-        }
-    else:
+    params: dict[str, Any] = {"t": pending.name, "keys": keys}
+    if pending.user_id is None:
         stmt = statements["check"]
-        params = {"t": pending.name, "keys": keys}
+    elif pending.deleted:
+        stmt = statements["check_mine_delete"]
+        params.update(dkeys=pending.deleted, actor=pending.user_id)
+    else:
+        stmt = statements["check_mine"]
+        params["actor"] = pending.user_id
     return list(pending.conn.execute(stmt, params).all())
 
 
@@ -771,7 +786,10 @@ class _Listeners:
             unrecorded: list[tuple[InstanceState[Any], _Known]] = []
             for row in rows:
                 found = _from_row(row)
-                known[(pending.name, row.record_key)] = found
+                # The check cleared a recorded takeover of the holder's lease.
+                known[(pending.name, row.record_key)] = dataclasses.replace(
+                    found, took_over_from=None
+                )
                 state = pending.keys[row.record_key][2]
                 if state is not None and state not in info:
                     unrecorded.append((state, found))

@@ -405,3 +405,20 @@ def test_joined_subclass_bulk_refused(db: VersionedSQLAlchemy) -> None:
     with acting_as("bob"):
         db.session.execute(sa.update(Book).where(Book.pages == 1).values(pages=5))
         db.session.commit()
+
+
+def test_takeover_recorded_once(
+    db: VersionedSQLAlchemy, Doc: Any, alice_leases: Callable[..., Any]
+) -> None:
+    """took_over_from is on the new holder's next change only."""
+    alice_leases(1)
+    doc = db.session.get(Doc, 1)
+    with acting_as("bob"):
+        doc.lease(force=True)
+        doc.title = "first"
+        db.session.commit()
+        doc.title = "second"
+        db.session.commit()
+    first, second = doc.versions()[-2:]
+    assert first.change_info["lease"]["took_over_from"] == "alice"
+    assert "took_over_from" not in second.change_info["lease"]
