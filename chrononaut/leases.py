@@ -325,7 +325,7 @@ def _statements(leases: sa.Table) -> dict[str, Any]:
             c.user_id == sa.bindparam("actor", type_=sa.Text),
             c.took_over_from.is_not(None),
         )
-        .values(took_over_from=None)
+        .values(took_over_from=sa.null())
         .cte("chrononaut_lease_cleared")
     )
     return {
