@@ -52,8 +52,8 @@ __all__ = [
     "LEASE_TABLE",
     "MAX_TTL",
     "LeaseMixin",
-    "install_lease_listeners",
     "lease_table",
+    "live_leases",
 ]
 
 #: How long ``record.lease()`` lasts unless told otherwise.
@@ -126,7 +126,7 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def record_key(pk: tuple[Any, ...]) -> str:
+def _record_key(pk: tuple[Any, ...]) -> str:
     """The primary key as the JSON text stored in ``chrononaut_lease.record_key``."""
     return json.dumps([_plain(v) for v in pk], separators=(",", ":"), ensure_ascii=False)
 
@@ -374,7 +374,7 @@ def _commit_block(session: Session, commit: bool, acquire: Callable[[], Lease]) 
         return value
 
 
-def take_lease(
+def _take(
     record: object,
     ttl: dt.timedelta = DEFAULT_TTL,
     *,
@@ -396,7 +396,7 @@ def take_lease(
         session.flush()
         conn = session.connection(bind_arguments={"mapper": state.mapper})
         name = target.table_name(conn)
-        key = record_key(pk)
+        key = _record_key(pk)
         statements = _statements(target.leases)
         conn.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
         try:
@@ -440,18 +440,18 @@ def take_lease(
     return _commit_block(session, commit, acquire)
 
 
-def lease_holder(record: object) -> Lease | None:
+def _holder(record: object) -> Lease | None:
     """``record.lease_holder()``: see :meth:`LeaseMixin.lease_holder`."""
     state, session, target = _checked(record, "look up the lease of")
     conn = session.connection(bind_arguments={"mapper": state.mapper})
-    name, key = target.table_name(conn), record_key(_pk(state))
+    name, key = target.table_name(conn), _record_key(_pk(state))
     row = conn.execute(_statements(target.leases)["holder"], {"t": name, "k": key}).first()
     found = None if row is None else _from_row(row)
     _known(session)[(name, key)] = found
     return None if found is None else found.lease()
 
 
-def renew_lease(
+def _renew(
     record: object, token: str, ttl: dt.timedelta | None = None, *, commit: bool = True
 ) -> Lease:
     """``record.renew_lease()``: see :meth:`LeaseMixin.renew_lease`."""
@@ -463,7 +463,7 @@ def renew_lease(
 
     def acquire() -> Lease:
         conn = session.connection(bind_arguments={"mapper": state.mapper})
-        name, key = target.table_name(conn), record_key(pk)
+        name, key = target.table_name(conn), _record_key(pk)
         row = conn.execute(
             _statements(target.leases)["renew"], {"t": name, "k": key, "tok": token, "ttl": ttl}
         ).first()
@@ -479,7 +479,7 @@ def renew_lease(
     return _commit_block(session, commit, acquire)
 
 
-def release_lease(record: object, token: str, *, commit: bool = True) -> None:
+def _release(record: object, token: str, *, commit: bool = True) -> None:
     """``record.release_lease()``: see :meth:`LeaseMixin.release_lease`."""
     token = _check_token(token)
     _check_bool("commit", commit)
@@ -490,7 +490,7 @@ def release_lease(record: object, token: str, *, commit: bool = True) -> None:
         # Pending changes are the holder's: they are written while the lease holds.
         session.flush()
         conn = session.connection(bind_arguments={"mapper": state.mapper})
-        name, key = target.table_name(conn), record_key(pk)
+        name, key = target.table_name(conn), _record_key(pk)
         row = conn.execute(
             _statements(target.leases)["release"], {"t": name, "k": key, "tok": token}
         ).first()
@@ -564,11 +564,11 @@ class LeaseMixin:
         :raises ChrononautException: no acting user; the record is transient,
             pending, detached, deleted, or of a model without leases.
         """
-        return take_lease(self, ttl, note=note, force=force, commit=commit)
+        return _take(self, ttl, note=note, force=force, commit=commit)
 
     def lease_holder(self) -> Lease | None:
         """The live edit lease on this record (without its token), or ``None``."""
-        return lease_holder(self)
+        return _holder(self)
 
     def renew_lease(
         self, token: str, ttl: dt.timedelta | None = None, *, commit: bool = True
@@ -581,7 +581,7 @@ class LeaseMixin:
         :raises ChrononautException: the token is unknown, expired, released or
             was taken over.
         """
-        return renew_lease(self, token, ttl, commit=commit)
+        return _renew(self, token, ttl, commit=commit)
 
     def release_lease(self, token: str, *, commit: bool = True) -> None:
         """Release the lease ``token`` names (on save or cancel).
@@ -592,7 +592,7 @@ class LeaseMixin:
         :raises ChrononautException: the token is unknown, expired, released or
             was taken over.
         """
-        release_lease(self, token, commit=commit)
+        _release(self, token, commit=commit)
 
 
 #: Whether any leased model was defined in this process: until then the session
@@ -741,7 +741,7 @@ class _Listeners:
                 pending = groups[id(target.table)] = _Pending(
                     target, actors[cls], conn, target.table_name(conn), {}, []
                 )
-            key = record_key(_pk(state))
+            key = _record_key(_pk(state))
             pending.keys[key] = (_pk(state), cls, state)
             version = state.committed_state.get("version", state.dict.get("version"))
             pending.versions[id(state)] = version if isinstance(version, int) else None
@@ -955,7 +955,7 @@ def _check_bulk(
     for row in found:
         pk = tuple(row[: len(pk_keys)])
         ident = identity.get(mapper.identity_key_from_primary_key(pk))
-        key = record_key(pk)
+        key = _record_key(pk)
         pending.keys[key] = (pk, cls, instance_state(ident) if ident else None)
         versions[key] = row[len(pk_keys)] if version_attr is not None else None
     rows = _lease_rows(pending, list(pending.keys))
@@ -996,7 +996,7 @@ def _change_info(session: Session, state: InstanceState[Any]) -> tuple[str, Any]
     return None if found is None else ("lease", found)
 
 
-def install_lease_listeners(target: Any) -> None:
+def _install_listeners(target: Any) -> None:
     """Enforce edit leases in sessions of ``target`` (called by ``versioned_session``
     after history capture registered its listeners).
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from chrononaut.errors import StaleWriteError
-from chrononaut.leases import install_lease_listeners
+from chrononaut.leases import _install_listeners as install_lease_listeners
 from chrononaut.versioning.capture import CANDIDATES_KEY, Capture
 from chrononaut.versioning.change_info import Settings, StaticSettings
 
