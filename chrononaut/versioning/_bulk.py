@@ -25,12 +25,12 @@ from sqlalchemy.sql.elements import (
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from chrononaut._context import extra_info_active, versioning_suppressed
+from chrononaut._context import versioning_suppressed
 from chrononaut.errors import ChrononautException, StaleWriteError
 from chrononaut.versioning._capture import _Batch, _now, _require_context
 from chrononaut.versioning._change_info import ChangeInfoBuilder, Settings, consume_appended
 from chrononaut.versioning._concurrency import _expected, forget_expected_version, stale_write_error
-from chrononaut.versioning._model import VERSION_KEY, VersionMeta, meta_of
+from chrononaut.versioning._model import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
 
 __all__ = ["run_bulk"]
 
@@ -71,17 +71,33 @@ def _refuse_version_assignment(statement: Any, meta: VersionMeta, params: Any) -
         keys.extend(params)  # one parameter dict: SQLAlchemy SETs its keys
     post = getattr(statement, "_post_values_clause", None)
     keys.extend(getattr(post, "update_values_to_set", None) or ())
-    # valid_from: add its column and attribute key to the refused names here.
-    refused = {VERSION_KEY, meta.version_column.name}
+    if isinstance(params, list) and isinstance(statement, sa.Update):
+        # UPDATE by primary key: ``version`` in a parameter set is a version check,
+        # ``valid_from`` an assignment.
+        keys.extend(
+            key for p in params if isinstance(p, dict) for key in p if key == VALID_FROM_KEY
+        )
+    valid_from = meta.version_column.table.c[VALID_FROM_KEY]
     for key in keys:
         name = key if isinstance(key, str) else getattr(key, "key", None)
         column = getattr(key, "name", None)
-        if name in refused or column == meta.version_column.name:
+        if name in (VERSION_KEY, meta.version_column.name) or column == meta.version_column.name:
             raise ChrononautException(
                 f"{meta.mapper.class_.__name__}.{VERSION_KEY} is set by Chrononaut: "
                 "remove it from the statement's values (to check a version, put it "
                 "in the WHERE clause or the parameter sets of an UPDATE by primary key)"
             )
+        if name in (VALID_FROM_KEY, valid_from.key) or column == valid_from.name:
+            raise ChrononautException(
+                f"{meta.mapper.class_.__name__}.{VALID_FROM_KEY} is set by Chrononaut "
+                "(when a change bumps the version): remove it from the statement's values"
+            )
+
+
+def _ended(changed_at: dt.datetime, began: dt.datetime | None) -> dt.datetime:
+    """When a version that began at ``began`` ends if changed at ``changed_at``:
+    never before it began (clocks of two writers may disagree)."""
+    return changed_at if began is None or began <= changed_at else began
 
 
 def _sync_mode(state: ORMExecuteState) -> Any:
@@ -202,6 +218,7 @@ class _BulkStatement:
         watched = sorted(meta.watched)
         keys = [
             VERSION_KEY,
+            VALID_FROM_KEY,
             *[k for k in meta.tracked if k not in meta.pk_keys],
             *sorted(meta.hidden),
         ]
@@ -263,15 +280,11 @@ class _BulkStatement:
                 row_values = dict(zip(meta.pk_keys, pk, strict=True))
                 row_values.update(values)
                 info = builder.build(self.cls, obj_state, deleted=True)
-                batch.add(meta, row_values, values[VERSION_KEY], changed_at, info)
+                began = values[VALID_FROM_KEY]
+                batch.add(
+                    meta, row_values, values[VERSION_KEY], _ended(changed_at, began), info, began
+                )
             batch.write(self.session)
-            return result
-
-        bulk_statement = None if meta.hidden else meta.bulk_history_statement()
-        if bulk_statement is not None and not (
-            self.settings.require_extra_change_info() and not extra_info_active()
-        ):
-            self._record_in_one_statement(bulk_statement, old, builder, changed_at)
             return result
 
         new = self._select([k for k in keys if k not in meta.hidden], self._pk_clause(list(old)))
@@ -296,7 +309,8 @@ class _BulkStatement:
             row_values.update(values)
             hidden = [k for k in changed if k in meta.hidden]
             info = builder.build(self.cls, obj_state, hidden_changed=hidden)
-            batch.add(meta, row_values, values[VERSION_KEY], changed_at, info)
+            began = values[VALID_FROM_KEY]
+            batch.add(meta, row_values, values[VERSION_KEY], _ended(changed_at, began), info, began)
             if obj_state is not None:
                 batch.states.append(obj_state)
         if bumped:
@@ -309,8 +323,15 @@ class _BulkStatement:
             else:
                 pk_where = sa.tuple_(*pk_columns).in_(bumped)
             connection = self.session.connection(bind_arguments={"mapper": meta.mapper})
+            valid_from = table.c[VALID_FROM_KEY]
+            ended = sa.func.greatest(
+                sa.bindparam("chrononaut_changed", changed_at, type_=sa.DateTime(timezone=True)),
+                valid_from,
+            )
             connection.execute(
-                sa.update(table).where(pk_where).values({version_col.key: version_col + 1})
+                sa.update(table)
+                .where(pk_where)
+                .values({version_col.key: version_col + 1, valid_from.key: ended})
             )
             batch.write(self.session)
             # SPEC §2: loaded records learn their new version only where SQLAlchemy
@@ -320,44 +341,12 @@ class _BulkStatement:
                 obj_state = self._identity_state(identity_map, pk)
                 if obj_state is not None and obj_state.obj() is not None:
                     set_committed_value(obj_state.obj(), VERSION_KEY, old[pk][VERSION_KEY] + 1)
+                    set_committed_value(
+                        obj_state.obj(),
+                        VALID_FROM_KEY,
+                        _ended(changed_at, old[pk][VALID_FROM_KEY]),
+                    )
         return result
-
-    def _record_in_one_statement(
-        self,
-        statement: sa.Update,
-        old: dict[tuple[Any, ...], dict[str, Any]],
-        builder: ChangeInfoBuilder,
-        changed_at: dt.datetime,
-    ) -> None:
-        """Compare, write history and bump versions in one statement (see
-        ``VersionMeta.bulk_history_statement``); sync the identity map after."""
-        meta = self.meta
-        identity_map = self.session.identity_map
-        tracked = [key for key, _ in meta.tables[0].columns if key not in meta.pk_keys]
-        hidden = sorted(meta.hidden)
-        pks = list(old)
-        states = {pk: self._identity_state(identity_map, pk) for pk in pks}
-        params: dict[str, Any] = {"changed": changed_at}
-        for i in range(len(meta.pk_keys)):
-            params[f"k{i}"] = [pk[i] for pk in pks]
-        params["v"] = [old[pk][VERSION_KEY] for pk in pks]
-        for j, key in enumerate(tracked):
-            params[f"t{j}"] = [old[pk][key] for pk in pks]
-        for m, key in enumerate(hidden):
-            params[f"hh{m}"] = [old[pk][key] for pk in pks]
-        params["ci"] = [builder.build(self.cls, states[pk]) for pk in pks]
-        connection = self.session.connection(bind_arguments={"mapper": meta.mapper})
-        n = len(meta.pk_keys)
-        for row in connection.execute(statement, params):
-            pk = tuple(row[:n])
-            obj_state = states.get(pk)
-            if obj_state is None:
-                continue
-            consume_appended(obj_state)
-            forget_expected_version(obj_state)
-            obj = obj_state.obj()
-            if obj is not None and _sync_mode(self.state) is not False:
-                set_committed_value(obj, VERSION_KEY, row[n])
 
     def _check_pinned(self, statement: Any, params: Any) -> None:
         """Raise :class:`StaleWriteError` for a pinned ``(key, version)`` that is gone.
@@ -653,7 +642,7 @@ class _OneStatement:
                     pg_array[Any](hidden_names, type_=sa.Text()), sa.null(), type_=ARRAY(sa.Text())
                 )
                 columns.append(names.label("hc"))
-        # valid_from: add table.c.valid_from.label("vf") to the columns of o.
+        columns.append(table.c[VALID_FROM_KEY].label("vf"))
         where = statement.whereclause
         old_rows = sa.select(*columns)
         if where is not None:
@@ -698,8 +687,11 @@ class _OneStatement:
             else:
                 copied.append(old.c[f"t{j}"])
                 j += 1
-        # valid_from: append history.c.valid_from to targets and old.c.vf to copied.
-        rows = sa.select(*copied, old.c.v, changed, sa.type_coerce(info, JSONB())).select_from(
+        # The old version ends where the new one begins; never before it began.
+        ended = sa.func.greatest(changed, old.c.vf, type_=sa.DateTime(timezone=True))
+        targets.append(history.c[VALID_FROM_KEY])
+        copied.append(old.c.vf)
+        rows = sa.select(*copied, old.c.v, ended, sa.type_coerce(info, JSONB())).select_from(
             source
         )
         if not delete:
@@ -721,8 +713,8 @@ class _OneStatement:
             bumped: dict[Any, Any] = {
                 version: sa.case((old.c.chg, version + sa.literal_column("1")), else_=version)
             }
-            # valid_from: bumped[table.c.valid_from] = sa.case((old.c.chg, changed),
-            #     else_=table.c.valid_from)
+            valid_from = table.c[VALID_FROM_KEY]
+            bumped[valid_from] = sa.case((old.c.chg, ended), else_=valid_from)
             main = main.values(bumped)
         main = main.add_cte(old)
         if extra is not None:
@@ -799,7 +791,7 @@ class _OneStatement:
         )
         statement = (
             sa.select(*keys)
-            .where(where, history.c.changed == changed_at)
+            .where(where, history.c.changed >= changed_at)
             .execution_options(**{_BULK_GUARD: True})
         )
         connection = self.session.connection(bind_arguments={"mapper": self.meta.mapper})
@@ -961,9 +953,12 @@ class _Upsert(_OneStatement):
             )
         copied = [old.c[f"c_{table.c[col_key].name}"] for _, col_key in tmap.columns]
         targets = [history.c[col_key] for _, col_key in tmap.columns]
-        # valid_from: append history.c.valid_from to targets and old.c.c_valid_from to copied.
+        old_valid_from = old.c[f"c_{table.c[VALID_FROM_KEY].name}"]
+        targets.append(history.c[VALID_FROM_KEY])
+        copied.append(old_valid_from)
+        ended = sa.func.greatest(changed, old_valid_from, type_=sa.DateTime(timezone=True))
         history_select = (
-            sa.select(*copied, old.c.v, changed, sa.type_coerce(info, JSONB()))
+            sa.select(*copied, old.c.v, ended, sa.type_coerce(info, JSONB()))
             .select_from(source)
             .where(sa.or_(sa.false(), *in_old))
         )
@@ -988,8 +983,14 @@ class _Upsert(_OneStatement):
             (sa.or_(sa.false(), *in_set), version + sa.literal_column("1")),
             else_=version,
         )
-        # valid_from: new_set["valid_from"] = sa.case((<changed>, changed),
-        #     else_=table.c.valid_from)
+        live_valid_from = table.c[VALID_FROM_KEY]
+        new_set[live_valid_from.name] = sa.case(
+            (
+                sa.or_(sa.false(), *in_set),
+                sa.func.greatest(changed, live_valid_from, type_=sa.DateTime(timezone=True)),
+            ),
+            else_=live_valid_from,
+        )
         # ``ext`` replaces the statement's ON CONFLICT clause with this one.
         main = statement.ext(
             OnConflictDoUpdate(

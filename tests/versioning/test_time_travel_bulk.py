@@ -11,10 +11,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from chrononaut import ChrononautException, VersionedSQLAlchemy, as_of
 
-WIRED_AT_MERGE = pytest.mark.xfail(
-    reason="valid_from in bulk statements: wired at merge", strict=False
-)
-
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
@@ -26,7 +22,6 @@ def users(db: VersionedSQLAlchemy, make_user: Any) -> list[Any]:
     return [make_user(name="alice"), make_user(name="bob")]
 
 
-@WIRED_AT_MERGE
 def test_bulk_update_continues_ranges(
     db: VersionedSQLAlchemy, User: Any, users: list[Any], history_rows: Any
 ) -> None:
@@ -41,7 +36,6 @@ def test_bulk_update_continues_ranges(
     assert {r["id"]: r["changed"] for r in rows} == live
 
 
-@WIRED_AT_MERGE
 def test_bulk_update_then_as_of(db: VersionedSQLAlchemy, User: Any, users: list[Any]) -> None:
     """``as_of`` between the insert and a bulk UPDATE sees the old values."""
     before = _now()
@@ -53,14 +47,12 @@ def test_bulk_update_then_as_of(db: VersionedSQLAlchemy, User: Any, users: list[
     assert [r.name for r in db.session.scalars(sa.select(Now))] == ["renamed", "renamed"]
 
 
-@WIRED_AT_MERGE
 def test_bulk_set_valid_from_refused(db: VersionedSQLAlchemy, User: Any, users: list[Any]) -> None:
     """A bulk ``SET valid_from`` raises before any statement."""
     with pytest.raises(ChrononautException, match="valid_from"):
         db.session.execute(sa.update(User).values(valid_from=_now()))
 
 
-@WIRED_AT_MERGE
 def test_upsert_set_valid_from_refused(
     db: VersionedSQLAlchemy, User: Any, users: list[Any]
 ) -> None:
@@ -73,7 +65,6 @@ def test_upsert_set_valid_from_refused(
         db.session.execute(statement)
 
 
-@WIRED_AT_MERGE
 def test_upsert_update_branch_continues_ranges(
     db: VersionedSQLAlchemy, User: Any, users: list[Any], history_rows: Any
 ) -> None:
@@ -91,3 +82,54 @@ def test_upsert_update_branch_continues_ranges(
             sa.text("SELECT valid_from FROM appuser WHERE id = :i"), {"i": users[0].id}
         ).scalar()
     assert row["valid_from"] == first and row["changed"] == live
+
+
+def test_bulk_update_by_primary_key_continues_ranges(
+    db: VersionedSQLAlchemy, User: Any, users: list[Any], history_rows: Any
+) -> None:
+    """An ORM bulk UPDATE by primary key (the two-statement path) continues ranges."""
+    first = {u.id: u.valid_from for u in users}
+    db.session.execute(sa.update(User), [{"id": u.id, "name": f"n{u.id}"} for u in users])
+    db.session.commit()
+    rows = history_rows("appuser_history")
+    with db.engine.connect() as conn:
+        live = dict(conn.execute(sa.text("SELECT id, valid_from FROM appuser")).all())
+    assert {r["id"]: r["valid_from"] for r in rows} == first
+    assert {r["id"]: r["changed"] for r in rows} == live
+
+
+def test_volatile_bulk_update_continues_ranges(
+    db: VersionedSQLAlchemy, User: Any, users: list[Any], history_rows: Any
+) -> None:
+    """A bulk UPDATE with a volatile SET (the two-statement path) continues ranges."""
+    first = {u.id: u.valid_from for u in users}
+    db.session.execute(sa.update(User).values(name=sa.func.md5(sa.cast(sa.func.random(), sa.Text))))
+    db.session.commit()
+    rows = history_rows("appuser_history")
+    with db.engine.connect() as conn:
+        live = dict(conn.execute(sa.text("SELECT id, valid_from FROM appuser")).all())
+    assert {r["id"]: r["valid_from"] for r in rows} == first
+    assert {r["id"]: r["changed"] for r in rows} == live
+
+
+def test_bulk_delete_ends_the_last_range(
+    db: VersionedSQLAlchemy, User: Any, users: list[Any], history_rows: Any
+) -> None:
+    """A bulk DELETE's history rows cover [valid_from, delete); as_of after it is empty."""
+    first = {u.id: u.valid_from for u in users}
+    before = _now()
+    db.session.execute(sa.delete(User))
+    db.session.commit()
+    rows = history_rows("appuser_history")
+    assert {r["id"]: r["valid_from"] for r in rows} == first
+    assert all(r["changed"] >= before for r in rows)
+    assert db.session.scalars(sa.select(as_of(User, _now()))).all() == []
+    assert len(db.session.scalars(sa.select(as_of(User, before))).all()) == 2
+
+
+def test_bulk_update_by_primary_key_refuses_valid_from(
+    db: VersionedSQLAlchemy, User: Any, users: list[Any]
+) -> None:
+    """A parameter set of an UPDATE by primary key naming ``valid_from`` is refused."""
+    with pytest.raises(ChrononautException, match="valid_from"):
+        db.session.execute(sa.update(User), [{"id": users[0].id, "valid_from": _now()}])
