@@ -60,7 +60,6 @@ PENDING = {
     "leases.rst",
     "locking.rst",
     "poolers.rst",
-    "time_travel.rst",
     "versioning.rst",
 }
 
