@@ -59,7 +59,6 @@ PENDING = {
     "concurrency_guide.rst",
     "leases.rst",
     "locking.rst",
-    "poolers.rst",
     "versioning.rst",
 }
 
