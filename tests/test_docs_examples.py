@@ -56,7 +56,6 @@ EXAMPLES = DOCS / "examples"
 PENDING = {
     "bulk.rst",
     "leases.rst",
-    "locking.rst",
     "versioning.rst",
 }
 
