@@ -362,9 +362,11 @@ def stale_write_body(error: StaleWriteError) -> dict[str, Any]:
     the names of the fields it changed; hidden columns appear by name only —
     their values are never stored, so they can't leak.
 
-    Does not touch the failed session (its transaction is unusable until rolled
-    back); the field names of the newest change are read on a connection of
-    their own.
+    Runs no query of its own, so it can be called before the failed session is
+    rolled back (its transaction is unusable until then): the field names come
+    from ``error.changed_fields``, which Chrononaut's own errors carry. For an
+    error built without them they are derived from the history records alone, so
+    the newest change lists only its hidden columns.
 
     :param error: the conflict.
     """
