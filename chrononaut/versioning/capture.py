@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
+from sqlalchemy.orm import MANYTOONE, ONETOMANY, Mapper, ORMExecuteState, Session, UOWTransaction
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
-from sqlalchemy.orm.base import NO_VALUE
-from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.orm.base import NO_VALUE, PASSIVE_NO_INITIALIZE
+from sqlalchemy.orm.exc import StaleDataError, UnmappedColumnError
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -31,6 +32,7 @@ from chrononaut.context import extra_info_active, versioning_suppressed
 from chrononaut.errors import ChrononautException, StaleWriteError
 from chrononaut.versioning.change_info import ChangeInfoBuilder, Settings, consume_appended
 from chrononaut.versioning.model import VERSION_KEY, VersionMeta, meta_of
+from chrononaut.versioning.tables import MANAGED_KEYS
 
 __all__ = ["Capture"]
 
@@ -139,26 +141,6 @@ def _require_context(settings: Settings) -> None:
             "CHRONONAUT_REQUIRE_EXTRA_CHANGE_INFO is set: wrap this change in "
             "chrononaut.extra_change_info(...) or chrononaut.rationale(...)"
         )
-
-
-def _load_missing(
-    session: Session, state: InstanceState[Any], meta: VersionMeta, keys: list[str]
-) -> dict[str, Any]:
-    """Old values the session does not hold (set while expired, or flag_modified).
-
-    Rare path: one SELECT of just those columns for this record.
-    """
-    mapper = meta.mapper
-    columns = [meta.columns[key] for key in keys]
-    pk_criteria = [
-        meta.columns[key] == value
-        for key, value in zip(meta.pk_keys, state.key[1] if state.key else (), strict=True)
-    ]
-    connection = session.connection(bind_arguments={"mapper": mapper})
-    row = connection.execute(sa.select(*columns).where(*pk_criteria)).one_or_none()
-    if row is None:
-        return {}
-    return dict(zip(keys, row, strict=True))
 
 
 def _fast_eligible(meta: VersionMeta, committed: dict[str, Any], dict_: dict[str, Any]) -> bool:
@@ -318,12 +300,266 @@ def _stored_values(
     return values
 
 
-def _committed_version(obj: Any, committed: dict[str, Any], dict_: dict[str, Any]) -> int:
-    """The version the row had when the session loaded it (what the UPDATE checks)."""
-    version = committed.get(VERSION_KEY, dict_.get(VERSION_KEY, NO_VALUE))
-    if version is NO_VALUE or version is None:
-        version = getattr(obj, VERSION_KEY)
-    return int(version)
+@dataclass(frozen=True)
+class _Relation:
+    """A relationship that sets foreign-key columns of a Versioned record."""
+
+    key: str
+    #: True: the record holding the relationship holds the key columns (many-to-one);
+    #: False: the related objects of the collection do (one-to-many)
+    many_to_one: bool
+    #: (attribute key of the key column on the side holding it, attribute key of
+    #: the column it copies on the other side)
+    pairs: tuple[tuple[str, str], ...]
+    #: removing a child deletes it (delete-orphan): the delete writes its history
+    orphans_deleted: bool
+
+
+_relations_cache: weakref.WeakKeyDictionary[Mapper[Any], dict[str, _Relation]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _relations(mapper: Mapper[Any]) -> dict[str, _Relation]:
+    """The relationships of ``mapper`` that can change a Versioned record's key columns."""
+    found = _relations_cache.get(mapper)
+    if found is not None:
+        return found
+    found = {}
+    own = meta_of(mapper.class_)
+    for prop in mapper.relationships:
+        if prop.viewonly or prop.secondary is not None:
+            continue  # many-to-many rows live in the association table
+        pairs: list[tuple[str, str]] = []
+        other = prop.mapper
+        try:
+            if prop.direction is MANYTOONE:
+                if own is None:
+                    continue
+                for local, remote in prop.local_remote_pairs or ():
+                    pairs.append(
+                        (
+                            mapper.get_property_by_column(local).key,
+                            other.get_property_by_column(remote).key,
+                        )
+                    )
+                if not any(key in own.watched for key, _ in pairs):
+                    continue
+            elif prop.direction is ONETOMANY:
+                if not any(meta_of(m.class_) is not None for m in other.self_and_descendants):
+                    continue
+                for local, remote in prop.local_remote_pairs or ():
+                    pairs.append(
+                        (
+                            other.get_property_by_column(remote).key,
+                            mapper.get_property_by_column(local).key,
+                        )
+                    )
+            else:
+                continue
+        except UnmappedColumnError:
+            continue  # a join condition over columns that are not attributes
+        found[prop.key] = _Relation(
+            prop.key, prop.direction is MANYTOONE, tuple(pairs), prop.cascade.delete_orphan
+        )
+    _relations_cache[mapper] = found
+    return found
+
+
+_UNKNOWN = object()
+
+
+def _target_values(target: Any, pairs: tuple[tuple[str, str], ...]) -> list[Any]:
+    """What the key columns will hold when they reference ``target`` (or ``None``)."""
+    if target is None:
+        return [None] * len(pairs)
+    tstate = instance_state(target)
+    values: list[Any] = []
+    for _, remote in pairs:
+        if tstate.key is not None:
+            values.append(getattr(target, remote))
+        else:
+            value = tstate.dict.get(remote)
+            # A pending object's generated key is only known after its INSERT.
+            values.append(_UNKNOWN if value is None else value)
+    return values
+
+
+def _key_changes(obj: Any, pairs: tuple[tuple[str, str], ...], new: list[Any]) -> dict[str, Any]:
+    """The tracked key columns of ``obj`` that may change to ``new`` (attribute key ->
+    new value); a column whose old value is not loaded is decided once it is."""
+    state = instance_state(obj)
+    committed = state.committed_state
+    dict_ = state.dict
+    meta = meta_of(type(obj))
+    if meta is None:
+        return {}
+    changed: dict[str, Any] = {}
+    for (local, _), value in zip(pairs, new, strict=True):
+        if local not in meta.watched:
+            continue
+        old = committed.get(local, NO_VALUE)
+        if old is NO_VALUE:
+            old = dict_.get(local, NO_VALUE)
+        if value is _UNKNOWN or old is NO_VALUE or old != value:
+            changed[local] = value
+    return changed
+
+
+def _relationship_changes(
+    dirty: Iterable[Any], new: Any, deleted: Any
+) -> dict[int, tuple[Any, dict[str, Any]]]:
+    """Versioned records whose tracked key columns this flush may change through a
+    relationship: id -> (record, {attribute key: new value}).
+
+    SQLAlchemy copies a related object's key into the columns only during the
+    flush, after ``before_flush``; the values are computed here from the related
+    objects, the way the unit of work will (a pending object's generated key is
+    not known yet, but it differs from any stored one: ``_UNKNOWN``).
+    """
+    found: dict[int, tuple[Any, dict[str, Any]]] = {}
+    gone = {id(o) for o in deleted} | {id(o) for o in new}
+    # id(child) -> (child, pairs, new key values); being added to a collection wins
+    # over being removed from another one
+    moved: dict[int, tuple[Any, tuple[tuple[str, str], ...], list[Any]]] = {}
+    for obj in (*dirty, *new):
+        state = instance_state(obj)
+        relations = _relations(state.mapper)
+        if not relations:
+            continue
+        committed = state.committed_state
+        for key, relation in relations.items():
+            if key not in committed:
+                continue
+            if relation.many_to_one:
+                if id(obj) in gone:
+                    continue
+                target = state.dict.get(key)
+                changed = _key_changes(obj, relation.pairs, _target_values(target, relation.pairs))
+                if changed:
+                    found.setdefault(id(obj), (obj, {}))[1].update(changed)
+                continue
+            history = state.manager[key].impl.get_history(state, state.dict, PASSIVE_NO_INITIALIZE)
+            for child in history.deleted or ():
+                if child is None or id(child) in gone or relation.orphans_deleted:
+                    continue
+                moved.setdefault(id(child), (child, relation.pairs, [None] * len(relation.pairs)))
+            for child in history.added or ():
+                if child is None or id(child) in gone:
+                    continue
+                moved[id(child)] = (child, relation.pairs, _target_values(obj, relation.pairs))
+    for child, pairs, values in moved.values():
+        if instance_state(child).key is None or meta_of(type(child)) is None:
+            continue
+        changed = _key_changes(child, pairs, values)
+        if changed:
+            found.setdefault(id(child), (child, {}))[1].update(changed)
+    return found
+
+
+@dataclass
+class _Pending:
+    """A changed or deleted record for the general path (history row after the flush)."""
+
+    obj: Any
+    meta: VersionMeta
+    state: InstanceState[Any]
+    changed_tracked: list[str]
+    changed_hidden: list[str]
+    #: changed attributes whose old value the session does not hold
+    unknown: list[str]
+    #: key columns a relationship sets: attribute key -> new value (or _UNKNOWN)
+    via: dict[str, Any] | None
+    deleted: bool
+    #: whether it may change anything versioned (False: only checked for staleness)
+    changes: bool = False
+    #: whether it may take the one-statement path
+    fast: bool = False
+
+
+def _restore_key(obj: Any, meta: VersionMeta, state: InstanceState[Any]) -> None:
+    """Put an expired record's primary key back from its identity: the unit of
+    work needs it for its statements, and would otherwise load it per record."""
+    if state.key is None:
+        return
+    for key, value in zip(meta.pk_keys, state.key[1], strict=True):
+        if key not in state.dict:
+            set_committed_value(obj, key, value)
+
+
+def _want(
+    loads: dict[VersionMeta, dict[int, tuple[Any, set[str]]]],
+    meta: VersionMeta,
+    obj: Any,
+    keys: set[str],
+) -> None:
+    entry = loads.setdefault(meta, {}).setdefault(id(obj), (obj, set()))
+    entry[1].update(keys)
+
+
+def _load_values(
+    session: Session, loads: dict[VersionMeta, dict[int, tuple[Any, set[str]]]]
+) -> dict[int, dict[str, Any]]:
+    """Stored values the session does not hold (expired, deferred, set while
+    expired): one SELECT per class for all its records of this flush."""
+    out: dict[int, dict[str, Any]] = {}
+    for meta, wanted in loads.items():
+        keys = sorted({key for _, needed in wanted.values() for key in needed})
+        cls = meta.mapper.class_
+        pk_attrs = [getattr(cls, key) for key in meta.pk_keys]
+        by_pk: dict[tuple[Any, ...], Any] = {}
+        for obj, _ in wanted.values():
+            state = instance_state(obj)
+            if state.key is not None:
+                by_pk[tuple(state.key[1])] = obj
+        if not by_pk:
+            continue
+        if len(pk_attrs) == 1:
+            where = pk_attrs[0].in_([pk[0] for pk in by_pk])
+        else:
+            where = sa.tuple_(*pk_attrs).in_(list(by_pk))
+        statement = (
+            sa.select(*pk_attrs, *[getattr(cls, key) for key in keys])
+            .where(where)
+            .execution_options(**{_BULK_GUARD: True})
+        )
+        n = len(pk_attrs)
+        rows = session.execute(statement, bind_arguments={"mapper": meta.mapper})
+        for row in rows:
+            obj = by_pk.get(tuple(row[:n]))
+            if obj is not None:
+                out[id(obj)] = dict(zip(keys, row[n:], strict=True))
+    return out
+
+
+def _refuse_managed(obj: Any, values: Any, new: bool = False) -> None:
+    """An application's own assignment to a column Chrononaut sets (SPEC §2)."""
+    for key in MANAGED_KEYS:
+        if new:
+            value = values.get(key)
+            # A SQL expression there is ours: the next version of a re-used key.
+            assigned = value is not None and not isinstance(value, sa.ClauseElement)
+        else:
+            old = values.get(key, NO_VALUE)
+            state = instance_state(obj)
+            assigned = old is not NO_VALUE and not state.manager[key].impl.is_equal(
+                old, state.dict.get(key)
+            )
+        if assigned:
+            raise ChrononautException(
+                f"{type(obj).__name__}.{key} is set by Chrononaut; do not assign it "
+                f"(use expect_version() to pin the version a change is based on)"
+            )
+
+
+def _bump(obj: Any, old_version: int) -> None:
+    """Everything Chrononaut sets on a record whose change makes a new version."""
+    setattr(obj, VERSION_KEY, old_version + 1)
+
+
+#: ``_FAST[0] = False`` sends every flush through the general path (tests prove
+#: both paths write the same rows).
+_FAST = [True]
 
 
 class Capture:
@@ -359,8 +595,21 @@ class Capture:
         # The one-statement path runs before SQLAlchemy's own statements, so it is
         # used only when the flush has no INSERT or DELETE it might need to follow.
         new, deleted = session.new, session.deleted
-        fast_allowed = only is None and not suppressed and not new and not deleted
+        fast_allowed = only is None and not suppressed and not new and not deleted and _FAST[0]
         fast = _FastUpdates()
+
+        # Relationship changes set foreign-key columns only later in the flush: find
+        # the records whose tracked key columns they will change (SPEC §2).
+        related = _relationship_changes(dirty, new, deleted)
+        if related:
+            dirty = list(dirty)
+            seen = {id(o) for o in dirty}
+            dirty.extend(obj for obj, _ in related.values() if id(obj) not in seen)
+
+        # Changed and deleted records; the stored values the session lacks are read
+        # for all of them at once, one SELECT per class (never one per record).
+        pending: list[_Pending] = []
+        loads: dict[VersionMeta, dict[int, tuple[Any, set[str]]]] = {}
 
         for obj in dirty:
             meta = meta_of(type(obj))
@@ -369,11 +618,8 @@ class Capture:
             state = instance_state(obj)
             committed = state.committed_state
             dict_ = state.dict
-            old_version = _committed_version(obj, committed, dict_)
-            check_expected_version(session, obj, state, old_version)
-            candidates.append((obj, old_version))
-            if suppressed:
-                continue
+            _refuse_managed(obj, committed)
+            via = related[id(obj)][1] if related and id(obj) in related else None
             watched = meta.watched
             changed_tracked: list[str] = []
             changed_hidden: list[str] = []
@@ -389,32 +635,29 @@ class Capture:
                 if manager[key].impl.is_equal(old, dict_.get(key)):
                     continue
                 (changed_hidden if key in meta.hidden else changed_tracked).append(key)
-            if not (changed_tracked or changed_hidden or unknown):
-                continue
-            if fast_allowed and not unknown and _fast_eligible(meta, committed, dict_):
-                info = change_info().build(type(obj), state, hidden_changed=changed_hidden)
-                fast.add(meta, obj, state, old_version, info)
-                continue
-            old_values: dict[str, Any] = {}
-            if unknown:
-                fetched = _load_missing(session, state, meta, unknown)
-                for key in unknown:
-                    old_values[key] = fetched.get(key)
-                    if key in fetched and manager[key].impl.is_equal(fetched[key], dict_.get(key)):
-                        continue
-                    (changed_hidden if key in meta.hidden else changed_tracked).append(key)
-                if not (changed_tracked or changed_hidden):
-                    continue
-            info = change_info().build(type(obj), state, hidden_changed=changed_hidden)
-            batch.add(meta, _stored_values(obj, meta, old_values), old_version, changed_at, info)
-            batch.states.append(state)
-            setattr(obj, VERSION_KEY, old_version + 1)
-
-        if fast:
-            done = fast.execute(session, changed_at)
-            if done:
-                session.info[CANDIDATES_KEY] = [c for c in candidates if id(c[0]) not in done]
-                candidates = session.info[CANDIDATES_KEY]
+            changes = bool(changed_tracked or changed_hidden or unknown or via) and not suppressed
+            missing: set[str] = set()
+            if dict_.get(VERSION_KEY) is None:
+                missing.add(VERSION_KEY)
+                _restore_key(obj, meta, state)
+            # The one-statement path copies the history row in the database: it
+            # needs no stored values but the changed ones.
+            fast_ok = (
+                changes and fast_allowed and via is None and _fast_eligible(meta, committed, dict_)
+            )
+            if changes:
+                missing.update(unknown)
+                if not fast_ok:
+                    missing.update(key for key in meta.tracked if key not in dict_)
+                    if via:
+                        missing.update(k for k in via if k not in dict_ and k not in committed)
+            if missing:
+                _want(loads, meta, obj, missing)
+            pending.append(
+                _Pending(obj, meta, state, changed_tracked, changed_hidden, unknown, via, False)
+            )
+            pending[-1].fast = fast_ok
+            pending[-1].changes = changes
 
         for obj in deleted:
             if only is not None and id(obj) not in only:
@@ -423,19 +666,86 @@ class Capture:
             if meta is None:
                 continue
             state = instance_state(obj)
+            dict_ = state.dict
+            missing = set() if suppressed else {k for k in meta.tracked if k not in dict_}
+            if dict_.get(VERSION_KEY) is None:
+                missing.add(VERSION_KEY)
+                _restore_key(obj, meta, state)
+            if missing:
+                _want(loads, meta, obj, missing)
+            pending.append(_Pending(obj, meta, state, [], [], [], None, True))
+            pending[-1].changes = not suppressed
+
+        fetched = _load_values(session, loads) if loads else {}
+
+        general: list[tuple[_Pending, int, list[str], list[str], dict[str, Any]]] = []
+        for item in pending:
+            obj, meta, state = item.obj, item.meta, item.state
+            known = fetched.get(id(obj), {})
             committed = state.committed_state
-            old_version = _committed_version(obj, committed, state.dict)
+            dict_ = state.dict
+            if dict_.get(VERSION_KEY) is not None:
+                old_version = int(dict_[VERSION_KEY])
+            elif VERSION_KEY in known:
+                old_version = int(known[VERSION_KEY])
+                # SQLAlchemy's version-checked statement reads it from here instead
+                # of loading it once more for this record.
+                set_committed_value(obj, VERSION_KEY, old_version)
+            else:
+                continue  # the row is gone: SQLAlchemy reports the stale write
             check_expected_version(session, obj, state, old_version)
             candidates.append((obj, old_version))
-            if suppressed:
+            if not item.changes:
                 continue
-            info = change_info().build(type(obj), state, deleted=True)
-            batch.add(meta, _stored_values(obj, meta), old_version, changed_at, info)
+            if item.deleted:
+                general.append((item, old_version, [], [], known))
+                continue
+            changed_tracked = list(item.changed_tracked)
+            changed_hidden = list(item.changed_hidden)
+            manager = state.manager
+            for key in item.unknown:
+                if key not in known:
+                    continue
+                if manager[key].impl.is_equal(known[key], dict_.get(key)):
+                    continue
+                (changed_hidden if key in meta.hidden else changed_tracked).append(key)
+            for key, value in (item.via or {}).items():
+                if key in changed_tracked or key in changed_hidden:
+                    continue
+                old = committed.get(key, NO_VALUE)
+                if old is NO_VALUE:
+                    old = dict_[key] if key in dict_ else known.get(key)
+                if value is _UNKNOWN or old != value:
+                    (changed_hidden if key in meta.hidden else changed_tracked).append(key)
+            if not (changed_tracked or changed_hidden):
+                continue
+            if item.fast:
+                info = change_info().build(type(obj), state, hidden_changed=changed_hidden)
+                fast.add(meta, obj, state, old_version, info)
+            else:
+                general.append((item, old_version, changed_tracked, changed_hidden, known))
+
+        if fast:
+            done = fast.execute(session, changed_at)
+            if done:
+                session.info[CANDIDATES_KEY] = [c for c in candidates if id(c[0]) not in done]
+                candidates = session.info[CANDIDATES_KEY]
+
+        for item, old_version, _, changed_hidden, known in general:
+            obj, meta, state = item.obj, item.meta, item.state
+            if item.deleted:
+                info = change_info().build(type(obj), state, deleted=True)
+            else:
+                info = change_info().build(type(obj), state, hidden_changed=changed_hidden)
+            batch.add(meta, _stored_values(obj, meta, known), old_version, changed_at, info)
             batch.states.append(state)
+            if not item.deleted:
+                _bump(obj, old_version)
 
         for obj in new:
             meta = meta_of(type(obj))
             if meta is not None:
+                _refuse_managed(obj, instance_state(obj).dict, new=True)
                 self._continue_sequence(obj, meta)
 
     @staticmethod

@@ -366,11 +366,9 @@ def _configure(mapper: Mapper[Any]) -> None:
                 props[key] = history.c[col_key]
         props[VERSION_KEY] = [history.c[VERSION_KEY], parent_history.c[VERSION_KEY]]
 
-    # Setting an expired attribute must load its old value, or history would not
-    # know what it replaced (SQLAlchemy otherwise skips the load for speed, and a
-    # flush would need a SELECT per changed record to find it).
-    for prop in _column_props(mapper):
-        prop.active_history = True
+    # No active_history on the columns: loading an expired record when one of its
+    # attributes is set would autoflush and drop pending relationship changes. The
+    # flush reads the old values it lacks, one SELECT per class (capture.py).
 
     tracked = tuple(p.key for p in _column_props(mapper) if p.key not in excluded_keys)
     parent_history_cls = parent_meta.history_mapper.class_ if parent_meta else HistoryRecord

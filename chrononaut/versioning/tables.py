@@ -17,6 +17,7 @@ from chrononaut.errors import ChrononautException
 __all__ = [
     "GENERATED_COLUMNS",
     "INFO_KEY",
+    "MANAGED_KEYS",
     "VERSION_KEY",
     "add_history_columns",
     "build_history_table",
@@ -29,6 +30,10 @@ INFO_KEY = "chrononaut"
 
 #: The version column's name, on the model's table and in its history table.
 VERSION_KEY = "version"
+
+#: Attribute keys of the columns Chrononaut sets on versioned rows itself; an
+#: application's own assignment to one of them is refused.
+MANAGED_KEYS: tuple[str, ...] = (VERSION_KEY,)
 
 #: Names of the columns a base history table adds to the copied ones.
 GENERATED_COLUMNS = (VERSION_KEY, "changed", "change_info")
