@@ -364,7 +364,12 @@ def _configure(mapper: Mapper[Any]) -> None:
                 props[key] = [history.c[col_key], *existing.columns]
             else:
                 props[key] = history.c[col_key]
-        props[VERSION_KEY] = [history.c[VERSION_KEY], parent_history.c[VERSION_KEY]]
+        # Every level's version column, not just the parent's: the mapper keeps the
+        # first one it finds of each property (the root's, three levels down).
+        parent_version = parent_meta.history_mapper.get_property(
+            VERSION_KEY, _configure_mappers=False
+        )
+        props[VERSION_KEY] = [history.c[VERSION_KEY], *parent_version.columns]
 
     # No active_history on the columns: loading an expired record when one of its
     # attributes is set would autoflush and drop pending relationship changes. The
