@@ -472,6 +472,7 @@ class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+
         mapper = sa.inspect(cls, raiseerr=False)
         if isinstance(mapper, Mapper) and mapper.class_ is cls:
             # Declarative bases that map in __init_subclass__ got here first.
@@ -494,6 +495,14 @@ class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin):
 
     # resolve_actor() asks Flask directly when the model keeps this default.
     _fetch_current_user_id.__func__._chrononaut_default = True  # type: ignore[attr-defined]
+
+
+# Declarative reads a declared_attr's return annotation as a field declaration;
+# under MappedAsDataclass a field from a mixin that is not a dataclass is refused.
+# Without it, ``version`` is a mapped column outside the dataclass (init=False in
+# effect), for every declarative style; type checkers still see the annotation.
+for _key in tables.MANAGED_KEYS:
+    vars(Versioned)[_key].fget.__annotations__.pop("return", None)
 
 
 def history_class(model: type[Any]) -> type[HistoryRecord]:
