@@ -100,22 +100,30 @@ def _execute_lean(
     params: dict[str, Any],
     cache_key: Any = None,
 ) -> sa.CursorResult[Any]:
-    """Execute a statement of ours with the driver, skipping Core's per-call work.
+    """Execute a statement of ours on ``connection``, skipping Core's per-call work.
 
     On the per-request path a Core execution costs about as much Python time as
-    the round trip itself. The compiled SQL and the bind processors of its
-    parameters are computed once per statement and dialect; each call then only
-    converts the values and hands them to the driver.
+    the round trip itself. The SQL is compiled once per statement, dialect and
+    ``schema_translate_map`` of the connection (with the translated names
+    rendered in), together with the bind processors of its parameters; each call
+    then converts the values and sends the SQL with ``exec_driver_sql`` on the
+    same connection, so engine events, ``echo`` and the connection's execution
+    options apply as they do to any statement.
     """
     dialect = connection.dialect
     cache = _lean_cache.get(dialect)
     if cache is None:
         cache = _lean_cache[dialect] = {}
-    key = statement if cache_key is None else cache_key
+    translate = connection.get_execution_options().get("schema_translate_map")
+    translate_key = tuple(sorted(translate.items(), key=repr)) if translate else None
+    key = (statement if cache_key is None else cache_key, translate_key)
     entry = cache.get(key)
     if entry is None:
         column_keys = list(params) if isinstance(statement, sa.Insert) else None
-        compiled = statement.compile(dialect=dialect, column_keys=column_keys)
+        compile_kwargs: dict[str, Any] = {}
+        if translate:
+            compile_kwargs = {"schema_translate_map": translate, "render_schema_translate": True}
+        compiled = statement.compile(dialect=dialect, column_keys=column_keys, **compile_kwargs)
         assert isinstance(compiled, SQLCompiler)
         processors = [
             (name, bind.type.dialect_impl(dialect).bind_processor(dialect))
