@@ -31,6 +31,7 @@ from chrononaut.concurrency import (
 from chrononaut.context import extra_info_active, versioning_suppressed
 from chrononaut.errors import ChrononautException, StaleWriteError
 from chrononaut.versioning.change_info import ChangeInfoBuilder, Settings, consume_appended
+from chrononaut.versioning.history import LAST_SESSION_KEY
 from chrononaut.versioning.model import VERSION_KEY, VersionMeta, meta_of
 from chrononaut.versioning.tables import MANAGED_KEYS
 
@@ -675,6 +676,8 @@ class Capture:
                 continue
             state = instance_state(obj)
             dict_ = state.dict
+            # Detached once the delete commits; its history stays readable (SPEC §2).
+            state.info[LAST_SESSION_KEY] = weakref.ref(session)
             missing = set() if suppressed else {k for k in meta.tracked if k not in dict_}
             if dict_.get(VERSION_KEY) is None:
                 missing.add(VERSION_KEY)
@@ -692,6 +695,11 @@ class Capture:
             known = fetched.get(id(obj), {})
             committed = state.committed_state
             dict_ = state.dict
+            for key, value in known.items():
+                if key not in dict_ and key not in committed and key != VERSION_KEY:
+                    # Loaded for history anyway: the record holds it now (a deleted
+                    # record keeps readable final values once it is detached).
+                    set_committed_value(obj, key, value)
             if dict_.get(VERSION_KEY) is not None:
                 old_version = int(dict_[VERSION_KEY])
             elif VERSION_KEY in known:

@@ -174,6 +174,13 @@ class HistoryRecord:
             f"a version back)"
         )
 
+    def __delattr__(self, name: str) -> None:
+        raise ChrononautException(
+            f"{type(self).__name__} records are read-only history; change the live "
+            f"{type(self).__chrononaut_model__.__name__} record instead (restore() copies "
+            f"a version back)"
+        )
+
     def __repr__(self) -> str:
         model = type(self).__chrononaut_model__.__name__
         return f"<{model} history version={self.__dict__.get('version')!r}>"
