@@ -566,9 +566,9 @@ def _bump(obj: Any, old_version: int) -> None:
     setattr(obj, VERSION_KEY, old_version + 1)
 
 
-#: ``_FAST[0] = False`` sends every flush through the general path (tests prove
-#: both paths write the same rows).
-_FAST = [True]
+#: False sends every flush through the general path (the test suite runs once so,
+#: to prove both paths write the same rows and raise the same errors).
+fast_path_enabled = True
 
 
 class Capture:
@@ -604,7 +604,7 @@ class Capture:
         # The one-statement path runs before SQLAlchemy's own statements, so it is
         # used only when the flush has no INSERT or DELETE it might need to follow.
         new, deleted = session.new, session.deleted
-        fast_allowed = only is None and not suppressed and not new and not deleted and _FAST[0]
+        fast_allowed = only is None and not suppressed and not new and not deleted and fast_path_enabled
         fast = _FastUpdates()
 
         # Relationship changes set foreign-key columns only later in the flush: find
