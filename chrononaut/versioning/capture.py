@@ -604,7 +604,9 @@ class Capture:
         # The one-statement path runs before SQLAlchemy's own statements, so it is
         # used only when the flush has no INSERT or DELETE it might need to follow.
         new, deleted = session.new, session.deleted
-        fast_allowed = only is None and not suppressed and not new and not deleted and fast_path_enabled
+        fast_allowed = (
+            fast_path_enabled and only is None and not suppressed and not new and not deleted
+        )
         fast = _FastUpdates()
 
         # Relationship changes set foreign-key columns only later in the flush: find
