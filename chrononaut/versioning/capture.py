@@ -416,7 +416,7 @@ def _key_changes(obj: Any, pairs: tuple[tuple[str, str], ...], new: list[Any]) -
 
 
 def _relationship_changes(
-    dirty: Iterable[Any], new: Any, deleted: Any
+    dirty: Iterable[Any], new: Any, deleted: Any, orphans: list[Any]
 ) -> dict[int, tuple[Any, dict[str, Any]]]:
     """Versioned records whose tracked key columns this flush may change through a
     relationship: id -> (record, {attribute key: new value}).
@@ -424,13 +424,16 @@ def _relationship_changes(
     SQLAlchemy copies a related object's key into the columns only during the
     flush, after ``before_flush``; the values are computed here from the related
     objects, the way the unit of work will (a pending object's generated key is
-    not known yet, but it differs from any stored one: ``_UNKNOWN``).
+    not known yet, but it differs from any stored one: ``_UNKNOWN``). Versioned
+    children removed from a delete-orphan collection that the flush will delete
+    are appended to ``orphans``: their delete writes a history row too.
     """
     found: dict[int, tuple[Any, dict[str, Any]]] = {}
     gone = {id(o) for o in deleted} | {id(o) for o in new}
     # id(child) -> (child, pairs, new key values); being added to a collection wins
     # over being removed from another one
     moved: dict[int, tuple[Any, tuple[tuple[str, str], ...], list[Any]]] = {}
+    orphaned: dict[int, Any] = {}
     for obj in (*dirty, *new):
         state = instance_state(obj)
         relations = _relations(state.mapper)
@@ -450,13 +453,23 @@ def _relationship_changes(
                 continue
             history = state.manager[key].impl.get_history(state, state.dict, PASSIVE_NO_INITIALIZE)
             for child in history.deleted or ():
-                if child is None or id(child) in gone or relation.orphans_deleted:
+                if child is None or id(child) in gone:
+                    continue
+                if relation.orphans_deleted:
+                    orphaned[id(child)] = child
                     continue
                 moved.setdefault(id(child), (child, relation.pairs, [None] * len(relation.pairs)))
             for child in history.added or ():
                 if child is None or id(child) in gone:
                     continue
                 moved[id(child)] = (child, relation.pairs, _target_values(obj, relation.pairs))
+    for child in orphaned.values():
+        cstate = instance_state(child)
+        if cstate.key is None or meta_of(type(child)) is None or id(child) in moved:
+            continue
+        # The unit of work deletes it when no delete-orphan parent holds it any more.
+        if cstate.mapper._is_orphan(cstate):
+            orphans.append(child)
     for child, pairs, values in moved.values():
         if instance_state(child).key is None or meta_of(type(child)) is None:
             continue
@@ -603,15 +616,20 @@ class Capture:
             dirty = [o for o in dirty if id(o) in only]
         # The one-statement path runs before SQLAlchemy's own statements, so it is
         # used only when the flush has no INSERT or DELETE it might need to follow.
-        new, deleted = session.new, session.deleted
+        new = session.new
+        deleted: Any = session.deleted
+
+        # Relationship changes set foreign-key columns only later in the flush: find
+        # the records whose tracked key columns they will change (SPEC §2), and the
+        # children a delete-orphan cascade will delete.
+        orphans: list[Any] = []
+        related = _relationship_changes(dirty, new, deleted, orphans)
+        if orphans:
+            deleted = [*deleted, *orphans]
         fast_allowed = (
             fast_path_enabled and only is None and not suppressed and not new and not deleted
         )
         fast = _FastUpdates()
-
-        # Relationship changes set foreign-key columns only later in the flush: find
-        # the records whose tracked key columns they will change (SPEC §2).
-        related = _relationship_changes(dirty, new, deleted)
         if related:
             dirty = list(dirty)
             seen = {id(o) for o in dirty}

@@ -12,8 +12,7 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import JSONB, UUID
-from sqlalchemy.ext.mutable import MutableDict
-from sqlalchemy.orm import deferred
+from sqlalchemy.orm import Mapper, deferred
 
 from chrononaut import Versioned, VersionedSQLAlchemy
 from tests.versioning.conftest import HistoryReader
@@ -77,8 +76,25 @@ def test_uuid_primary_key(db: VersionedSQLAlchemy) -> None:
     assert [v.label for v in tokens[0].versions()] == ["a", "b"]
 
 
+@pytest.fixture()
+def mapper_listeners_restored() -> Iterator[None]:
+    """Remove the global ``mapper_configured`` listeners the test adds: importing
+    ``sqlalchemy.ext.mutable`` and ``MutableDict.as_mutable`` register them on
+    ``Mapper`` (SQLAlchemy itself, not Chrononaut)."""
+    dispatch = Mapper.dispatch.mapper_configured
+    before = list(dispatch._clslevel.get(Mapper, ()))
+    yield
+    registered = dispatch._clslevel.get(Mapper)
+    for listener in list(registered or ()):
+        if listener not in before:
+            registered.remove(listener)
+
+
+@pytest.mark.usefixtures("mapper_listeners_restored")
 def test_mutable_dict_in_place_change(db: VersionedSQLAlchemy) -> None:
     """An in-place change of a MutableDict JSON column writes the old document."""
+    # Imported here: importing it registers a global Mapper listener (SQLAlchemy's).
+    from sqlalchemy.ext.mutable import MutableDict
 
     class Setting(db.Model, Versioned):  # type: ignore[name-defined,misc]
         __tablename__ = "setting"

@@ -297,3 +297,32 @@ def test_stale_relationship_change(db: VersionedSQLAlchemy, league: tuple[Any, A
     player.team = t2
     with pytest.raises(StaleWriteError):
         db.session.commit()
+
+
+def test_delete_orphan_writes_delete_history(
+    db: VersionedSQLAlchemy, history_rows: HistoryReader
+) -> None:
+    """Removing a child from a delete-orphan collection deletes it with a final history row."""
+
+    class Order(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "order_"
+        id = db.Column(db.Integer, primary_key=True)
+        lines = relationship("Line", cascade="all, delete-orphan")
+
+    class Line(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "line"
+        id = db.Column(db.Integer, primary_key=True)
+        qty = db.Column(db.Integer)
+        order_id = db.Column(db.Integer, db.ForeignKey("order_.id"))
+
+    db.create_all()
+    order = Order(id=1, lines=[Line(id=1, qty=2), Line(id=2, qty=3)])
+    db.session.add(order)
+    db.session.commit()
+    order.lines.remove(order.lines[0])
+    db.session.commit()
+    rows = history_rows("line_history")
+    assert [(r["id"], r["version"], r["qty"], r["change_info"].get("deleted")) for r in rows] == [
+        (1, 0, 2, True)
+    ]
+    assert db.session.get(Line, 1) is None
