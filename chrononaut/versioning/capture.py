@@ -523,34 +523,56 @@ def _load_values(
     session: Session, loads: dict[VersionMeta, dict[int, tuple[Any, set[str]]]]
 ) -> dict[int, dict[str, Any]]:
     """Stored values the session does not hold (expired, deferred, set while
-    expired): one SELECT per class for all its records of this flush."""
-    out: dict[int, dict[str, Any]] = {}
+    expired): one SELECT per history table for all its records of this flush.
+
+    Classes mapped to one table (single-table inheritance included) are read
+    together from that table; a joined-inheritance class is read through its
+    mapper (a join of its tables).
+    """
+    groups: dict[Any, list[tuple[VersionMeta, dict[int, tuple[Any, set[str]]]]]] = {}
     for meta, wanted in loads.items():
-        keys = sorted({key for _, needed in wanted.values() for key in needed})
-        cls = meta.mapper.class_
-        pk_attrs = [getattr(cls, key) for key in meta.pk_keys]
-        by_pk: dict[tuple[Any, ...], Any] = {}
-        for obj, _ in wanted.values():
-            state = instance_state(obj)
-            if state.key is not None:
-                by_pk[tuple(state.key[1])] = obj
+        group = meta.version_column.table if len(meta.tables) == 1 else meta
+        groups.setdefault(group, []).append((meta, wanted))
+    out: dict[int, dict[str, Any]] = {}
+    for group, members in groups.items():
+        first = members[0][0]
+        by_pk: dict[tuple[Any, ...], tuple[Any, set[str]]] = {}
+        needed: set[str] = set()
+        columns: dict[str, Any] = {}
+        for meta, wanted in members:
+            for obj, asked in wanted.values():
+                state = instance_state(obj)
+                if state.key is not None:
+                    by_pk[tuple(state.key[1])] = (obj, asked)
+                    needed.update(asked)
+            if isinstance(group, sa.Table):
+                columns.update(meta.columns)
         if not by_pk:
             continue
-        if len(pk_attrs) == 1:
-            where = pk_attrs[0].in_([pk[0] for pk in by_pk])
+        keys = sorted(needed)
+        if isinstance(group, sa.Table):
+            pk_columns = [columns[key] for key in first.pk_keys]
+            selected = [columns[key] for key in keys]
         else:
-            where = sa.tuple_(*pk_attrs).in_(list(by_pk))
+            cls = first.mapper.class_
+            pk_columns = [getattr(cls, key) for key in first.pk_keys]
+            selected = [getattr(cls, key) for key in keys]
+        if len(pk_columns) == 1:
+            where = pk_columns[0].in_([pk[0] for pk in by_pk])
+        else:
+            where = sa.tuple_(*pk_columns).in_(list(by_pk))
         statement = (
-            sa.select(*pk_attrs, *[getattr(cls, key) for key in keys])
-            .where(where)
-            .execution_options(**{_BULK_GUARD: True})
+            sa.select(*pk_columns, *selected).where(where).execution_options(**{_BULK_GUARD: True})
         )
-        n = len(pk_attrs)
-        rows = session.execute(statement, bind_arguments={"mapper": meta.mapper})
+        n = len(pk_columns)
+        rows = session.execute(statement, bind_arguments={"mapper": first.mapper})
         for row in rows:
-            obj = by_pk.get(tuple(row[:n]))
-            if obj is not None:
-                out[id(obj)] = dict(zip(keys, row[n:], strict=True))
+            found = by_pk.get(tuple(row[:n]))
+            if found is not None:
+                obj, wanted_keys = found
+                values = dict(zip(keys, row[n:], strict=True))
+                # Only its own attributes: single-table siblings add theirs.
+                out[id(obj)] = {key: values[key] for key in wanted_keys}
     return out
 
 

@@ -271,3 +271,31 @@ def test_three_levels_delete(db: VersionedSQLAlchemy, deep: tuple[Any, Any, Any]
         1,
         True,
     )
+
+
+def test_single_table_expired_changes_one_select(
+    db: VersionedSQLAlchemy, single: tuple[Any, Any]
+) -> None:
+    """Expired records of a base class and its single-table subclass load in one SELECT."""
+    from sqlalchemy import event
+
+    Vehicle, Car = single
+    records = [Vehicle(name="v"), Car(name="c", doors=2), Car(name="d", doors=4)]
+    db.session.add_all(records)
+    db.session.commit()
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement.split(None, 1)[0].upper())
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        for item in records:
+            item.name = "x"
+        db.session.flush()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    assert seen.count("SELECT") == 1
+    db.session.commit()
+    assert [r.versions()[0].name for r in records] == ["v", "c", "d"]
+    assert records[1].versions()[0].doors == 2
