@@ -386,7 +386,16 @@ def _target_values(target: Any, pairs: tuple[tuple[str, str], ...]) -> list[Any]
     values: list[Any] = []
     for _, remote in pairs:
         if tstate.key is not None:
-            values.append(getattr(target, remote))
+            value = tstate.dict.get(remote, NO_VALUE)
+            if value is NO_VALUE:
+                # An expired target: its key is in its identity, no need to load it.
+                mapper = tstate.mapper
+                pk_keys = [mapper.get_property_by_column(c).key for c in mapper.primary_key]
+                if remote in pk_keys:
+                    value = tstate.key[1][pk_keys.index(remote)]
+                else:
+                    value = getattr(target, remote)
+            values.append(value)
         else:
             value = tstate.dict.get(remote)
             # A pending object's generated key is only known after its INSERT.

@@ -326,3 +326,62 @@ def test_delete_orphan_writes_delete_history(
         (1, 0, 2, True)
     ]
     assert db.session.get(Line, 1) is None
+
+
+def test_many_to_one_to_expired_target_needs_no_load(
+    db: VersionedSQLAlchemy, league: tuple[Any, Any]
+) -> None:
+    """Assigning an expired target costs no SELECT of ours (SQLAlchemy loads the target
+    itself to copy its key) and one history INSERT."""
+    from sqlalchemy import event
+
+    Team, Player = league
+    _, t2, player = _setup(db, Team, Player)
+    assert player.team_id == 1  # player loaded; t2 stays expired
+    seen: list[str] = []
+    seen_sql: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement.split(None, 1)[0].upper())
+        seen_sql.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        player.team = t2
+        db.session.flush()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    assert seen == ["SELECT", "UPDATE", "INSERT"], seen_sql
+    assert "FROM team" in seen_sql[0]
+    db.session.commit()
+    assert (player.version, player.team_id) == (1, 2)
+
+
+def test_recorded_queries_see_history_statements(app: Any) -> None:
+    """Flask-SQLAlchemy's recorded queries include the statements writing history."""
+    from flask_sqlalchemy.record_queries import get_recorded_queries
+
+    app.config["SQLALCHEMY_RECORD_QUERIES"] = True
+    db = VersionedSQLAlchemy(app)
+
+    class Memo(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "rec_memo"
+        id = db.Column(db.Integer, primary_key=True)
+        text = db.Column(db.String(20))
+
+    db.create_all()
+    try:
+        memo = Memo(id=1, text="a")
+        db.session.add(memo)
+        db.session.commit()
+        assert memo.text == "a"
+        memo.text = "b"
+        db.session.commit()
+        db.session.delete(memo)
+        db.session.commit()
+        statements = [q.statement for q in get_recorded_queries()]
+        assert sum("rec_memo_history" in s for s in statements) >= 2
+    finally:
+        db.session.remove()
+        db.drop_all()
+        db.engine.dispose()
