@@ -314,6 +314,12 @@ def _configure(mapper: Mapper[Any]) -> None:
         # the generator is off; the UPDATE still checks the old value.
         if VERSION_KEY not in local.c:
             raise ChrononautException(f"{cls.__name__} has no {VERSION_KEY!r} column")
+        for key in tables.MANAGED_KEYS:
+            if key in local.c and tables.INFO_KEY not in local.c[key].info:
+                raise ChrononautException(
+                    f"{cls.__name__} defines a {key!r} column of its own; Versioned adds "
+                    f"and sets {key!r} itself: remove it (or rename yours)"
+                )
         mapper.version_id_col = local.c[VERSION_KEY]
         mapper.version_id_generator = False
         name = tables.history_table_name(local.name, getattr(cls, "__chrononaut_tablename__", None))
