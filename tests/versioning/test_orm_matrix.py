@@ -289,3 +289,15 @@ def test_dataclass_version_not_an_init_argument(app: Flask) -> None:
     with pytest.raises(TypeError):
         Player(label="a", version=3)
     assert Player(label="a").label == "a"
+
+
+def test_version_assignment_on_new_record_refused(world: World) -> None:
+    """A new record given a ``version`` of the application's raises before any statement."""
+    player = world.player("a")
+    player.version = 4
+    world.session.add(player)
+    with pytest.raises(ChrononautException, match="version"):
+        world.session.flush()
+    world.session.rollback()
+    with world.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM player")).scalar_one() == 0
