@@ -457,6 +457,12 @@ class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin):
     ``version_id_col``) and builds ``<table>_history`` (or
     ``__chrononaut_tablename__``) in the same MetaData when the class is defined.
 
+    Works with every declarative style (``db.Model``, ``DeclarativeBase``,
+    ``MappedAsDataclass`` — where ``version`` is not a constructor argument —
+    ``Mapped[...]`` annotations, attribute keys that differ from column names).
+    ``version`` is set by Chrononaut only: assigning it raises
+    :class:`~chrononaut.ChrononautException` at flush.
+
     Class attributes a model may set:
 
     - ``__chrononaut_hidden__``: columns whose changes make a version but whose

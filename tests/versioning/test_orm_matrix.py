@@ -51,8 +51,6 @@ class World:
     engine: sa.Engine
 
     def player(self, label: str, team: Any = None) -> Any:
-        if self.style == "dataclass":
-            return self.Player(label=label, team=team)
         return self.Player(label=label, team=team)
 
     def team(self, name: str) -> Any:
