@@ -610,6 +610,8 @@ def _bump(obj: Any, old_version: int) -> None:
     setattr(obj, VERSION_KEY, old_version + 1)
 
 
+_MANAGED = frozenset(MANAGED_KEYS)
+
 #: False sends every flush through the general path (the test suite runs once so,
 #: to prove both paths write the same rows and raise the same errors).
 fast_path_enabled = True
@@ -678,7 +680,8 @@ class Capture:
             state = instance_state(obj)
             committed = state.committed_state
             dict_ = state.dict
-            _refuse_managed(obj, committed)
+            if not _MANAGED.isdisjoint(committed):
+                _refuse_managed(obj, committed)
             via = related[id(obj)][1] if related and id(obj) in related else None
             watched = meta.watched
             changed_tracked: list[str] = []
@@ -696,15 +699,24 @@ class Capture:
                     continue
                 (changed_hidden if key in meta.hidden else changed_tracked).append(key)
             changes = bool(changed_tracked or changed_hidden or unknown or via) and not suppressed
-            missing: set[str] = set()
-            if dict_.get(VERSION_KEY) is None:
-                missing.add(VERSION_KEY)
-                _restore_key(obj, meta, state)
+            version = dict_.get(VERSION_KEY)
             # The one-statement path copies the history row in the database: it
             # needs no stored values but the changed ones.
             fast_ok = (
                 changes and fast_allowed and via is None and _fast_eligible(meta, committed, dict_)
             )
+            if fast_ok and version is not None and not unknown:
+                # Everything is known already: straight to the one-statement path.
+                old_version = int(version)
+                check_expected_version(session, obj, state, old_version)
+                candidates.append((obj, old_version))
+                info = change_info().build(type(obj), state, hidden_changed=changed_hidden)
+                fast.add(meta, obj, state, old_version, info)
+                continue
+            missing: set[str] = set()
+            if version is None:
+                missing.add(VERSION_KEY)
+                _restore_key(obj, meta, state)
             if changes:
                 missing.update(unknown)
                 if not fast_ok:
