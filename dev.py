@@ -7,6 +7,7 @@ Needs nothing but Python 3.10+ (standard library only)::
     python3 dev.py test [ARGS...]    # pytest (ARGS go to pytest), then ruff, mypy, docs
     python3 dev.py pytest [ARGS...]  # only pytest
     python3 dev.py check             # only ruff, mypy and the Sphinx build
+    python3 dev.py docs              # only the Sphinx build (docs/_build/html)
     python3 dev.py install           # only create/update the virtualenv
 
 The virtualenv lives in ``.venv``. The project is installed into it in editable
@@ -37,10 +38,11 @@ STAMP = VENV / ".chrononaut-dev-stamp.json"
 GET_PIP = "https://bootstrap.pypa.io/get-pip.py"
 
 # Extras per command. `test` also installs `demo` because tests/demo exercises the
-# demo app; `demo` is a subset, so a venv set up by `test` serves both.
+# demo app; `demo` and `docs` are subsets, so a venv set up by `test` serves all.
 EXTRAS = {
     "demo": ("demo",),
     "test": ("test", "docs", "demo"),
+    "docs": ("docs",),
 }
 
 
@@ -134,15 +136,20 @@ def ensure_env(command: str) -> Path:
         ensure_pip()
         extras = sorted(wanted | installed)
         spec = f".[{','.join(extras)}]"
-        say(f"installing {spec} into .venv (first run, or pyproject.toml changed)")
+        say(
+            f"installing {spec} into .venv (first run, or pyproject.toml changed); "
+            "this takes a minute or two"
+        )
+        # pip's own output (one line per package) is the progress report.
         status = run(
             [
                 venv_python(),
                 "-m",
                 "pip",
                 "install",
-                "--quiet",
                 "--disable-pip-version-check",
+                "--progress-bar",
+                "on",
                 "--editable",
                 spec,
             ]
@@ -173,27 +180,21 @@ def cmd_pytest(python: Path, args: list[str]) -> int:
     return status
 
 
+def cmd_docs(python: Path) -> int:
+    """Build the HTML docs warning-free into docs/_build/html."""
+    argv = [python, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
+    status = run([*argv, "docs", "docs/_build/html"])
+    if status == 0:
+        say(f"docs built: {ROOT / 'docs' / '_build' / 'html' / 'index.html'}")
+    return status
+
+
 def cmd_check(python: Path) -> dict[str, int]:
-    results = {
+    return {
         "ruff": run([python, "-m", "ruff", "check", "."]),
         "mypy": run([python, "-m", "mypy"]),  # files and --strict come from setup.cfg
+        "sphinx": cmd_docs(python),
     }
-    if (ROOT / "docs" / "conf.py").exists():
-        results["sphinx"] = run(
-            [
-                python,
-                "-m",
-                "sphinx",
-                "-W",
-                "--keep-going",
-                "-q",
-                "-b",
-                "html",
-                "docs",
-                "docs/_build/html",
-            ]
-        )
-    return results
 
 
 def report(results: dict[str, int]) -> int:
@@ -223,6 +224,11 @@ def main(argv: list[str]) -> int:
         if command == "install":
             ensure_env("test")
             return 0
+        if command == "docs":
+            if args:
+                say(f"`docs` takes no arguments (got {' '.join(args)})")
+                return 2
+            return cmd_docs(ensure_env("docs"))
         if command in {"test", "pytest", "check"}:
             python = ensure_env("test")
             results: dict[str, int] = {}

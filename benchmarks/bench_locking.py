@@ -14,7 +14,7 @@ BEGIN outside the cursor, for both sides alike). Usage::
 
     python benchmarks/bench_locking.py [--driver psycopg2|psycopg] [--rounds 30] [--ops 50]
 
-The database comes from chrononaut.testing (DATABASE_URL, a local server, or the
+The database comes from _devdb (DATABASE_URL, a local server, or the
 embedded one); the benchmark works in a scratch database it creates and drops.
 """
 
@@ -23,16 +23,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # _devdb: project tooling
+
+from _devdb import database_url
 from chrononaut import Versioned, advisory_lock, versioned_session
-from chrononaut.testing import database_url
 
 
 class Base(DeclarativeBase):

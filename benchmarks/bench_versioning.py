@@ -57,11 +57,11 @@ from _harness import (
 )
 
 import chrononaut
-from chrononaut import Versioned, history_class, versioned_session
-from chrononaut.testing import (
+from _devdb import (
     database_url,
     describe_database,
 )
+from chrononaut import Versioned, history_class, versioned_session
 
 ROWS = 1000  # live rows per table
 BATCH = 100  # rows per flush in case 2

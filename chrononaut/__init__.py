@@ -7,8 +7,11 @@ and any name not re-exported here, may change without notice.
 
 from __future__ import annotations
 
-from chrononaut.context import acting_as, extra_change_info, rationale, suppress_versioning
+from chrononaut._context import acting_as, extra_change_info, rationale, suppress_versioning
+from chrononaut._flask_ext import VersionedSQLAlchemy
+from chrononaut._session import versioned_session
 from chrononaut.errors import (
+    ActivityImportError,
     ChrononautException,
     DeadlockError,
     HiddenAttributeError,
@@ -20,16 +23,16 @@ from chrononaut.errors import (
     StaleWriteError,
     UntrackedAttributeError,
 )
-from chrononaut.flask_ext import VersionedSQLAlchemy
 from chrononaut.http import register_error_handlers
 from chrononaut.locking import advisory_lock, lock_all
-from chrononaut.session import versioned_session
-from chrononaut.versioning.change_info import append_change_info
-from chrononaut.versioning.model import Versioned, history_class
+from chrononaut.versioning._as_of import as_of
+from chrononaut.versioning._change_info import append_change_info
+from chrononaut.versioning._model import Versioned, history_class
 
 __version__ = "0.5.0.dev0"
 
 __all__ = [
+    "ActivityImportError",
     "ChrononautException",
     "DeadlockError",
     "HiddenAttributeError",
@@ -45,6 +48,7 @@ __all__ = [
     "acting_as",
     "advisory_lock",
     "append_change_info",
+    "as_of",
     "extra_change_info",
     "history_class",
     "lock_all",

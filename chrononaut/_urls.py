@@ -14,6 +14,8 @@ from functools import cache
 
 import sqlalchemy as sa
 
+from chrononaut.errors import ChrononautException
+
 __all__ = ["normalize_url"]
 
 # SQLAlchemy dialect driver name -> importable top-level module of the DBAPI.
@@ -42,17 +44,19 @@ def normalize_url(url: str | sa.URL) -> sa.URL:
     - ``postgresql://`` becomes ``postgresql+psycopg2://`` when psycopg2 imports,
       else ``postgresql+psycopg://`` when psycopg 3 does (explicit, so the result
       does not depend on the SQLAlchemy version's default driver);
-    - ``postgresql+psycopg2://`` / ``postgresql+psycopg://`` naming a driver that is
-      not installed become the other one when that one is installed;
+    - ``postgresql+psycopg2://`` / ``postgresql+psycopg://`` are kept as they are:
+      naming a driver is a choice, never silently replaced; when that driver does
+      not import, :exc:`~chrononaut.ChrononautException` says what to install;
     - ``postgres://`` (the spelling libpq and many hosting services use) is read as
       ``postgresql://``;
     - any other URL (other drivers such as asyncpg, other databases) is returned
-      unchanged, as is a URL whose driver cannot be replaced by an installed one
-      (connecting then fails with SQLAlchemy's usual error).
+      unchanged.
 
     :param url: a URL string or :class:`sqlalchemy.engine.URL`.
     :returns: a :class:`sqlalchemy.engine.URL`; query, credentials and database are
         kept as they were.
+    :raises ChrononautException: when the URL names a psycopg driver that does not
+        import.
     """
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "postgres":
@@ -69,11 +73,14 @@ def normalize_url(url: str | sa.URL) -> sa.URL:
         else:
             chosen = _PSYCOPG3
     elif driver in _DRIVER_MODULES:
-        other = _PSYCOPG3 if driver == _PSYCOPG2 else _PSYCOPG2
-        if not _driver_installed(driver) and _driver_installed(other):
-            chosen = other
-        else:
-            chosen = driver
+        if not _driver_installed(driver):
+            package = "psycopg2-binary" if driver == _PSYCOPG2 else "psycopg[binary]"
+            raise ChrononautException(
+                f"the database URL names the driver {driver!r}, which does not import: "
+                f"install it (pip install {package!r}), or write postgresql:// to use the "
+                "installed driver"
+            )
+        return parsed
     else:
         return parsed
     return parsed.set(drivername=f"postgresql+{chosen}")

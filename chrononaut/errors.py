@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.orm.exc import StaleDataError
 
 __all__ = [
+    "ActivityImportError",
     "ChrononautException",
     "DeadlockError",
     "HiddenAttributeError",
@@ -44,6 +45,19 @@ class UntrackedAttributeError(ChrononautException, AttributeError):
 
     Untracked columns are not copied into history; read the live record instead.
     """
+
+
+class ActivityImportError(ChrononautException):
+    """The original Chrononaut's activity table could not be imported as it is.
+
+    The message names the table, column or value at fault; fix it (or leave the
+    rows out) and run the import again: nothing was written.
+    """
+
+
+# The one word for "no user" (a change_info or lock holder whose user_id is None)
+# in messages, the CLI and the demo.
+_NO_USER = "anonymous"
 
 
 class StaleWriteError(ChrononautException, StaleDataError):

@@ -43,7 +43,6 @@ from sqlalchemy.orm.attributes import instance_state
 from werkzeug import exceptions as wz
 from werkzeug.http import parse_etags
 
-from chrononaut.concurrency import changed_fields
 from chrononaut.errors import (
     ChrononautException,
     LockError,
@@ -51,6 +50,7 @@ from chrononaut.errors import (
     LockTimeoutError,
     StaleWriteError,
 )
+from chrononaut.versioning._concurrency import changed_fields, parse_version
 
 __all__ = [
     "UNSAFE_METHODS",
@@ -84,7 +84,7 @@ _G_REQUIRED = "_chrononaut_if_match_required"
 
 
 def _meta(model: type[Any]) -> Any:
-    from chrononaut.versioning.model import meta_of
+    from chrononaut.versioning._model import meta_of
 
     meta = meta_of(model)
     if meta is None:
@@ -143,12 +143,15 @@ def with_etag(response: Response, record: Any) -> Response:
 def _tagged_version(record: Any, tag: str) -> int | None:
     """The version named by ``tag`` when it is a tag of ``record``'s row, else ``None``."""
     table_key, sep, version = tag.rpartition(":")
-    if not sep or not version.isdigit():
+    if not sep:
+        return None
+    parsed = parse_version(version)
+    if parsed is None:
         return None
     prefix = _opaque(record, 0).rpartition(":")[0]
     if unquote(table_key) != unquote(prefix):
         return None
-    return int(version)
+    return parsed
 
 
 # -- 412 and 428 ------------------------------------------------------------------

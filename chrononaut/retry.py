@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -81,6 +82,27 @@ def is_retryable(error: BaseException) -> bool:
     return False
 
 
+def loggable(error: BaseException) -> str:
+    """What the ``chrononaut.retry`` logger says about ``error``: safe to log.
+
+    A driver error's text quotes the statement and its parameters (hidden values
+    included) and a ``DETAIL`` line with row values, so it is reduced to the
+    error class, the SQLSTATE and the first line of the server's message.
+    Chrononaut's own errors name records and versions, never values; the driver
+    error they were raised from is left out the same way.
+    """
+    if isinstance(error, sa_exc.DBAPIError):
+        orig = error.orig
+        code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
+        lines = str(orig).strip().splitlines()
+        first = lines[0] if lines else ""
+        sqlstate = f" [SQLSTATE {code}]" if isinstance(code, str) else ""
+        return f"{type(orig).__name__}{sqlstate}: {first}"
+    if isinstance(error, (StaleWriteError, DeadlockError)):
+        return f"{type(error).__name__}: {error}"
+    return type(error).__name__
+
+
 def _session_of(source: SessionSource) -> Session:
     if isinstance(source, Session):
         return source
@@ -97,12 +119,40 @@ def _session_of(source: SessionSource) -> Session:
     )
 
 
-def _check_arguments(attempts: int, backoff: float, max_backoff: float) -> None:
+def _session_of_later(source: object) -> None:
+    """Refuse at decoration time what can never give a session (a callable may,
+    later: it is resolved at each call)."""
+    if not isinstance(source, (Session, scoped_session)) and not callable(source):
+        raise TypeError(
+            f"expected a Session, a scoped_session (such as db.session) or a callable "
+            f"returning a Session, not {type(source).__name__}"
+        )
+
+
+def _check_arguments(
+    attempts: int,
+    backoff: float,
+    max_backoff: float,
+    commit: object = True,
+    on_retry: object = None,
+    sleep: object = time.sleep,
+) -> None:
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise ValueError(f"attempts must be an int >= 1, not {attempts!r}")
     for name, value in (("backoff", backoff), ("max_backoff", max_backoff)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{name} must be a number >= 0, not {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+    if not isinstance(commit, bool):
+        raise TypeError(f"commit must be True or False, not {commit!r}")
+    if on_retry is not None and not callable(on_retry):
+        raise TypeError(f"on_retry must be callable or None, not {type(on_retry).__name__}")
+    if not callable(sleep):
+        raise TypeError(f"sleep must be callable, not {type(sleep).__name__}")
 
 
 def _delay(failures: int, backoff: float, max_backoff: float) -> float:
@@ -174,11 +224,11 @@ class Attempt:
         runner.session.rollback()
         runner.session.expire_all()
         if self.last:
-            log.info("giving up after %d attempts: %s", self.number, error)
+            log.info("giving up after %d attempts: %s", self.number, loggable(error))
             if reraise:
                 raise error
             return False
-        log.debug("attempt %d hit a conflict, retrying: %s", self.number, error)
+        log.debug("attempt %d hit a conflict, retrying: %s", self.number, loggable(error))
         if runner.on_retry is not None:
             runner.on_retry(self.number, error)
         return True
@@ -240,11 +290,13 @@ def retrying(
         flush is retried too); ``False`` when the block commits itself.
     :param on_retry: called as ``on_retry(attempt_number, error)`` before each retry.
     :param sleep: the function used to wait (tests can record the delays).
-    :raises ValueError: for ``attempts`` < 1 or a negative delay.
+    :raises ValueError: for ``attempts`` < 1 or a negative, NaN or infinite delay.
+    :raises TypeError: a non-bool ``commit``, a non-callable ``on_retry`` or
+        ``sleep``, or a ``session`` that is no session.
     :raises ChrononautException: when the session holds unflushed changes (a
         retry would roll them back).
     """
-    _check_arguments(attempts, backoff, max_backoff)
+    _check_arguments(attempts, backoff, max_backoff, commit, on_retry, sleep)
     resolved = _session_of(session)
     depth = int(resolved.info.get(_DEPTH_KEY, 0))
     if depth == 0 and (resolved.new or resolved.dirty or resolved.deleted):
@@ -323,7 +375,8 @@ def retry_on_conflict(
     :param session: the session the function works in (``db.session``).
     :param function: the function to wrap (or use the decorator form).
     """
-    _check_arguments(attempts, backoff, max_backoff)
+    _check_arguments(attempts, backoff, max_backoff, commit, on_retry, sleep)
+    _session_of_later(session)
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)

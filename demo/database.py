@@ -1,6 +1,6 @@
 """Where the demo keeps its data: its own database on the resolved PostgreSQL server.
 
-The server comes from :func:`chrononaut.testing.database_url` (an explicit
+The server comes from the project's ``_devdb`` tooling (an explicit
 ``DATABASE_URL``, else a server on 127.0.0.1:5432, else an embedded PostgreSQL),
 so the demo runs on a fresh machine without any set-up. The demo then works in a
 database of its own on that server, so it never touches the tables of whatever
@@ -9,7 +9,6 @@ database the URL names.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
 import sqlalchemy as sa
@@ -35,35 +34,31 @@ _SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def normalize_url(url: str | sa.URL) -> sa.URL:
-    """The URL with an explicit driver that is actually installed.
+    """The URL with its driver written out, by the rule ``VersionedSQLAlchemy`` applies.
 
-    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3; on a machine that
-    only has psycopg2 that fails, so pick psycopg2 there.
+    A plain ``postgresql://`` gets the installed driver (psycopg2, else psycopg 3);
+    a URL naming its driver keeps it.
 
     :param url: a PostgreSQL URL, with or without a driver.
     """
-    parsed = sa.make_url(url)
-    if parsed.drivername == "postgresql":
-        has_psycopg = importlib.util.find_spec("psycopg") is not None
-        parsed = parsed.set(
-            drivername="postgresql+psycopg" if has_psycopg else "postgresql+psycopg2"
-        )
-    return parsed
+    from chrononaut._urls import normalize_url as _normalize
+
+    return _normalize(url)
 
 
 def server_url() -> sa.URL:
-    """The URL of the PostgreSQL server to use, resolved by :mod:`chrononaut.testing`.
+    """The URL of the PostgreSQL server to use, resolved by the project's ``_devdb``.
 
     This may start an embedded PostgreSQL that lives as long as this process.
     """
-    from chrononaut.testing import database_url
+    from _devdb import database_url
 
     return normalize_url(database_url())
 
 
 def server_description() -> str:
     """One line saying which server :func:`server_url` uses and why."""
-    from chrononaut.testing import describe_database
+    from _devdb import describe_database
 
     return describe_database()
 

@@ -72,8 +72,8 @@ def run_smoke(database_url: str | None = None, *, out: Output = print) -> bool:
         except Exception as exc:
             out(f"FAIL could not set up a database: {exc!r}")
             return False
-        out(f"PostgreSQL: {server_description()}")
-        out(f"Using fresh database {name!r} (dropped afterwards)")
+        out(f"Server: {server_description()}")
+        out(f"Using fresh database {name!r} on it (dropped afterwards)")
         try:
             ok = _run(url.render_as_string(hide_password=False), out, drop_tables=False)
         finally:

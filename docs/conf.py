@@ -27,13 +27,13 @@ warnings.filterwarnings(
 
 
 def _project_version() -> str:
-    """The version from pyproject.toml, read without importing the package.
+    """``chrononaut.__version__`` (the one place it is written), read without importing.
 
     Importing ``chrononaut`` here would turn any import problem into a crash of
     the whole configuration instead of a readable autodoc warning.
     """
-    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    text = (ROOT / "chrononaut" / "__init__.py").read_text(encoding="utf-8")
+    match = re.search(r'^__version__\s*=\s*"([^"]+)"', text, re.MULTILINE)
     return match.group(1) if match else "unknown"
 
 

@@ -8,41 +8,38 @@ inside the test (or a module fixture) on the ``db`` fixture and call
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+import _devdb
 from chrononaut import VersionedSQLAlchemy
-from chrononaut.testing import database_url as resolve_database_url
-
-
-def _admin_engine(url: sa.URL) -> sa.Engine:
-    return sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+from chrononaut.testing import ResolvedDatabase, temporary_database
 
 
 @pytest.fixture(scope="session")
-def server_url() -> sa.URL:
-    """The URL of the server the tests run against (see chrononaut.testing)."""
-    return sa.make_url(resolve_database_url())
+def chrononaut_server() -> ResolvedDatabase:
+    """The server to test against: chrononaut.testing's answer, else the embedded one.
+
+    Overrides the fixture of the chrononaut.testing plugin, which setup.cfg enables
+    (``-p chrononaut.testing``) the way docs/testing.rst tells users to.
+    """
+    return _devdb.resolve_database()
+
+
+@pytest.fixture(scope="session")
+def server_url(chrononaut_server: ResolvedDatabase) -> sa.URL:
+    """The URL of the server the tests run against."""
+    return sa.make_url(chrononaut_server.url)
 
 
 @pytest.fixture(scope="session")
 def database_url(server_url: sa.URL) -> Iterator[str]:
     """A fresh database for this test run, dropped afterwards."""
-    name = f"chrononaut_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = _admin_engine(server_url)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_database(server_url, prefix="chrononaut_test") as url:
+        yield url
 
 
 @pytest.fixture()

@@ -13,6 +13,7 @@ SPEC_NAMES = {
     "Versioned",
     "versioned_session",
     "history_class",
+    "as_of",
     "extra_change_info",
     "append_change_info",
     "rationale",
@@ -26,6 +27,7 @@ SPEC_NAMES = {
     "HiddenAttributeError",
     "UntrackedAttributeError",
     "StaleWriteError",
+    "ActivityImportError",
     "LockError",
     "LockNotAvailableError",
     "RecordLockedError",
@@ -39,6 +41,7 @@ HIERARCHY = [
     ("HiddenAttributeError", ("ChrononautException", AttributeError)),
     ("UntrackedAttributeError", ("ChrononautException", AttributeError)),
     ("StaleWriteError", ("ChrononautException", StaleDataError)),
+    ("ActivityImportError", ("ChrononautException",)),
     ("LockError", ("ChrononautException",)),
     ("LockNotAvailableError", ("LockError",)),
     ("RecordLockedError", ("LockNotAvailableError",)),
@@ -106,3 +109,38 @@ def test_lock_errors_not_stale_errors() -> None:
     """Lock errors and stale writes are separate branches of the hierarchy."""
     assert not issubclass(chrononaut.LockError, chrononaut.StaleWriteError)
     assert not issubclass(chrononaut.StaleWriteError, chrononaut.LockError)
+
+
+def _autodoc_names() -> set[str]:
+    """Full names of everything an ``.. auto*::`` directive of docs/*.rst renders."""
+    import re
+    from pathlib import Path
+
+    names = set()
+    for page in (Path(__file__).resolve().parent.parent / "docs").glob("*.rst"):
+        module = "chrononaut"
+        for line in page.read_text(encoding="utf-8").splitlines():
+            current = re.match(r"^\.\. (?:current)?module:: ([\w.]+)", line)
+            if current:
+                module = current.group(1)
+            auto = re.match(r"^\s*\.\. auto\w+:: ([\w.]+)", line)
+            if auto:
+                name = auto.group(1)
+                names.add(name if name.startswith("chrononaut") else f"{module}.{name}")
+    return names
+
+
+def test_package_names_in_api_reference() -> None:
+    """Every name of ``chrononaut.__all__`` is rendered by the docs."""
+    documented = _autodoc_names()
+    missing = [n for n in chrononaut.__all__ if f"chrononaut.{n}" not in documented]
+    assert missing == []
+
+
+def test_testing_names_in_api_reference() -> None:
+    """Every name of ``chrononaut.testing.__all__`` is rendered by the docs."""
+    import chrononaut.testing
+
+    documented = _autodoc_names()
+    missing = [n for n in chrononaut.testing.__all__ if f"chrononaut.testing.{n}" not in documented]
+    assert missing == []

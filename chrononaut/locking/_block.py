@@ -99,7 +99,18 @@ def release(conn: Connection) -> None:
     conn.exec_driver_sql(f"RELEASE SAVEPOINT {SAVEPOINT}")
 
 
-def undo(conn: Connection) -> None:
-    """Undo a failed attempt: the transaction is usable again, settings restored."""
-    conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
-    conn.exec_driver_sql(f"RELEASE SAVEPOINT {SAVEPOINT}")
+def undo(conn: Connection, original: BaseException | None = None) -> None:
+    """Undo a failed attempt: the transaction is usable again, settings restored.
+
+    :param original: the error the attempt failed with. When the undo itself
+        fails — the connection died during the attempt (its backend was
+        terminated) — that error is raised instead of the undo's own
+        (SQLAlchemy's ``PendingRollbackError`` would hide why).
+    """
+    try:
+        conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+        conn.exec_driver_sql(f"RELEASE SAVEPOINT {SAVEPOINT}")
+    except Exception:
+        if original is None:
+            raise
+        raise original from None

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import datetime as _dt
+import decimal
 import math
+import numbers
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,11 +72,14 @@ def check_wait(nowait: object, timeout: object) -> int | None:
     check_bool("nowait", nowait)
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-    seconds = float(timeout)
-    if math.isnan(seconds) or seconds <= 0:
-        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (numbers.Real, decimal.Decimal)):
+        raise ValueError(f"timeout must be a number of seconds > 0, got {type(timeout).__name__}")
+    try:
+        seconds = float(timeout)
+    except (OverflowError, ValueError):  # a Decimal beyond float, a signalling NaN
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
     if nowait:
         raise ValueError("pass either nowait=True or timeout=, not both")
     millis = math.ceil(seconds * 1000)

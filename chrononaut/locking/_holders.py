@@ -5,11 +5,12 @@ How a holder is found (see docs/locking.rst, "Lock holders"):
 - Every lock taken through Chrononaut tags the holder's transaction with
   ``application_name = 'chrononaut:<user id>'`` (transaction-local
   ``set_config``), so ``pg_stat_activity`` tells other sessions the acting user.
-- A row lock also takes a shared transaction-scoped advisory *marker* lock
-  ``(table OID, row marker)`` in the same statement, after the row lock is
-  granted. Advisory locks are listed in ``pg_locks`` with the holder's pid even
-  when taken inside a released SAVEPOINT, where the row's ``xmax`` names a
-  subtransaction that ``pg_locks`` no longer shows.
+- A row lock also takes a shared transaction-scoped advisory *marker* lock in
+  the same statement, after the row lock is granted: ``(table OID, row marker)``
+  for a small integer key, else a 64-bit key hashed from the physical table and
+  the whole primary key (``_keys.row_marker``). Advisory locks are listed in
+  ``pg_locks`` with the holder's pid even when taken inside a released
+  SAVEPOINT, where the row's ``xmax`` names a subtransaction that ``pg_locks`` no longer shows.
 - Rows locked outside Chrononaut are found through their ``xmax``: the locking
   transaction's id, which ``pg_locks`` maps to a pid (user unknown).
 """
@@ -25,7 +26,14 @@ from sqlalchemy.engine import Connection
 
 from chrononaut.errors import LockHolder
 from chrononaut.locking._common import user_from_app_name
-from chrononaut.locking._keys import AdvisoryKey, marker_base, pg_locks_ids
+from chrononaut.locking._keys import (
+    AdvisoryKey,
+    marker_base,
+    pg_locks_ids,
+    physical_table,
+    quoted_table,
+    row_marker,
+)
 
 _THIS_DATABASE = "l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 
@@ -45,10 +53,10 @@ def _fresh_activity(conn: Connection) -> None:
         conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
 
 
-def table_regclass(conn: Connection, table: sa.Table) -> str:
-    """The table's name quoted for a ``regclass`` cast."""
-    preparer = conn.dialect.identifier_preparer
-    return preparer.format_table(table)
+def physical_regclass(conn: Connection, table: sa.Table) -> tuple[str | None, str, str]:
+    """``(schema, name, quoted)`` of ``table`` on ``conn`` (after schema translation)."""
+    schema, name = physical_table(table, conn.get_execution_options())
+    return schema, name, quoted_table(conn.dialect, schema, name)
 
 
 def row_holder(
@@ -64,18 +72,28 @@ def row_holder(
     Two round trips (snapshot refresh, lookup); never waits, never locks.
     """
     preparer = conn.dialect.identifier_preparer
-    quoted = preparer.format_table(table)
+    schema, name, quoted = physical_regclass(conn, table)
+    direct, value = row_marker(schema, name, pk, "key_share")
     where = " AND ".join(
         f"t.{preparer.quote(getattr(column, 'name', ''))} = :pk_{i}"
         for i, column in enumerate(pk_columns)
     )
+    if direct:
+        marker = (
+            "l.objsubid = 2 AND l.classid = CAST(CAST(:tbl AS regclass) AS oid) "
+            "AND (l.objid::bigint >> 2) = :base"
+        )
+        params: dict[str, Any] = {"tbl": quoted, "base": marker_base(value)}
+    else:
+        classid, objid, _ = pg_locks_ids(value)
+        marker = "l.objsubid = 1 AND l.classid::bigint = :classid AND l.objid::bigint = :objid"
+        params = {"classid": classid, "objid": objid}
     sql = sa.text(
         f"""
         WITH holders AS (
             SELECT l.pid, 0 AS pri FROM pg_locks l
-            WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND {_THIS_DATABASE}
-              AND l.classid = CAST(CAST(:tbl AS regclass) AS oid)
-              AND (l.objid::bigint >> 2) = :base
+            WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock'
+              AND {_THIS_DATABASE} AND {marker}
             UNION ALL
             SELECT l.pid, 1 FROM pg_locks l
             WHERE l.locktype = 'transactionid' AND l.granted AND l.mode = 'ExclusiveLock'
@@ -88,12 +106,8 @@ def row_holder(
         LIMIT 1
         """
     )
-    params: dict[str, Any] = {
-        "tbl": quoted,
-        "base": marker_base(pk),
-        "exclude_self": exclude_self,
-    }
-    params.update({f"pk_{i}": value for i, value in enumerate(pk)})
+    params["exclude_self"] = exclude_self
+    params.update({f"pk_{i}": v for i, v in enumerate(pk)})
     _fresh_activity(conn)
     row = conn.execute(sql, params).first()
     return None if row is None else _holder(row)

@@ -8,13 +8,18 @@ PostgreSQL advisory locks have two key spaces: one signed 64-bit integer
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import sqlalchemy as sa
 
 __all__ = [
     "AdvisoryKey",
     "advisory_key",
     "pg_locks_ids",
+    "physical_table",
+    "record_key_text",
     "row_marker",
     "string_key",
 ]
@@ -48,8 +53,19 @@ def string_key(text: str) -> int:
                ::bit(64)::bigint
 
     :param text: the key as a string.
+    :raises TypeError: ``text`` is not a ``str``.
+    :raises ValueError: ``text`` holds a lone surrogate (it has no UTF-8 form).
     """
-    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    if not isinstance(text, str):
+        raise TypeError(f"string_key() needs a str, not {type(text).__name__}")
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            "advisory lock key holds a lone surrogate, which has no UTF-8 form; "
+            "pass a valid Unicode string"
+        ) from None
+    digest = hashlib.sha256(encoded).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
@@ -98,38 +114,89 @@ def pg_locks_ids(key: AdvisoryKey) -> tuple[int, int, int]:
     return (unsigned >> 32, unsigned & 0xFFFFFFFF, 1)
 
 
-def pk_text(pk: Sequence[Any]) -> str:
-    """The primary key as text: ``str()`` of each value, joined by ``/``."""
-    return "/".join(str(value) for value in pk)
+def physical_table(
+    table: sa.Table, options: Mapping[str, Any] | None = None
+) -> tuple[str | None, str]:
+    """``(schema, name)`` of ``table`` as the database sees it.
+
+    :param options: the execution options of the connection the lock runs on; its
+        ``schema_translate_map`` (if any) renames the schema, as it does for the
+        statements SQLAlchemy compiles on that connection.
+    """
+    schema = table.schema
+    translate = (options or {}).get("schema_translate_map")
+    if translate and schema in translate:
+        schema = translate[schema]
+    return schema, table.name
 
 
-def row_marker(pk: Sequence[Any], mode: str) -> int:
-    """The second int of the marker lock that names a locked row (see docs/locking.rst).
+def quoted_table(dialect: sa.Dialect, schema: str | None, name: str) -> str:
+    """``"schema"."name"`` (or ``"name"``) quoted for SQL and ``regclass`` casts."""
+    preparer = dialect.identifier_preparer
+    quoted = preparer.quote(name)
+    return f"{preparer.quote_schema(schema)}.{quoted}" if schema else quoted
 
-    ``(p << 3) | (hashed << 2) | mode_code``: ``p`` is the primary key itself when it
-    is one int in [-2**28, 2**28), else 29 bits of SHA-256 of :func:`pk_text`
-    (``hashed`` = 1). The first int of the marker is the table's OID.
+
+def _key_value(value: Any) -> Any:
+    # JSON keeps ints and strings apart and quotes every separator, so two
+    # different keys never give the same text. Other types (UUID, date, Decimal)
+    # come as their str(), which is one-to-one within one column type.
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def record_key_text(kind: str, schema: str | None, table: str, pk: Sequence[Any]) -> str:
+    """The unambiguous text of a row's lock identity.
+
+    A JSON array ``[kind, schema, table, [primary-key values]]`` (compact, no ASCII
+    escaping); ``kind`` is ``"chrononaut.record"`` for ``record.advisory_lock()``
+    and ``"chrononaut.row"`` for the holder marker of a row lock.
+    """
+    return json.dumps(
+        [kind, schema, table, [_key_value(v) for v in pk]],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def is_direct(pk: Sequence[Any]) -> bool:
+    """Whether ``pk`` is one int small enough to be stored in a marker as it is."""
+    return len(pk) == 1 and type(pk[0]) is int and _DIRECT_MIN <= pk[0] <= _DIRECT_MAX
+
+
+def row_marker(schema: str | None, table: str, pk: Sequence[Any], mode: str) -> tuple[bool, int]:
+    """The marker lock that names a locked row (see docs/locking.rst, "Lock holders").
+
+    Returns ``(direct, value)``. A primary key that is one int in
+    [-2**28, 2**28) is *direct*: the marker is the pair
+    ``(table OID, (pk << 3) | mode_code)`` and ``value`` is its second int (the
+    server finds the OID). Every other key gives a 64-bit key, ``value``: the
+    :func:`string_key` of :func:`record_key_text` ``("chrononaut.row", ...)``, i.e.
+    of the physical table and the whole key, so two rows share a marker only by a
+    64-bit hash collision.
 
     :param pk: the primary-key values of the row.
     :param mode: one of :data:`MARKER_MODES`.
     """
     code = MARKER_MODES.index(mode)
-    if len(pk) == 1 and type(pk[0]) is int and _DIRECT_MIN <= pk[0] <= _DIRECT_MAX:
-        return (pk[0] << 3) | code
-    digest = hashlib.sha256(pk_text(pk).encode("utf-8")).digest()
-    p = int.from_bytes(digest[:4], "big", signed=True) >> 3
-    return (p << 3) | 4 | code
+    if is_direct(pk):
+        return True, (pk[0] << 3) | code
+    return False, string_key(record_key_text("chrononaut.row", schema, table, pk))
 
 
-def marker_base(pk: Sequence[Any]) -> int:
-    """``pg_locks.objid >> 2`` of every marker of this row, whatever the mode."""
-    return (row_marker(pk, MARKER_MODES[0]) & 0xFFFFFFFF) >> 2
+def marker_params(schema: str | None, table: str, pk: Sequence[Any], mode: str) -> dict[str, Any]:
+    """Bind parameters ``direct``, ``m32``, ``m64`` of a marker-taking statement."""
+    direct, value = row_marker(schema, table, pk, mode)
+    return {"direct": direct, "m32": value if direct else 0, "m64": 0 if direct else value}
 
 
-def decode_marker(objid: int) -> tuple[int | None, str]:
-    """``(primary key or None when hashed, mode)`` from a marker's ``pg_locks.objid``."""
+def marker_base(value: int) -> int:
+    """``pg_locks.objid >> 2`` of every pair marker of a direct row, whatever the mode."""
+    return (value & 0xFFFFFFFF) >> 2
+
+
+def decode_marker(objid: int) -> tuple[int, str]:
+    """``(primary key, mode)`` from a pair marker's ``pg_locks.objid``."""
     signed = objid - 2**32 if objid >= 2**31 else objid
-    mode = MARKER_MODES[signed & 3]
-    if signed & 4:
-        return None, mode
-    return signed >> 3, mode
+    return signed >> 3, MARKER_MODES[signed & 3]

@@ -2,8 +2,8 @@
 
 Run it with ``python docs/examples/quickstart.py``. It uses the database named by
 ``DATABASE_URL``; without one, ``chrononaut.testing.database_url()`` finds a local
-PostgreSQL server or starts an embedded one. It creates the tables ``appuser`` and
-``appuser_history`` and drops them again at the end.
+PostgreSQL server. It creates the tables ``appuser`` and ``appuser_history`` and
+drops them again at the end: point it at a scratch database.
 """
 
 from flask import Flask

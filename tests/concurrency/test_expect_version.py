@@ -154,11 +154,37 @@ def test_newer_version_than_current_raises(db: VersionedSQLAlchemy, make_doc: An
     assert caught.value.changes == []
 
 
-@pytest.mark.parametrize("value", ["0", 0.0, True, None])
+@pytest.mark.parametrize("value", [0.0, True, None, b"0", [0]])
 def test_non_int_version_is_type_error(make_doc: Any, value: Any) -> None:
-    """Versions are ints: strings from a form must be converted by the caller."""
+    """Versions are ints or the str a form brought back; other types: TypeError."""
     doc = make_doc()
     with pytest.raises(TypeError):
+        doc.expect_version(value)
+
+
+def test_form_text_of_the_current_version_matches(make_doc: Any) -> None:
+    """The str a form field brings back ("0", " 0 ") is taken as that version."""
+    doc = make_doc()
+    doc.expect_version("0")
+    doc.expect_version(" 0 ")
+
+
+@pytest.mark.parametrize(
+    "value", ["", "abc", "-1", "+0", "²", "\u0661", "1.0", "0x0", "9" * 5000, "2147483648", "0\x00"]
+)
+def test_malformed_form_version_is_a_stale_write(make_doc: Any, value: str) -> None:
+    """Text that is not a well-formed version is a mismatch (StaleWriteError), not a 500."""
+    doc = make_doc()
+    with pytest.raises(StaleWriteError) as caught:
+        doc.expect_version(value)
+    assert caught.value.current_version == 0 and caught.value.expected_version is None
+
+
+@pytest.mark.parametrize("value", [-1, 2**31, 2**200])
+def test_out_of_range_int_version_is_a_stale_write(make_doc: Any, value: int) -> None:
+    """An int no version can have is a mismatch, decided without the database."""
+    doc = make_doc()
+    with pytest.raises(StaleWriteError):
         doc.expect_version(value)
 
 

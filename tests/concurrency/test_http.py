@@ -262,6 +262,29 @@ def test_foreign_if_match_is_412(client: FlaskClient, make_doc: Any) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        'W/"doc:1:\u00b2"',
+        '"doc:1:' + "9" * 5000 + '"',
+        'W/"doc:1:2147483648"',
+        'W/"doc:1:-1"',
+        'W/"doc:1:"',
+        "garbage",
+        'W/"',
+        '"doc:1:0\x00"',
+        '"\'; DROP TABLE doc; --"',
+        "W/" * 1000,
+    ],
+)
+def test_malformed_if_match_is_412(client: FlaskClient, make_doc: Any, header: str) -> None:
+    """Weak, garbled, huge or SQL-looking versions are a 412, never a 500."""
+    doc = make_doc()
+    response = _put(client, doc.id, header, title="x")
+    assert response.status_code == 412
+    assert response.get_json()["current_version"] == 0
+
+
 def test_several_old_tags_explain_from_the_newest(
     client: FlaskClient, other: Session, Doc: Any, make_doc: Any
 ) -> None:

@@ -186,3 +186,28 @@ def test_server_prints_url_and_logins_and_serves(database_url: str) -> None:
             db.metadata.drop_all(engine)
         finally:
             engine.dispose()
+
+
+def test_accounts_as_of_page(demo_app: Flask) -> None:
+    """The "accounts as of…" page shows the table as it was at the picked instant."""
+    import datetime as dt
+
+    client = demo_app.test_client()
+    _log_in(client, ALICE.username, ALICE.password)
+    before = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    with demo_app.app_context():
+        account = db.session.scalars(sa.select(Account).order_by(Account.id)).first()
+        assert account is not None
+        old_name = account.name
+        account.name = "Renamed Ltd"
+        db.session.commit()
+    page = client.get("/accounts/as-of", query_string={"at": before.isoformat()})
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert old_name in html and "Renamed Ltd" not in html
+    now = client.get("/accounts/as-of", query_string={"at": "2999-01-01T00:00:00"})
+    assert "Renamed Ltd" in now.get_data(as_text=True)
+    assert client.get("/accounts/as-of").status_code == 200
+    bad = client.get("/accounts/as-of", query_string={"at": "next tuesday"})
+    assert bad.status_code == 400
+    assert "View the accounts as of" in client.get("/accounts").get_data(as_text=True)

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from locking_helpers import Worker, backend_pid, wait_until_waiting
 
 from chrononaut import LockError, LockNotAvailableError, LockTimeoutError, acting_as, advisory_lock
-from chrononaut.locking import advisory_key, string_key
+from chrononaut.locking import advisory_key, record_key, string_key
 
 
 def _held_keys(admin: Any) -> list[tuple[int, int, int, str, int]]:
@@ -308,12 +308,13 @@ def test_session_scope_timeout_and_holder(app: Any, db: Any, new_session: Any) -
 def test_record_advisory_lock_key_is_table_and_primary_key(
     db: Any, Counter: Any, new_session: Any
 ) -> None:
-    """record.advisory_lock() is advisory_lock("<table>/<pk>") and leaves the row unlocked."""
+    """record.advisory_lock() is advisory_lock(record_key(record)) and leaves the row unlocked."""
     rec = db.session.get(Counter, 2)
     theirs = new_session().get(Counter, 2)
+    assert record_key(rec) == '["chrononaut.record",null,"lock_counter",[2]]'
     with rec.advisory_lock():
         with pytest.raises(LockNotAvailableError):
-            with advisory_lock("lock_counter/2", nowait=True, session=new_session()):
+            with advisory_lock(record_key(rec), nowait=True, session=new_session()):
                 pass
         with theirs.lock(nowait=True):
             pass

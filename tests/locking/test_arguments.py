@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -36,6 +37,11 @@ BAD_LOCK_ARGUMENTS: list[tuple[dict[str, Any], type[Exception]]] = [
     ({"timeout": True}, ValueError),
     ({"timeout": float("nan")}, ValueError),
     ({"timeout": 10**12}, ValueError),
+    ({"timeout": float("inf")}, ValueError),
+    ({"timeout": -float("inf")}, ValueError),
+    ({"timeout": Decimal("NaN")}, ValueError),
+    ({"timeout": Decimal("Infinity")}, ValueError),
+    ({"timeout": Decimal("1e400")}, ValueError),
     ({"nowait": True, "timeout": 1}, ValueError),
     ({"nowait": "yes"}, TypeError),
     ({"commit": None}, TypeError),
@@ -224,3 +230,14 @@ def test_advisory_lock_without_app_context_needs_a_session(app: Any) -> None:
     assert len(caught) == 1
     assert isinstance(caught[0], ChrononautException)
     assert "session=" in str(caught[0])
+
+
+@pytest.mark.parametrize("timeout", [Decimal("1.5"), 1, 0.25])
+def test_timeout_accepts_any_real_number(db: Any, Counter: Any, timeout: Any) -> None:
+    """A Decimal (or int, float) timeout is a number of seconds like any other."""
+    rec = db.session.get(Counter, 1)
+    with rec.lock(timeout=timeout):
+        rec.n += 1
+    with advisory_lock("decimal-timeout", timeout=timeout):
+        pass
+    assert db.session.get(Counter, 1).n == 1

@@ -8,7 +8,7 @@ from typing import Any
 from locking_helpers import Worker, backend_pid, wait_until_waiting
 
 from chrononaut import acting_as, advisory_lock
-from chrononaut.locking.cli import locks_command
+from chrononaut.locking._cli import locks_command
 
 
 def _run(app: Any, *args: str) -> Any:

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from chrononaut import Versioned, VersionedSQLAlchemy, acting_as, lock_all
-from chrononaut.locking import lock_info_for
+from chrononaut.locking._common import held_row_lock as lock_info_for
 
 
 @pytest.fixture()

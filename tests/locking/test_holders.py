@@ -193,7 +193,7 @@ def test_rows_beyond_the_marker_limit_still_have_holders(
 ) -> None:
     """lock_all() of more rows than it takes markers for: holders found through xmax."""
     from chrononaut import lock_all
-    from chrononaut.locking.rows import MARKER_LIMIT
+    from chrononaut.locking._rows import MARKER_LIMIT
 
     count = MARKER_LIMIT + 6
     db.session.add_all([Counter(id=i, n=0) for i in range(4, count + 1)])

@@ -19,12 +19,12 @@ from flask import Flask
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from chrononaut import Versioned, VersionedSQLAlchemy, acting_as
-from chrononaut.maintenance.activity import (
+from chrononaut.maintenance._activity import (
     ActivityConflictError,
     ImportSummary,
     import_activity,
 )
-from chrononaut.maintenance.cli import import_activity_command
+from chrononaut.maintenance._cli import import_activity_command
 
 UTC = dt.timezone.utc
 REF = "5d1b8a0e-6c0f-4a54-9a39-7f2f4c1f7d10"
@@ -350,3 +350,29 @@ def test_joined_inheritance_rows_go_to_every_history_table(db: VersionedSQLAlche
         db.session.remove()
         with db.engine.begin() as conn:
             conn.exec_driver_sql("DROP TABLE chrononaut_activity")
+
+
+def test_imported_rows_get_valid_from(db: VersionedSQLAlchemy, Doc: type[Any]) -> None:
+    """Each imported version begins at its own activity row's time; the live row at the
+    newest one's, so the imported history reads correctly as of any instant."""
+    _run(db)
+    rows = [r for r in _history(db) if r["id"] in (1, 2)]
+    assert [(r["id"], r["version"], r["valid_from"]) for r in rows] == [
+        (1, 0, dt.datetime(2020, 1, 1, 10, tzinfo=UTC)),
+        (1, 1, dt.datetime(2020, 2, 1, 11, tzinfo=UTC)),
+        (2, 0, dt.datetime(2021, 1, 1, 9, tzinfo=UTC)),
+        (2, 1, dt.datetime(2021, 1, 2, 9, tzinfo=UTC)),
+    ]
+    doc = db.session.get(Doc, 1)
+    assert doc.valid_from == dt.datetime(2020, 3, 1, 12, tzinfo=UTC)
+    assert doc.version_at(dt.datetime(2019, 12, 31, tzinfo=UTC)) is None
+    assert doc.version_at(dt.datetime(2020, 3, 2, tzinfo=UTC)) is doc
+
+
+def test_imported_history_as_of(db: VersionedSQLAlchemy, Doc: type[Any]) -> None:
+    """``as_of`` over imported history shows the table as 0.4 recorded it."""
+    from chrononaut import as_of
+
+    _run(db)
+    Past = as_of(Doc, dt.datetime(2020, 2, 15, tzinfo=UTC))
+    assert [(r.id, r.title) for r in db.session.scalars(sa.select(Past))] == [(1, "second")]

@@ -9,9 +9,9 @@ import sqlalchemy as sa
 from flask import Flask
 
 from chrononaut import Versioned, VersionedSQLAlchemy
-from chrononaut.maintenance.activity import import_activity
-from chrononaut.maintenance.cli import history_command
-from chrononaut.maintenance.retention import prune
+from chrononaut.maintenance._activity import import_activity
+from chrononaut.maintenance._cli import history_command
+from chrononaut.maintenance._retention import prune
 
 from .test_activity import ACTIVITY_DDL
 

@@ -10,9 +10,9 @@ import sqlalchemy as sa
 from flask import Flask
 
 from chrononaut import Versioned, VersionedSQLAlchemy
+from chrononaut.maintenance._cli import prune_command
 from chrononaut.maintenance._models import parse_duration
-from chrononaut.maintenance.cli import prune_command
-from chrononaut.maintenance.retention import prune
+from chrononaut.maintenance._retention import prune
 
 NOW = dt.datetime.now(dt.timezone.utc)
 
@@ -53,6 +53,8 @@ def models(db: VersionedSQLAlchemy) -> dict[str, Any]:
     ages[(2, 0)] = dt.timedelta(days=100)
     ages[(2, 1)] = dt.timedelta(hours=1)
     with db.engine.begin() as conn:
+        # valid_from NULL: each made-up version begins where the previous one ended.
+        conn.execute(sa.text("UPDATE note_history SET valid_from = NULL"))
         for (key, version), age in ages.items():
             conn.execute(
                 sa.text("UPDATE note_history SET changed = :c WHERE id = :i AND version = :v"),

@@ -9,8 +9,8 @@ import pytest
 from flask import Flask
 
 from chrononaut import Versioned, VersionedSQLAlchemy, acting_as, rationale
-from chrononaut.maintenance.cli import history_command
-from chrononaut.maintenance.timeline import timeline
+from chrononaut.maintenance._cli import history_command
+from chrononaut.maintenance._timeline import timeline
 
 
 @pytest.fixture()
@@ -95,8 +95,34 @@ def test_cli_json_output(app: Flask, db: VersionedSQLAlchemy, Account: type[Any]
     assert result.exit_code == 0, result.output
     changes = [json.loads(line) for line in result.stdout.splitlines()]
     assert [c["version"] for c in changes] == [0, 1]
-    assert changes[0]["fields"]["name"] == ["'old'", "'new'"]
+    assert changes[0]["fields"]["name"] == ["old", "new"]
     assert changes[1]["hidden_changed"] == ["password"]
+
+
+def test_cli_json_values_are_json(app: Flask, db: VersionedSQLAlchemy, Account: type[Any]) -> None:
+    """``--json`` field values are JSON numbers and strings, not Python reprs."""
+    result = app.test_cli_runner().invoke(history_command, ["account", "1", "--json"])
+    first = json.loads(result.stdout.splitlines()[0])
+    assert first["fields"]["balance"] == [10, 20]
+    assert first["extra"] == {"rationale": "rename"}
+
+
+def test_cli_never_existing_key_is_not_found(
+    app: Flask, db: VersionedSQLAlchemy, Account: type[Any]
+) -> None:
+    """A key with no record and no history says "not found" and exits 1."""
+    result = app.test_cli_runner().invoke(history_command, ["Account", "99"])
+    assert result.exit_code == 1
+    assert "Account 99: not found" in result.output
+
+
+def test_cli_no_user_is_anonymous(app: Flask, db: VersionedSQLAlchemy, Account: type[Any]) -> None:
+    """A change without an acting user is shown as made by "anonymous"."""
+    account = db.session.get(Account, 1)
+    account.name = "third"
+    db.session.commit()
+    result = app.test_cli_runner().invoke(history_command, ["Account", "1"])
+    assert "by anonymous" in result.stdout
 
 
 def test_cli_record_without_changes(

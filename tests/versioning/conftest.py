@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from chrononaut import Versioned, VersionedSQLAlchemy
-from chrononaut.versioning import capture
+from chrononaut.versioning import _capture as capture
 
 HistoryReader = Callable[..., list[dict[str, Any]]]
 

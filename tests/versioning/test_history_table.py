@@ -70,7 +70,14 @@ def test_custom_history_table_name(db: VersionedSQLAlchemy) -> None:
     assert history_class(User).__table__.name == "appuser_audit"
     assert "appuser_history" not in db.metadata.tables
     db.create_all()
-    assert set(_columns(db, "appuser_audit")) == {"id", "name", "version", "changed", "change_info"}
+    assert set(_columns(db, "appuser_audit")) == {
+        "id",
+        "name",
+        "version",
+        "valid_from",
+        "changed",
+        "change_info",
+    }
 
 
 def test_history_table_created_by_create_all(db: VersionedSQLAlchemy, User: Any) -> None:
@@ -80,6 +87,7 @@ def test_history_table_created_by_create_all(db: VersionedSQLAlchemy, User: Any)
         "name",
         "email",
         "version",
+        "valid_from",
         "changed",
         "change_info",
     }
@@ -103,6 +111,7 @@ def test_history_table_in_model_schema(db: VersionedSQLAlchemy) -> None:
         "id",
         "title",
         "version",
+        "valid_from",
         "changed",
         "change_info",
     }
@@ -115,6 +124,7 @@ def test_history_columns_exclude_hidden_untracked(User: Any) -> None:
         "name",
         "email",
         "version",
+        "valid_from",
         "changed",
         "change_info",
     }

@@ -1,0 +1,169 @@
+"""Enabling Chrononaut on a session factory (SPEC §1).
+
+Listeners go only on the factory we are given: a ``sessionmaker`` keeps a private
+``Session`` subclass of its own, and SQLAlchemy attaches session events registered
+on a sessionmaker to that subclass, so two factories (or two apps) never see each
+other's listeners, and nothing is registered on the global ``Session``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.exc import StaleDataError
+
+from chrononaut.errors import ChrononautException, StaleWriteError
+from chrononaut.versioning._capture import CANDIDATES_KEY, Capture
+from chrononaut.versioning._change_info import Settings, StaticSettings, drop_rolled_back
+from chrononaut.versioning._model import meta_of
+
+__all__ = ["versioned_session"]
+
+_MARK = "__chrononaut_versioned__"
+
+S = TypeVar("S", bound=Session)
+
+
+def _explain_stale_writes(cls: type[Session]) -> None:
+    """Make ``cls.flush`` raise an explained StaleWriteError for a stale write.
+
+    SQLAlchemy has no event through which a flush error can be replaced, so the
+    flush method of the class we were given is wrapped (for a sessionmaker, the
+    private subclass it made for itself).
+    """
+    original = cls.flush
+
+    def flush(self: Session, objects: Any = None) -> None:
+        try:
+            original(self, objects)
+        except StaleDataError as exc:
+            if isinstance(exc, StaleWriteError):
+                raise
+            from chrononaut.versioning._concurrency import explain_stale_write
+
+            candidates = self.info.pop(CANDIDATES_KEY, None) or []
+            raise explain_stale_write(self, candidates, exc) from exc
+
+    flush.__doc__ = original.__doc__
+    flush.__wrapped__ = original  # type: ignore[attr-defined]
+    cls.flush = flush  # type: ignore[method-assign]
+    setattr(cls, _MARK, True)
+
+
+def _guard_legacy_bulk(cls: type[Session]) -> None:
+    """Refuse the legacy bulk methods where they would change a Versioned row.
+
+    ``bulk_save_objects`` (for records already in the database) and
+    ``bulk_update_mappings`` bypass the flush events and the version check, so
+    they could only write history that does not hold the prior values. They are
+    refused before any statement (SPEC §2); inserts of new records pass.
+    """
+    save_objects = cls.bulk_save_objects
+    update_mappings = cls.bulk_update_mappings
+
+    def bulk_save_objects(self: Session, objects: Any, *args: Any, **kwargs: Any) -> None:
+        objects = list(objects)
+        for obj in objects:
+            if meta_of(type(obj)) is not None and instance_state(obj).key is not None:
+                raise ChrononautException(
+                    f"bulk_save_objects() would update {type(obj).__name__} rows without "
+                    f"history or version check; use session.add_all() and flush, or "
+                    f"session.execute(update({type(obj).__name__}), [...])"
+                )
+        save_objects(self, objects, *args, **kwargs)
+
+    def bulk_update_mappings(self: Session, mapper: Any, mappings: Any, **kwargs: Any) -> None:
+        cls_ = getattr(sa.inspect(mapper), "class_", None)
+        if cls_ is not None and meta_of(cls_) is not None:
+            raise ChrononautException(
+                f"bulk_update_mappings() would update {cls_.__name__} rows without history "
+                f"or version check; use session.execute(update({cls_.__name__}), [...]) "
+                f"(ORM bulk UPDATE by primary key), which Chrononaut captures"
+            )
+        update_mappings(self, mapper, mappings, **kwargs)
+
+    bulk_save_objects.__doc__ = save_objects.__doc__
+    bulk_update_mappings.__doc__ = update_mappings.__doc__
+    cls.bulk_save_objects = bulk_save_objects  # type: ignore[method-assign]
+    cls.bulk_update_mappings = bulk_update_mappings  # type: ignore[method-assign]
+
+
+def _listen(target: Any, settings: Settings) -> None:
+    capture = Capture(settings)
+    event.listen(target, "before_flush", capture.before_flush)
+    event.listen(target, "after_flush", capture.after_flush)
+    event.listen(target, "do_orm_execute", capture.do_orm_execute)
+    # Appended change_info is meant for its transaction only (SPEC §3).
+    event.listen(target, "after_soft_rollback", drop_rolled_back)
+
+
+@overload
+def versioned_session(
+    factory: sessionmaker[S],
+    *,
+    extra_change_info_func: Callable[[], Mapping[str, Any]] | None = ...,
+    require_extra_change_info: bool = ...,
+    settings: Settings | None = ...,
+) -> sessionmaker[S]: ...
+
+
+@overload
+def versioned_session(
+    factory: type[S],
+    *,
+    extra_change_info_func: Callable[[], Mapping[str, Any]] | None = ...,
+    require_extra_change_info: bool = ...,
+    settings: Settings | None = ...,
+) -> type[S]: ...
+
+
+def versioned_session(
+    factory: sessionmaker[S] | type[S],
+    *,
+    extra_change_info_func: Callable[[], Mapping[str, Any]] | None = None,
+    require_extra_change_info: bool = False,
+    settings: Settings | None = None,
+) -> sessionmaker[S] | type[S]:
+    """Make sessions from ``factory`` capture history and explain stale writes.
+
+    For plain SQLAlchemy (``VersionedSQLAlchemy`` does this for Flask)::
+
+        Session = versioned_session(sessionmaker(engine))
+
+    :param factory: a ``sessionmaker`` or a ``Session`` subclass of your own;
+        changed in place and returned.
+    :param extra_change_info_func: a callable returning a dict merged into
+        ``change_info["extra"]`` of every history row (context managers win).
+    :param require_extra_change_info: refuse to flush a versioned change made
+        outside :func:`~chrononaut.extra_change_info` / :func:`~chrononaut.rationale`.
+    :param settings: where those two settings come from instead (used by
+        ``VersionedSQLAlchemy`` to read the Flask config).
+    :raises TypeError: for anything but a sessionmaker or a Session subclass.
+    """
+    if settings is None:
+        settings = StaticSettings(extra_change_info_func, require_extra_change_info)
+    if isinstance(factory, sessionmaker):
+        target: type[Session] = factory.class_
+    elif isinstance(factory, type) and issubclass(factory, Session):
+        if factory is Session:
+            raise TypeError(
+                "versioned_session() would change every Session in the process; pass a "
+                "sessionmaker or a Session subclass of your own"
+            )
+        target = factory
+    else:
+        raise TypeError(
+            f"versioned_session() takes a sessionmaker or a Session subclass, not "
+            f"{type(factory).__name__}"
+        )
+    if getattr(target, _MARK, False):
+        return factory  # already versioned (itself or a base class): capture once
+    _explain_stale_writes(target)
+    _guard_legacy_bulk(target)
+    _listen(target, settings)
+    return factory

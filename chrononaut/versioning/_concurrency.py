@@ -1,0 +1,355 @@
+"""Optimistic concurrency: explaining stale writes (SPEC §5).
+
+SQLAlchemy's ``version_id_col`` detects a stale UPDATE or DELETE (its row count is
+0) and raises ``StaleDataError`` without saying which record or what happened.
+Chrononaut turns that into a :class:`~chrononaut.StaleWriteError` that names the
+record, the version the session had, the row's version now and the history rows
+in between: who changed what, and when.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.state import InstanceState
+
+from chrononaut.errors import ChrononautException, StaleWriteError
+from chrononaut.versioning._tables import VERSION_KEY
+
+if TYPE_CHECKING:
+    from chrononaut.versioning._model import VersionMeta
+
+__all__ = [
+    "OptimisticMixin",
+    "changed_fields",
+    "check_expected_version",
+    "explain_stale_write",
+    "parse_version",
+    "stale_write_error",
+]
+
+
+# Versions that came back from a client, per record (identity, not __eq__).
+_expected: weakref.WeakKeyDictionary[InstanceState[Any], int] = weakref.WeakKeyDictionary()
+
+
+def meta_of(cls: type[Any]) -> VersionMeta | None:
+    from chrononaut.versioning._model import meta_of as _meta_of
+
+    return _meta_of(cls)
+
+
+class OptimisticMixin:
+    """Optimistic-concurrency methods of :class:`~chrononaut.Versioned` records."""
+
+    def expect_version(self, version: int | str) -> None:
+        """Declare the version a client based its edit on (a form field, ``If-Match``).
+
+        Raises :class:`~chrononaut.StaleWriteError` at once unless ``version`` is the
+        record's current version; the record's next write is then checked against
+        it too, even if the record is refreshed (for example by ``lock()``) in between.
+
+        :param version: the version the client saw: an ``int``, or the ``str`` a
+            form field or query parameter brought back (ASCII digits).
+        :raises TypeError: when ``version`` is neither an int nor a str.
+        :raises ChrononautException: when the record is not persistent.
+        :raises StaleWriteError: when the record has moved on since ``version``, or
+            a str ``version`` is not a well-formed version (a mismatch, never a
+            server error).
+        """
+        text: str | None = None
+        if isinstance(version, str):
+            text = version
+            parsed = parse_version(version)
+            version = -1 if parsed is None else parsed
+        elif isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"version must be an int or a str, not {type(version).__name__}")
+        state = instance_state(self)
+        if state.key is None or state.deleted or state.detached:
+            raise ChrononautException(
+                f"expect_version() needs a persistent {type(self).__name__} loaded from the "
+                f"database"
+            )
+        current = getattr(self, VERSION_KEY)
+        if version < 0 or version > MAX_VERSION:
+            if text is None:
+                shown = repr(version) if abs(version) < 10**20 else "a huge number"
+            else:
+                shown = repr(text if len(text) <= 20 else f"{text[:20]}…")
+            raise StaleWriteError(
+                f"{shown} is not a version of this {type(self).__name__} (it is at "
+                f"version {current}); reload it and apply the change again",
+                record=self,
+                expected_version=None,
+                current_version=current,
+            )
+        if current != version:
+            session = state.session
+            error = None
+            meta = meta_of(type(self))
+            if session is not None and meta is not None:
+                error = stale_write_error(session, self, version)
+                if error is None and not state.modified:
+                    # The row *is* at the client's version; only this session's copy
+                    # is older (a long-lived session). Catch up instead of refusing.
+                    session.refresh(self)
+                    if getattr(self, VERSION_KEY) == version:
+                        _expected[state] = version
+                        return
+            if error is None:
+                error = StaleWriteError(
+                    f"{type(self).__name__} is at version {current}, not {version}; reload "
+                    f"it and apply the change again",
+                    record=self,
+                    expected_version=version,
+                    current_version=current,
+                )
+            raise error
+        _expected[state] = version
+
+
+#: Versions are PostgreSQL integers.
+MAX_VERSION = 2**31 - 1
+
+
+def parse_version(text: str) -> int | None:
+    """The version a client's text names, or ``None`` when it is not one.
+
+    Only ASCII digits (surrounding whitespace allowed) of a value up to
+    :data:`MAX_VERSION`; anything else — signs, Unicode digits such as ``²``, a
+    5,000-digit number — is not a version.
+    """
+    stripped = text.strip()
+    if not stripped or len(stripped) > 10 or not stripped.isascii() or not stripped.isdigit():
+        return None
+    value = int(stripped)
+    return value if value <= MAX_VERSION else None
+
+
+def check_expected_version(
+    session: Session, obj: Any, state: InstanceState[Any], version: int
+) -> None:
+    """Refuse to flush ``obj`` when a version declared with ``expect_version`` differs
+    from the version the write is based on. Called by history capture per flush."""
+    expected = _expected.get(state)
+    if expected is None or expected == version:
+        return
+    meta = meta_of(type(obj))
+    error = None
+    if meta is not None:
+        error = stale_write_error(session, obj, expected)
+    if error is None:
+        error = StaleWriteError(
+            f"{type(obj).__name__} was expected at version {expected} but the write is based "
+            f"on version {version}; reload it and apply the change again",
+            record=obj,
+            expected_version=expected,
+            current_version=version,
+        )
+    raise error
+
+
+def forget_expected_version(state: InstanceState[Any]) -> None:
+    """Drop the declared version once the write it guarded was flushed."""
+    _expected.pop(state, None)
+
+
+def _pk_of(obj: Any, meta: VersionMeta) -> tuple[Any, ...]:
+    state = instance_state(obj)
+    if state.key is not None:
+        return tuple(state.key[1])
+    return tuple(getattr(obj, key) for key in meta.pk_keys)
+
+
+def changed_fields(
+    changes: Sequence[Any], meta: VersionMeta, current: dict[str, Any] | None
+) -> list[list[str]]:
+    """The names of the fields each history record's change touched.
+
+    A change is the step from history record ``i`` to record ``i + 1`` (or to the
+    live row, ``current``, for the newest); hidden columns come by name from
+    ``change_info["hidden_cols_changed"]``. A delete (``current`` is ``None``)
+    lists no field.
+    """
+    result = []
+    for index, record in enumerate(changes):
+        after: Any = changes[index + 1] if index + 1 < len(changes) else current
+        fields: list[str] = []
+        if after is not None:
+            for key in meta.tracked:
+                if key in meta.pk_keys:
+                    continue
+                after_value = (
+                    after.get(key) if isinstance(after, dict) else getattr(after, key, None)
+                )
+                if getattr(record, key, None) != after_value:
+                    fields.append(key)
+        info = record.change_info or {}
+        fields.extend(info.get("hidden_cols_changed", ()))
+        result.append(fields)
+    return result
+
+
+def _describe_changes(changes: Sequence[Any], fields_per_change: list[list[str]]) -> list[str]:
+    parts = []
+    for record, fields in zip(changes, fields_per_change, strict=True):
+        info = record.change_info or {}
+        who = info.get("user_id") or "someone"
+        when = record.changed.isoformat(timespec="seconds") if record.changed else "?"
+        verb = (
+            "deleted it"
+            if info.get("deleted")
+            else (f"changed {', '.join(fields)}" if fields else "changed it")
+        )
+        parts.append(f"{who} {verb} at {when} (version {record.version})")
+    return parts
+
+
+def held_connection(session: Session, mapper: Any) -> sa.Connection:
+    """The connection ``session`` already holds for ``mapper``'s bind.
+
+    After a failed flush the session's transaction is inactive but keeps its
+    connection checked out (SQLAlchemy rolled the database transaction back);
+    reading on it needs no second connection from the pool, so a stale write is
+    explained with a pool of one. Without a held connection, the session's
+    :meth:`~sqlalchemy.orm.Session.connection` (its transaction begins).
+    """
+    bind = session.get_bind(mapper=mapper)
+    transaction = session.get_transaction()
+    connections = getattr(transaction, "_connections", None) if transaction else None
+    if connections:
+        engine = bind.engine if isinstance(bind, sa.Connection) else bind
+        for key in (bind, engine):
+            held = connections.get(key)
+            if held is not None and not held[0].closed and not held[0].invalidated:
+                conn: sa.Connection = held[0]
+                return conn
+    return session.connection(bind_arguments={"mapper": mapper})
+
+
+@contextlib.contextmanager
+def _reading_on(where: sa.Engine | sa.Connection | Session, mapper: Any) -> Iterator[sa.Connection]:
+    """A connection to read the row and its history on, handed back as it was found."""
+    if isinstance(where, sa.Engine):
+        # Only for callers that have nothing better to give (a second connection).
+        with where.connect() as fresh:
+            yield fresh
+        return
+    conn = held_connection(where, mapper) if isinstance(where, Session) else where
+    if conn.in_transaction():
+        # The caller's own transaction (expect_version, a bulk statement): read in it.
+        yield conn
+        return
+    # The transaction of a failed flush was rolled back: read in a short one of
+    # our own on the same connection and end it, leaving the connection as it was.
+    try:
+        yield conn
+    finally:
+        if conn.in_transaction():
+            conn.rollback()
+
+
+def stale_write_error(
+    session_bind: sa.Engine | sa.Connection | Session,
+    obj: Any,
+    expected_version: int,
+    *,
+    model: type[Any] | None = None,
+    pk: tuple[Any, ...] | None = None,
+) -> StaleWriteError | None:
+    """Build the error for ``obj`` if its row no longer has ``expected_version``.
+
+    Reads the row and its history on the connection the session already holds
+    (pass the ``Session`` or that ``Connection``), so it works with a pool of one
+    connection: inside the caller's transaction when one is open, else (after a
+    failed flush, which rolled the database transaction back) in a short read
+    transaction ended before returning. An ``Engine`` is still accepted and then
+    costs a second connection.
+
+    :param obj: the record, or ``None`` for a row the session does not hold
+        (an ORM bulk statement); then ``model`` and ``pk`` name the row.
+    :returns: ``None`` when the row still has ``expected_version``.
+    """
+    cls = type(obj) if obj is not None else model
+    meta = meta_of(cls) if cls is not None else None
+    if meta is None or cls is None:
+        return None
+    if pk is None:
+        pk = _pk_of(obj, meta)
+    base = meta.tables[0]
+    version_col = meta.version_column
+    live = version_col.table
+    pk_cols = [live.c[col_key] for _, col_key in base.pk]
+    tracked_cols = [meta.columns[key] for key in meta.tracked]
+    with _reading_on(session_bind, meta.mapper) as connection:
+        row = connection.execute(
+            sa.select(version_col, *tracked_cols).where(
+                *[c == v for c, v in zip(pk_cols, pk, strict=True)]
+            )
+        ).one_or_none()
+        current_version: int | None = None if row is None else row[0]
+        if current_version == expected_version:
+            return None
+        current = None if row is None else dict(zip(meta.tracked, row[1:], strict=True))
+        with Session(bind=connection) as reader:
+            history_cls = meta.history_mapper.class_
+            query = reader.query(history_cls).filter(
+                *[
+                    base.history.c[col_key] == v
+                    for (_, col_key), v in zip(base.pk, pk, strict=True)
+                ],
+                base.history.c[VERSION_KEY] >= expected_version,
+            )
+            if current_version is not None:
+                query = query.filter(base.history.c[VERSION_KEY] < current_version)
+            changes = query.order_by(base.history.c[VERSION_KEY]).all()
+            reader.expunge_all()
+    key_repr = repr(pk[0]) if len(pk) == 1 else repr(pk)
+    what = f"{cls.__name__} {key_repr}"
+    fields = changed_fields(changes, meta, current)
+    described = _describe_changes(changes, fields)
+    since = "; ".join(described) if described else "it was changed by another transaction"
+    now = "was deleted" if current_version is None else f"is at version {current_version}"
+    message = (
+        f"{what} {now}, but this write was based on version {expected_version}: {since}. "
+        f"Nothing was written; reload the record and apply the change again."
+    )
+    return StaleWriteError(
+        message,
+        record=obj,
+        expected_version=expected_version,
+        current_version=current_version,
+        changes=changes,
+        changed_fields=fields,
+    )
+
+
+def explain_stale_write(
+    session: Session, candidates: Sequence[tuple[Any, int | None]], original: Exception
+) -> StaleWriteError:
+    """The :class:`StaleWriteError` for a failed flush of ``candidates``.
+
+    :param candidates: ``(record, version the session had)`` for each versioned
+        record the flush updated or deleted.
+    :param original: SQLAlchemy's ``StaleDataError``, used when no record can be
+        identified (its message is kept).
+    """
+    for obj, expected in candidates:
+        if expected is None:
+            continue
+        meta = meta_of(type(obj))
+        if meta is None:
+            continue
+        error = stale_write_error(session, obj, expected)
+        if error is not None:
+            return error
+    return StaleWriteError(
+        f"{original} Another transaction changed or deleted a row this flush was "
+        f"based on; reload and apply the change again."
+    )

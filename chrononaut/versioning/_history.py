@@ -1,0 +1,290 @@
+"""Reading history: the methods every ``Versioned`` record has (SPEC §2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+from sqlalchemy.orm import Query, Session, object_session
+from sqlalchemy.orm.attributes import instance_state
+
+from chrononaut.errors import ChrononautException
+
+if TYPE_CHECKING:
+    from chrononaut.versioning._model import HistoryRecord, VersionMeta
+
+__all__ = ["LAST_SESSION_KEY", "HistoryReadMixin"]
+
+#: ``InstanceState.info`` key: weak reference to the session that deleted the record.
+LAST_SESSION_KEY = "chrononaut.session"
+
+
+def _as_utc(value: object, name: str) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None:
+        # Naive datetimes are taken as UTC, the way history stores time.
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+class HistoryReadMixin:
+    """History read API, mixed into :class:`~chrononaut.Versioned`."""
+
+    def _chrononaut_meta(self) -> VersionMeta:
+        from chrononaut.versioning._model import meta_of
+
+        meta = meta_of(type(self))
+        if meta is None:  # pragma: no cover - Versioned classes always have one
+            raise ChrononautException(f"{type(self).__name__} is not a mapped Versioned model")
+        return meta
+
+    def _chrononaut_session(self, session: Session | None = None) -> Session:
+        if session is not None:
+            if not isinstance(session, Session):
+                raise TypeError(f"session must be a Session, not {type(session).__name__}")
+            return session
+        found = object_session(self)
+        if found is None:
+            # A record deleted by a committed flush is detached; the session that
+            # deleted it can still read its history (SPEC §2).
+            ref = instance_state(self).info.get(LAST_SESSION_KEY)
+            found = ref() if ref is not None else None
+        if found is None:
+            raise ChrononautException(
+                f"this {type(self).__name__} is not in a session; pass session=... to read "
+                f"its history, or add it to one (or load it through one)"
+            )
+        return found
+
+    def _history_query(self, session: Session | None = None) -> Query[Any]:
+        meta = self._chrononaut_meta()
+        state = instance_state(self)
+        if state.key is None:
+            raise ChrononautException(
+                f"this {type(self).__name__} has not been saved yet, so it has no history"
+            )
+        history_cls = meta.history_mapper.class_
+        base = meta.tables[0]
+        criteria = [
+            base.history.c[col_key] == value
+            for (_, col_key), value in zip(base.pk, state.key[1], strict=True)
+        ]
+        return (
+            self._chrononaut_session(session)
+            .query(history_cls)
+            .filter(*criteria)
+            .order_by(base.history.c.version)
+        )
+
+    @overload
+    def versions(
+        self,
+        before: dt.datetime | None = ...,
+        after: dt.datetime | None = ...,
+        return_query: Literal[False] = ...,
+        *,
+        session: Session | None = ...,
+    ) -> list[Any]: ...
+
+    @overload
+    def versions(
+        self,
+        before: dt.datetime | None = ...,
+        after: dt.datetime | None = ...,
+        *,
+        return_query: Literal[True],
+        session: Session | None = ...,
+    ) -> Query[Any]: ...
+
+    def versions(
+        self,
+        before: dt.datetime | None = None,
+        after: dt.datetime | None = None,
+        return_query: bool = False,
+        *,
+        session: Session | None = None,
+    ) -> list[Any] | Query[Any]:
+        """This record's history records, oldest first.
+
+        ``versions()[0]`` is the record as first saved (when it has changed since).
+
+        :param before: keep versions that stopped being current at or before this time.
+        :param after: keep versions that stopped being current at or after this time.
+        :param return_query: return a query (``.all()``, ``.first()``, ``.count()``,
+            ``.filter()``) instead of a list.
+        :param session: the session to read with; by default the record's own, else
+            the session that deleted it (a deleted record is detached).
+        :raises TypeError: for a ``before``/``after`` that is not a datetime (naive
+            datetimes are taken as UTC).
+        """
+        query = self._history_query(session)
+        changed = self._chrononaut_meta().tables[0].history.c.changed
+        if before is not None:
+            query = query.filter(changed <= _as_utc(before, "before"))
+        if after is not None:
+            query = query.filter(changed >= _as_utc(after, "after"))
+        return query if return_query else query.all()
+
+    def version_at(self, at: dt.datetime, *, session: Session | None = None) -> Any:
+        """The version of this record that was current at ``at``.
+
+        That is the history record whose range ``[valid_from, changed)`` contains
+        ``at``; this record itself when its current version began at or before
+        ``at``; ``None`` when the record did not exist at ``at`` (before its insert,
+        after its delete, between a delete and the re-insert of its key). A
+        ``NULL`` ``valid_from`` (rows older than the column) begins where the
+        key's previous history row ended, or at the beginning.
+
+        :param at: the moment to look at (naive datetimes are taken as UTC).
+        :param session: the session to read with; by default the record's own, else
+            the session that deleted it (a deleted record is detached).
+        :raises TypeError: when ``at`` is not a datetime.
+        """
+        from chrononaut.versioning._as_of import version_at
+
+        return version_at(self, _as_utc(at, "at"), session)
+
+    def has_changed_since(self, since: dt.datetime, *, session: Session | None = None) -> bool:
+        """Whether a tracked or hidden change was made after ``since``.
+
+        :param since: the moment to compare with (naive datetimes are taken as UTC).
+        :param session: the session to read with; by default the record's own, else
+            the session that deleted it (a deleted record is detached).
+        """
+        changed = self._chrononaut_meta().tables[0].history.c.changed
+        query = self._history_query(session).filter(changed > _as_utc(since, "since"))
+        return bool(self._chrononaut_session(session).query(query.exists()).scalar())
+
+    def previous_version(self, *, session: Session | None = None) -> Any:
+        """The newest history record, or ``None`` when the record never changed.
+
+        :param session: the session to read with; by default the record's own, else
+            the session that deleted it (a deleted record is detached).
+        """
+        version = self._chrononaut_meta().tables[0].history.c.version
+        return self._history_query(session).order_by(None).order_by(version.desc()).first()
+
+    def _check_own_history(self, record: object, name: str) -> HistoryRecord:
+        from chrononaut.versioning._model import HistoryRecord
+
+        meta = self._chrononaut_meta()
+        if not isinstance(record, HistoryRecord):
+            raise ChrononautException(
+                f"{name} must be a history record of this {type(self).__name__} "
+                f"(from versions()), not {type(record).__name__}"
+            )
+        base_model = meta.mapper.base_mapper.class_
+        if not issubclass(type(record).__chrononaut_model__, base_model):
+            raise ChrononautException(
+                f"{name} is a history record of {type(record).__chrononaut_model__.__name__}, "
+                f"not of {type(self).__name__}"
+            )
+        own = tuple(getattr(self, key) for key in meta.pk_keys)
+        # Attribute access, not __dict__: a commit may have expired the record.
+        theirs = tuple(getattr(record, key, None) for key in meta.pk_keys)
+        if own != theirs:
+            raise ChrononautException(
+                f"{name} is a history record of another {type(self).__name__} "
+                f"(key {theirs!r}, not {own!r})"
+            )
+        return record
+
+    def diff(
+        self,
+        from_model: Any,
+        to: Any = None,
+        include_hidden: bool = False,
+        *,
+        session: Session | None = None,
+    ) -> dict[str, tuple[Any, Any]]:
+        """The tracked attributes that differ between two versions of this record.
+
+        :param from_model: a history record of this record.
+        :param to: a later history record of this record, or ``None`` for the
+            record's current state.
+        :param include_hidden: also list each hidden column changed in between, as
+            ``{name: (None, None)}`` (values are never available).
+        :param session: the session to read with; by default the record's own, else
+            the session that deleted it (a deleted record is detached).
+        :returns: ``{attribute: (from_value, to_value)}``.
+        :raises ChrononautException: when a record is not a history record of this
+            record, or ``from_model`` is newer than ``to``.
+        """
+        meta = self._chrononaut_meta()
+        start = self._check_own_history(from_model, "from_model")
+        target: Any
+        if to is None or to is self:
+            target = self
+            end_version = None
+        else:
+            target = self._check_own_history(to, "to")
+            end_version = target.version
+            if end_version < start.version:
+                raise ChrononautException(
+                    f"from_model (version {start.version}) is newer than to (version "
+                    f"{end_version}); pass the older version first"
+                )
+        result: dict[str, tuple[Any, Any]] = {}
+        for key in meta.tracked:
+            if key in meta.pk_keys:
+                continue
+            old = getattr(start, key, None)
+            new = getattr(target, key, None)
+            if old != new:
+                result[key] = (old, new)
+        if include_hidden and meta.hidden:
+            version = meta.tables[0].history.c.version
+            query = self._history_query(session).filter(version >= start.version)
+            if end_version is not None:
+                query = query.filter(version < end_version)
+            changed_hidden: set[str] = set()
+            for record in query:
+                info = record.change_info or {}
+                changed_hidden.update(info.get("hidden_cols_changed", ()))
+            for name in sorted(changed_hidden & meta.hidden):
+                result[name] = (None, None)
+        return result
+
+    def restore(self, version: int | Any, *, session: Session | None = None) -> None:
+        """Set the tracked columns to their values in ``version``.
+
+        A normal change: it writes history when flushed. Hidden and untracked
+        columns keep their current values. Does not commit.
+
+        :param version: a version number, or a history record of this record.
+        :param session: the session to read with; by default the record's own, else
+            the session that deleted it (a deleted record is detached).
+        :raises ChrononautException: when this record has no such version.
+        """
+        meta = self._chrononaut_meta()
+        from chrononaut.versioning._model import HistoryRecord
+
+        if isinstance(version, HistoryRecord):
+            record = self._check_own_history(version, "version")
+        else:
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise TypeError(
+                    f"version must be a version number or a history record, not "
+                    f"{type(version).__name__}"
+                )
+            column = meta.tables[0].history.c.version
+            found = self._history_query(session).filter(column == version).first()
+            if found is None:
+                raise ChrononautException(
+                    f"{type(self).__name__} {self._pk_repr()} has no history version {version}"
+                )
+            record = found
+        for key in meta.tracked:
+            if key in meta.pk_keys:
+                continue
+            try:
+                value = getattr(record, key)  # loads the record again if a commit expired it
+            except AttributeError:
+                continue  # a column of another subclass in the same hierarchy
+            setattr(self, key, value)
+
+    def _pk_repr(self) -> str:
+        meta = self._chrononaut_meta()
+        values = [getattr(self, key) for key in meta.pk_keys]
+        return repr(values[0]) if len(values) == 1 else repr(tuple(values))

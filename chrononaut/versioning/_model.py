@@ -1,0 +1,567 @@
+"""The ``Versioned`` mixin and the history classes built for it at class definition."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Mapped, Mapper, declared_attr
+from sqlalchemy.orm.properties import ColumnProperty
+
+from chrononaut.errors import ChrononautException, HiddenAttributeError, UntrackedAttributeError
+from chrononaut.locking import LockableMixin
+from chrononaut.versioning import _statements as statements
+from chrononaut.versioning import _tables as tables
+from chrononaut.versioning._concurrency import OptimisticMixin
+from chrononaut.versioning._history import HistoryReadMixin
+
+__all__ = ["HistoryRecord", "VersionMeta", "Versioned", "history_class", "meta_of"]
+
+VERSION_KEY = tables.VERSION_KEY
+VALID_FROM_KEY = tables.VALID_FROM_KEY
+
+
+@dataclass
+class TableMap:
+    """How one source table's columns land in its history table."""
+
+    history: sa.Table
+    #: (attribute key on the model, column key in the history table)
+    columns: list[tuple[str, str]] = field(default_factory=list)
+    #: attribute keys of the primary-key columns, in history-table order
+    pk: list[tuple[str, str]] = field(default_factory=list)
+    base: bool = False
+
+
+@dataclass(eq=False)
+class VersionMeta:
+    """What Chrononaut knows about one ``Versioned`` class (computed once)."""
+
+    mapper: Mapper[Any]
+    tracked: tuple[str, ...]
+    hidden: frozenset[str]
+    untracked: frozenset[str]
+    tables: list[TableMap]
+    pk_keys: tuple[str, ...]
+    history_mapper: Mapper[Any]
+    #: the ``version`` column (on the root table of the hierarchy)
+    version_column: sa.Column[Any]
+    #: attribute key -> the column it maps to in its own table
+    columns: dict[str, sa.Column[Any]]
+
+    @property
+    def watched(self) -> frozenset[str]:
+        """Attribute keys whose change makes a new version."""
+        return self._watched
+
+    def __post_init__(self) -> None:
+        self._watched = frozenset(self.tracked) | self.hidden
+        self._fast_statements: dict[tuple[tuple[str, ...], bool, bool], sa.Update] = {}
+        self._bulk_statement: sa.Update | None = None
+        self._bulk_built = False
+        self._onupdate = False
+        self._onupdate_checked = -1
+
+    def fast_path_possible(self) -> bool:
+        """Whether updates of this class may use the one-statement path.
+
+        Not for joined inheritance (several tables), tables with ``onupdate`` /
+        ``server_onupdate`` columns (SQLAlchemy computes those), or mappers with
+        ``before_update`` / ``after_update`` listeners (they expect SQLAlchemy's
+        UPDATE). Listeners can be added at any time, so this is checked per flush.
+        """
+        if len(self.tables) != 1 or self._has_onupdate:
+            return False
+        dispatch = self.mapper.dispatch
+        return not (dispatch.before_update or dispatch.after_update)
+
+    @property
+    def _has_onupdate(self) -> bool:
+        # Single-table subclasses may add columns later: recount when the table grows.
+        table = self.version_column.table
+        count = len(table.c)
+        if self._onupdate_checked != count:
+            self._onupdate = any(
+                c.onupdate is not None or c.server_onupdate is not None for c in table.c
+            )
+            self._onupdate_checked = count
+        return self._onupdate
+
+    def fast_update_statement(
+        self, keys: tuple[str, ...], many: bool, shared_info: bool = False
+    ) -> sa.Update:
+        """The one-statement UPDATE + history INSERT for records setting ``keys``.
+
+        ``many=False``: one record, parameters ``k<i>`` (primary key), ``v`` (old
+        version), ``s<i>`` (new values), ``ci`` (change_info) and ``changed``.
+        ``many=True``: the same names carry arrays, one element per record, that
+        ``unnest`` turns into rows; the SQL text does not depend on the number of
+        records, so it is compiled (and, with psycopg 3, prepared) once.
+        ``shared_info=True`` (with ``many``): ``ci`` is one document for all records.
+        Built once per (keys, many, shared_info) and reused.
+        """
+        cache_key = (keys, many, shared_info)
+        statement = self._fast_statements.get(cache_key)
+        if statement is None:
+            statement = statements.fast_update(self, keys, many, shared_info)
+            self._fast_statements[cache_key] = statement
+        return statement
+
+    def bulk_history_statement(self) -> sa.Update | None:
+        """After an ORM bulk UPDATE: one statement that finds the rows whose tracked
+        or hidden values changed, writes their history rows and bumps their version.
+
+        Parameters (arrays, one element per row the bulk statement touched, as the
+        rows were before it): ``k<i>`` key, ``v`` version, ``t<j>`` tracked values,
+        ``hh<m>`` md5 of each hidden value (hidden values never leave the
+        database), ``ci`` change_info; plus ``changed``. Returns key and new
+        version of each row it bumped. ``None`` where arrays can't carry the
+        columns (joined inheritance, ARRAY columns): the caller goes row by row.
+        """
+        if not self._bulk_built:
+            self._bulk_statement = statements.bulk_history(self)
+            self._bulk_built = True
+        return self._bulk_statement
+
+    def arrays_supported(self, keys: tuple[str, ...]) -> bool:
+        """Whether the columns of ``keys`` (and the key) can travel as arrays."""
+        names = (*self.pk_keys, *keys)
+        return not any(isinstance(self.columns[k].type, sa.ARRAY) for k in names)
+
+
+class HistoryRecord:
+    """Base of the generated history classes: read-only snapshots of a record.
+
+    Every history record has the tracked attributes of its model plus
+    ``version`` (the version this snapshot was), ``changed`` (when it stopped
+    being current, aware UTC) and ``change_info`` (who, why; SPEC §3).
+    Reading a hidden attribute raises :class:`~chrononaut.HiddenAttributeError`,
+    an untracked one :class:`~chrononaut.UntrackedAttributeError`.
+    """
+
+    __chrononaut_model__: ClassVar[type[Any]]
+    __chrononaut_hidden_keys__: ClassVar[frozenset[str]] = frozenset()
+    __chrononaut_untracked_keys__: ClassVar[frozenset[str]] = frozenset()
+
+    version: int
+    valid_from: Any
+    changed: Any
+    change_info: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        cls = type(self)
+        if name in cls.__chrononaut_hidden_keys__:
+            raise HiddenAttributeError(
+                f"{name!r} is hidden (__chrononaut_hidden__ of "
+                f"{cls.__chrononaut_model__.__name__}): its values are never stored in "
+                f"history; read the live record instead"
+            )
+        if name in cls.__chrononaut_untracked_keys__:
+            raise UntrackedAttributeError(
+                f"{name!r} is untracked (__chrononaut_untracked__ of "
+                f"{cls.__chrononaut_model__.__name__}): history does not record it; read "
+                f"the live record instead"
+            )
+        raise AttributeError(f"{cls.__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_sa_"):
+            object.__setattr__(self, name, value)
+            return
+        raise ChrononautException(
+            f"{type(self).__name__} records are read-only history; change the live "
+            f"{type(self).__chrononaut_model__.__name__} record instead (restore() copies "
+            f"a version back)"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise ChrononautException(
+            f"{type(self).__name__} records are read-only history; change the live "
+            f"{type(self).__chrononaut_model__.__name__} record instead (restore() copies "
+            f"a version back)"
+        )
+
+    def __repr__(self) -> str:
+        model = type(self).__chrononaut_model__.__name__
+        return f"<{model} history version={self.__dict__.get('version')!r}>"
+
+
+def _refuse_write(mapper: Mapper[Any], connection: Any, target: Any) -> None:
+    raise ChrononautException(
+        f"{type(target).__name__} records are read-only; Chrononaut writes history itself"
+    )
+
+
+def _names(cls: type[Any], attribute: str) -> tuple[str, ...]:
+    value = getattr(cls, attribute, None) or ()
+    if isinstance(value, str) or not isinstance(value, Sequence | set | frozenset):
+        raise ChrononautException(
+            f"{cls.__name__}.{attribute} must be a list of column names, not {value!r}"
+        )
+    for item in value:
+        if not isinstance(item, str):
+            raise ChrononautException(
+                f"{cls.__name__}.{attribute} must hold column names (strings), not {item!r}"
+            )
+    return tuple(value)
+
+
+def _resolve_keys(mapper: Mapper[Any], names: Sequence[str], attribute: str) -> frozenset[str]:
+    """Map column names or attribute keys to attribute keys, refusing unknown ones."""
+    props: dict[str, str] = {}
+    known = _column_props(mapper)
+    for prop in known:
+        props[prop.key] = prop.key
+        for column in prop.columns:
+            if isinstance(column, sa.Column):
+                props.setdefault(column.name, prop.key)
+    keys = set()
+    for name in names:
+        if name not in props:
+            raise ChrononautException(
+                f"{mapper.class_.__name__}.{attribute} names {name!r}, which is not a mapped "
+                f"column of {mapper.class_.__name__}; known columns: "
+                f"{', '.join(sorted(p.key for p in known))}"
+            )
+        keys.add(props[name])
+    return frozenset(keys)
+
+
+def _column_props(mapper: Mapper[Any]) -> list[ColumnProperty[Any]]:
+    """The mapper's column attributes that map table columns, in mapper order.
+
+    Read from ``mapper.columns`` rather than ``mapper.column_attrs``: the latter
+    configures every mapper of the registry, and this runs while the class is
+    being defined, before the classes its relationships name may exist.
+    """
+    found: dict[str, ColumnProperty[Any]] = {}
+    for column in mapper.columns:
+        if not isinstance(column, sa.Column) or not isinstance(column.table, sa.Table):
+            continue  # column_property() over an expression: nothing to copy
+        prop = mapper.get_property_by_column(column)
+        if isinstance(prop, ColumnProperty) and prop.key not in found:
+            found[prop.key] = prop
+    return list(found.values())
+
+
+def _configure(mapper: Mapper[Any]) -> None:
+    """Build the history table, class and mapper of a freshly mapped Versioned class."""
+    cls = mapper.class_
+    hidden = _resolve_keys(mapper, _names(cls, "__chrononaut_hidden__"), "__chrononaut_hidden__")
+    untracked = _resolve_keys(
+        mapper, _names(cls, "__chrononaut_untracked__"), "__chrononaut_untracked__"
+    )
+    both = hidden & untracked
+    if both:
+        raise ChrononautException(
+            f"{cls.__name__} lists {', '.join(sorted(both))} in both __chrononaut_hidden__ "
+            f"and __chrononaut_untracked__; choose one"
+        )
+    pk_keys = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
+    for key in sorted((hidden | untracked) & set(pk_keys)):
+        raise ChrononautException(
+            f"{cls.__name__}: primary-key column {key!r} can't be hidden or untracked; "
+            f"history is keyed by it"
+        )
+    if VERSION_KEY in hidden | untracked:
+        raise ChrononautException(
+            f"{cls.__name__}: {VERSION_KEY!r} is Chrononaut's own column; it can't be "
+            f"hidden or untracked"
+        )
+
+    parent = mapper.inherits
+    parent_meta = meta_of(parent.class_) if parent is not None else None
+    if parent is not None and parent_meta is None:
+        raise ChrononautException(
+            f"{cls.__name__} is Versioned but inherits from {parent.class_.__name__}, which is "
+            f"not; put the Versioned mixin on the base of the hierarchy"
+        )
+
+    if VALID_FROM_KEY in hidden | untracked:
+        raise ChrononautException(
+            f"{cls.__name__}: {VALID_FROM_KEY!r} is Chrononaut's own column; it can't be "
+            f"hidden or untracked"
+        )
+    excluded_keys = hidden | untracked | {VERSION_KEY, VALID_FROM_KEY}
+    table_maps: list[TableMap]
+    props: dict[str, Any] = {}
+    local = mapper.local_table
+    if not isinstance(local, sa.Table):
+        raise ChrononautException(f"{cls.__name__} is not mapped to a table")
+
+    def excluded_columns(table: sa.Table) -> set[str]:
+        out = set()
+        for column in table.c:
+            try:
+                prop = mapper.get_property_by_column(column)
+            except Exception:
+                out.add(column.key)
+                continue
+            if prop.key in excluded_keys:
+                out.add(column.key)
+        return out
+
+    def column_map(table: sa.Table, history: sa.Table) -> TableMap:
+        tmap = TableMap(history=history)
+        skip = excluded_columns(table)
+        for column in table.c:
+            if column.key in skip or column.key not in history.c:
+                continue
+            key = mapper.get_property_by_column(column).key
+            tmap.columns.append((key, column.key))
+            if column.primary_key:
+                tmap.pk.append((key, column.key))
+        return tmap
+
+    if parent is None or parent_meta is None:
+        # The root of a hierarchy: versioned by SQLAlchemy's own version_id_col.
+        # Chrononaut increments it itself (only for tracked or hidden changes), so
+        # the generator is off; the UPDATE still checks the old value.
+        if VERSION_KEY not in local.c:
+            raise ChrononautException(f"{cls.__name__} has no {VERSION_KEY!r} column")
+        _check_own_column(cls, local, VERSION_KEY)
+        _check_own_column(cls, local, VALID_FROM_KEY)
+        mapper.version_id_col = local.c[VERSION_KEY]
+        mapper.version_id_generator = False
+        name = tables.history_table_name(local.name, getattr(cls, "__chrononaut_tablename__", None))
+        history = tables.build_history_table(
+            local, exclude=excluded_columns(local), name=name, base=True
+        )
+        base_map = column_map(local, history)
+        base_map.base = True
+        table_maps = [base_map]
+        history_table: sa.Table | None = history
+        inherit_kwargs: dict[str, Any] = {}
+        for key, col_key in base_map.columns:
+            props[key] = history.c[col_key]
+    elif local is parent.local_table:
+        # Single-table inheritance: columns added by this subclass go into the
+        # shared history table.
+        base_map = parent_meta.tables[0]
+        new_columns = [
+            c
+            for c in local.c
+            if c.key not in base_map.history.c and c.key not in excluded_columns(local)
+        ]
+        tables.add_history_columns(base_map.history, new_columns)
+        own_map = TableMap(
+            history=base_map.history, columns=list(base_map.columns), pk=base_map.pk, base=True
+        )
+        for column in new_columns:
+            key = mapper.get_property_by_column(column).key
+            own_map.columns.append((key, column.key))
+            props[key] = base_map.history.c[column.key]
+        table_maps = [own_map, *parent_meta.tables[1:]]
+        history_table = None
+        inherit_kwargs = {"inherits": parent_meta.history_mapper}
+    else:
+        # Joined-table inheritance: a history table per table, joined on key + version.
+        parent_history = parent_meta.tables[-1].history
+        name = tables.history_table_name(local.name, cls.__dict__.get("__chrononaut_tablename__"))
+        history = tables.build_history_table(
+            local, exclude=excluded_columns(local), name=name, base=False
+        )
+        child_map = column_map(local, history)
+        table_maps = [*parent_meta.tables, child_map]
+        history_table = history
+        parent_map = parent_meta.tables[-1]
+        conditions = [history.c[VERSION_KEY] == parent_history.c[VERSION_KEY]]
+        for (_, child_col), (_, parent_col) in zip(child_map.pk, parent_map.pk, strict=True):
+            conditions.append(history.c[child_col] == parent_history.c[parent_col])
+        inherit_kwargs = {
+            "inherits": parent_meta.history_mapper,
+            "inherit_condition": sa.and_(*conditions),
+        }
+        for key, col_key in child_map.columns:
+            if parent_meta.history_mapper.has_property(key):
+                existing = parent_meta.history_mapper.get_property(key, _configure_mappers=False)
+                props[key] = [history.c[col_key], *existing.columns]
+            else:
+                props[key] = history.c[col_key]
+        # Every level's version column, not just the parent's: the mapper keeps the
+        # first one it finds of each property (the root's, three levels down).
+        parent_version = parent_meta.history_mapper.get_property(
+            VERSION_KEY, _configure_mappers=False
+        )
+        props[VERSION_KEY] = [history.c[VERSION_KEY], *parent_version.columns]
+
+    # No active_history on the columns: loading an expired record when one of its
+    # attributes is set would autoflush and drop pending relationship changes. The
+    # flush reads the old values it lacks, one SELECT per class (capture.py).
+
+    tracked = tuple(p.key for p in _column_props(mapper) if p.key not in excluded_keys)
+    parent_history_cls = parent_meta.history_mapper.class_ if parent_meta else HistoryRecord
+    history_cls: type[HistoryRecord] = type(
+        f"{cls.__name__}History",
+        (parent_history_cls,),
+        {
+            "__module__": cls.__module__,
+            "__qualname__": f"{cls.__qualname__}History",
+            "__doc__": f"Read-only history of :class:`{cls.__qualname__}` records.",
+            "__chrononaut_model__": cls,
+            "__chrononaut_hidden_keys__": hidden,
+            "__chrononaut_untracked_keys__": untracked,
+        },
+    )
+    polymorphic: dict[str, Any] = {}
+    if mapper.polymorphic_identity is not None:
+        polymorphic["polymorphic_identity"] = mapper.polymorphic_identity
+    if parent is None and mapper.polymorphic_on is not None:
+        on = mapper.polymorphic_on
+        if isinstance(on, sa.Column) and on.key in table_maps[0].history.c:
+            polymorphic["polymorphic_on"] = table_maps[0].history.c[on.key]
+    history_mapper = mapper.registry.map_imperatively(
+        history_cls,
+        history_table,
+        properties=props,
+        **inherit_kwargs,
+        **polymorphic,
+    )
+    for name in ("before_insert", "before_update", "before_delete"):
+        event.listen(history_mapper, name, _refuse_write)
+
+    columns: dict[str, sa.Column[Any]] = {}
+    for prop in _column_props(mapper):
+        column = prop.columns[0]
+        if isinstance(column, sa.Column):
+            columns[prop.key] = column
+    version_column = parent_meta.version_column if parent_meta else local.c[VERSION_KEY]
+    meta = VersionMeta(
+        version_column=version_column,
+        columns=columns,
+        mapper=mapper,
+        tracked=tracked,
+        hidden=hidden,
+        untracked=untracked,
+        tables=table_maps,
+        pk_keys=pk_keys,
+        history_mapper=history_mapper,
+    )
+    type.__setattr__(cls, "__chrononaut_meta__", meta)
+    type.__setattr__(cls, "__history_mapper__", history_mapper)
+
+
+def _check_own_column(cls: type[Any], table: sa.Table, key: str) -> None:
+    """Refuse a model that declares ``version`` / ``valid_from`` itself: Chrononaut
+    sets these columns, so a column of the model's own would be silently overwritten."""
+    column = table.c.get(key)
+    if column is None or column.info.get(tables.INFO_KEY) != key:
+        raise ChrononautException(
+            f"{cls.__name__} defines a {key!r} column of its own; Versioned adds and sets "
+            f"{key!r} itself: rename the model's column (e.g. with "
+            f"Column('{key}_', ...)) or drop it"
+        )
+
+
+def _on_mapper_constructed(mapper: Mapper[Any], class_: type[Any]) -> None:
+    _configure(mapper)
+
+
+def meta_of(cls: type[Any]) -> VersionMeta | None:
+    """The :class:`VersionMeta` of a Versioned class (``None`` for other classes)."""
+    meta = cls.__dict__.get("__chrononaut_meta__")
+    return meta if isinstance(meta, VersionMeta) else None
+
+
+class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin):
+    """Mixin for models whose changes are kept in a history table.
+
+    Adds an integer ``version`` column (0 for a new row, the mapper's
+    ``version_id_col``) and builds ``<table>_history`` (or
+    ``__chrononaut_tablename__``) in the same MetaData when the class is defined.
+
+    Works with every declarative style (``db.Model``, ``DeclarativeBase``,
+    ``MappedAsDataclass`` — where ``version`` is not a constructor argument —
+    ``Mapped[...]`` annotations, attribute keys that differ from column names).
+    ``version`` is set by Chrononaut only: assigning it raises
+    :class:`~chrononaut.ChrononautException` at flush.
+
+    Class attributes a model may set:
+
+    - ``__chrononaut_hidden__``: columns whose changes make a version but whose
+      values are never stored.
+    - ``__chrononaut_untracked__``: columns ignored by history entirely.
+    - ``__chrononaut_tablename__``: the history table's name.
+    """
+
+    __chrononaut_hidden__: ClassVar[Sequence[str]] = ()
+    __chrononaut_untracked__: ClassVar[Sequence[str]] = ()
+    __chrononaut_tablename__: ClassVar[str | None] = None
+    __history_mapper__: ClassVar[Mapper[Any]]
+
+    @declared_attr
+    def version(cls) -> Mapped[int]:
+        """The record's version: 0 when inserted, +1 for each tracked or hidden change."""
+        return sa.Column(  # type: ignore[return-value]
+            VERSION_KEY,
+            sa.Integer,
+            nullable=False,
+            default=0,
+            # Existing rows of a table that becomes Versioned start at version 0.
+            server_default=sa.text("0"),
+            info={tables.INFO_KEY: "version"},
+        )
+
+    @declared_attr
+    def valid_from(cls) -> Mapped[Any]:
+        """When the record's current version began (set by Chrononaut, never by the
+        application; ``NULL`` for rows that predate the column)."""
+        return sa.Column(  # type: ignore[return-value]
+            VALID_FROM_KEY,
+            sa.DateTime(timezone=True),
+            nullable=True,
+            # Rows inserted outside the ORM; the ORM sends the flush's own instant.
+            server_default=sa.func.now(),
+            info={tables.INFO_KEY: VALID_FROM_KEY},
+        )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+
+        mapper = sa.inspect(cls, raiseerr=False)
+        if isinstance(mapper, Mapper) and mapper.class_ is cls:
+            # Declarative bases that map in __init_subclass__ got here first.
+            _configure(mapper)
+        else:
+            # Metaclass-based declarative (Flask-SQLAlchemy's default db.Model)
+            # maps after __init_subclass__; this listener is on this class only.
+            event.listen(cls, "after_mapper_constructed", _on_mapper_constructed)
+
+    @classmethod
+    def _fetch_current_user_id(cls) -> object:
+        """The acting user's id when no :func:`~chrononaut.acting_as` block is active.
+
+        By default Flask-Login's ``current_user.get_id()`` for an authenticated user
+        inside a request, else ``None``. Override to use another source.
+        """
+        from chrononaut._context import flask_actor
+
+        return flask_actor().user_id
+
+    # resolve_actor() asks Flask directly when the model keeps this default.
+    _fetch_current_user_id.__func__._chrononaut_default = True  # type: ignore[attr-defined]
+
+
+# Declarative reads a declared_attr's return annotation as a field declaration;
+# under MappedAsDataclass a field from a mixin that is not a dataclass is refused.
+# Without it, ``version`` is a mapped column outside the dataclass (init=False in
+# effect), for every declarative style; type checkers still see the annotation.
+for _key in tables.MANAGED_KEYS:
+    vars(Versioned)[_key].fget.__annotations__.pop("return", None)
+
+
+def history_class(model: type[Any]) -> type[HistoryRecord]:
+    """The mapped history class of a ``Versioned`` model.
+
+    :param model: a Versioned model class (or a record of one).
+    :raises TypeError: when ``model`` is not Versioned.
+    """
+    cls = model if isinstance(model, type) else type(model)
+    meta = meta_of(cls)
+    if meta is None:
+        raise TypeError(f"{cls.__name__} is not a mapped Versioned model")
+    history: type[HistoryRecord] = meta.history_mapper.class_
+    return history
