@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "chrononaut.locking._cli",
     "chrononaut.maintenance._cli",
     "chrononaut.maintenance._timetravel",
+    "chrononaut._lease_cli",
 )
 
 

@@ -1,4 +1,4 @@
-"""Who is acting and why: the context that goes into ``change_info`` (SPEC §3).
+"""Who is acting and why: the context that goes into ``change_info``.
 
 Context lives in :mod:`contextvars`, not in Flask's ``g``, so it works in request
 handlers, CLI commands, background jobs and plain SQLAlchemy scripts alike, and a
@@ -139,7 +139,7 @@ def _check_json(value: object, where: str, depth: int) -> None:
 
 
 def check_json_info(info: Mapping[str, Any], what: str) -> None:
-    """Refuse change_info values JSONB can't hold (SPEC §3), before anything is stored.
+    """Refuse change_info values JSONB can't hold, before anything is stored.
 
     :param info: the keyword arguments (or the config function's dict).
     :param what: the caller, for the message (``"extra_change_info()"``).

@@ -1,4 +1,4 @@
-"""Enabling Chrononaut on a session factory (SPEC §1).
+"""Enabling Chrononaut on a session factory.
 
 Listeners go only on the factory we are given: a ``sessionmaker`` keeps a private
 ``Session`` subclass of its own, and SQLAlchemy attaches session events registered
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.exc import StaleDataError
 
+from chrononaut._leases import _install_listeners as install_lease_listeners
 from chrononaut.errors import ChrononautException, StaleWriteError
 from chrononaut.versioning._capture import CANDIDATES_KEY, Capture
 from chrononaut.versioning._change_info import Settings, StaticSettings, drop_rolled_back
@@ -98,8 +99,9 @@ def _listen(target: Any, settings: Settings) -> None:
     event.listen(target, "before_flush", capture.before_flush)
     event.listen(target, "after_flush", capture.after_flush)
     event.listen(target, "do_orm_execute", capture.do_orm_execute)
-    # Appended change_info is meant for its transaction only (SPEC §3).
+    # Appended change_info is meant for its transaction only.
     event.listen(target, "after_soft_rollback", drop_rolled_back)
+    install_lease_listeners(target)  # goes around capture's listeners (see there)
 
 
 @overload

@@ -1,4 +1,4 @@
-"""The exceptions Chrononaut raises (SPEC §6).
+"""The exceptions Chrononaut raises.
 
 Every error says what happened and what to do about it. All of them derive from
 :class:`ChrononautException`, so ``except ChrononautException`` catches anything
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm.exc import StaleDataError
@@ -19,10 +19,12 @@ __all__ = [
     "ChrononautException",
     "DeadlockError",
     "HiddenAttributeError",
+    "Lease",
     "LockError",
     "LockHolder",
     "LockNotAvailableError",
     "LockTimeoutError",
+    "RecordLeasedError",
     "RecordLockedError",
     "StaleWriteError",
     "UntrackedAttributeError",
@@ -157,3 +159,51 @@ class DeadlockError(LockError):
     Roll back and run the unit of work again; lock records in one order
     (:func:`chrononaut.lock_all`) to avoid it.
     """
+
+
+def _utc_iso(moment: _dt.datetime) -> str:
+    return moment.astimezone(_dt.timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class Lease:
+    """An edit lease on a record.
+
+    :param user_id: the holder (the acting user who took it), as a string.
+    :param acquired_at: when the holder took it (aware datetime).
+    :param expires_at: when it ends unless renewed (decided by the database clock).
+    :param note: free text the holder gave, e.g. ``"editing the address"``.
+    :param token: the secret that renews or releases the lease; only the holder's
+        own :class:`Lease` (returned by ``record.lease()``) has it, every other
+        view of a lease has ``None``.
+    """
+
+    user_id: str
+    acquired_at: _dt.datetime
+    expires_at: _dt.datetime
+    note: str | None = None
+    token: str | None = field(default=None, repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The lease as JSON-ready values (times in ISO 8601 UTC), never the token."""
+        return {
+            "user_id": self.user_id,
+            "acquired_at": _utc_iso(self.acquired_at),
+            "expires_at": _utc_iso(self.expires_at),
+            "note": self.note,
+        }
+
+
+class RecordLeasedError(LockError):
+    """Someone else holds an edit lease on the record.
+
+    :attr:`lease` tells who and until when (without its token). Show it to the
+    user, wait until it expires, or take it over with ``record.lease(force=True)``.
+
+    :param message: the human-readable explanation.
+    :param lease: the holder's lease.
+    """
+
+    def __init__(self, message: str, *, lease: Lease | None = None) -> None:
+        super().__init__(message)
+        self.lease = lease

@@ -1,4 +1,4 @@
-"""HTTP helpers for optimistic concurrency in Flask views (SPEC §5).
+"""HTTP helpers for optimistic concurrency in Flask views.
 
 Two parts:
 
@@ -48,6 +48,7 @@ from chrononaut.errors import (
     LockError,
     LockNotAvailableError,
     LockTimeoutError,
+    RecordLeasedError,
     StaleWriteError,
 )
 from chrononaut.versioning._concurrency import changed_fields, parse_version
@@ -351,7 +352,7 @@ def _changed_fields(error: StaleWriteError) -> list[list[str]]:
 
 
 def stale_write_body(error: StaleWriteError) -> dict[str, Any]:
-    """The JSON body of the 409 response for ``error`` (SPEC §5)::
+    """The JSON body of the 409 response for ``error``::
 
         {"error": "stale_write", "expected_version": 3, "current_version": 5,
          "changes": [{"version": 3, "changed": "2026-...+00:00", "user_id": "7",
@@ -387,7 +388,7 @@ def stale_write_body(error: StaleWriteError) -> dict[str, Any]:
 
 
 def lock_error_body(error: LockError) -> dict[str, Any]:
-    """The JSON body of the 423 response for a locking error (SPEC §5)::
+    """The JSON body of the 423 response for a locking error::
 
         {"error": "locked" | "lock_timeout",
          "holder": {"user_id": "7", "pid": 1234, "since": "2026-...+00:00"} | null}
@@ -411,13 +412,15 @@ def lock_error_response(error: LockError) -> tuple[Response, int]:
 
 
 def register_error_handlers(app: Flask | Blueprint) -> None:
-    """Answer Chrononaut's errors with JSON (SPEC §5).
+    """Answer Chrononaut's errors with JSON.
 
     - :class:`~chrononaut.StaleWriteError` → 409 (:func:`stale_write_body`)
     - :class:`~chrononaut.RecordLockedError`, :class:`~chrononaut.LockNotAvailableError`
       → 423 ``{"error": "locked", "holder": ...}``;
       :class:`~chrononaut.LockTimeoutError` → 423 ``{"error": "lock_timeout", ...}``
       (:func:`lock_error_body`)
+    - :class:`~chrononaut.RecordLeasedError` → 423 ``{"error": "leased", "lease": ...}``
+      (:func:`chrononaut.lease_web.lease_error_body`)
 
     HTML apps: register a handler of your own for the same class *after* this call
     (it replaces this one), or skip this call and register yours; an API blueprint
@@ -431,3 +434,6 @@ def register_error_handlers(app: Flask | Blueprint) -> None:
     app.register_error_handler(StaleWriteError, stale_write_response)
     app.register_error_handler(LockNotAvailableError, lock_error_response)
     app.register_error_handler(LockTimeoutError, lock_error_response)
+    from chrononaut.lease_web import lease_error_response
+
+    app.register_error_handler(RecordLeasedError, lease_error_response)

@@ -75,6 +75,9 @@ def create_app(
     app.jinja_env.filters["show"] = _show_value
     _register_views(app)
     app.register_blueprint(timetravel_bp)
+    from demo.leases import blueprint as leases_blueprint
+
+    app.register_blueprint(leases_blueprint)
     return app
 
 
@@ -411,6 +414,12 @@ def _register_views(app: Flask) -> None:
             # the version-checked UPDATE when they saved a moment ago).
             db.session.rollback()
             return _conflict_page(account_id, form, exc), 409
+        except chrononaut.RecordLeasedError as exc:
+            # Someone holds the account's edit lease (demo/leases.py): say who.
+            db.session.rollback()
+            from demo.leases import held_page
+
+            return held_page(account, exc.lease, 423)
         flash(f"Saved {account.name} (now version {account.version}).", "info")
         return redirect(url_for("account_history", account_id=account_id))
 

@@ -94,6 +94,7 @@ class Account(_Model, Versioned):
     """A customer account; every tracked or hidden change is kept in history."""
 
     __tablename__ = "demo_account"
+    __chrononaut_leases__ = True  # edit leases: demo/leases.py
     __chrononaut_hidden__ = ["api_key"]
     __chrononaut_untracked__ = ["view_count"]
 

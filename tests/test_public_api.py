@@ -22,6 +22,7 @@ SPEC_NAMES = {
     "advisory_lock",
     "lock_all",
     "LockHolder",
+    "Lease",
     "register_error_handlers",
     "ChrononautException",
     "HiddenAttributeError",
@@ -33,6 +34,7 @@ SPEC_NAMES = {
     "RecordLockedError",
     "LockTimeoutError",
     "DeadlockError",
+    "RecordLeasedError",
 }
 
 #: (error, its parents) per SPEC §6.
@@ -47,6 +49,7 @@ HIERARCHY = [
     ("RecordLockedError", ("LockNotAvailableError",)),
     ("LockTimeoutError", ("LockError",)),
     ("DeadlockError", ("LockError",)),
+    ("RecordLeasedError", ("LockError",)),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Row locks, advisory locks and lock holders (SPEC §4).
+"""Row locks, advisory locks and lock holders.
 
 This package must not import :mod:`chrononaut.versioning` internals: versioning
 builds on locking (it records lock facts in history), never the other way round.

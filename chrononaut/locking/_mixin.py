@@ -13,7 +13,7 @@ _L = TypeVar("_L", bound="LockableMixin")
 
 
 class LockableMixin:
-    """Row locks, advisory locks and lock holders for a mapped class (SPEC §4).
+    """Row locks, advisory locks and lock holders for a mapped class.
 
     It adds methods only (no mapped attributes), so it can be mixed into any
     declarative model; :class:`~chrononaut.Versioned` includes it.

@@ -2,7 +2,8 @@
 activity log, pruning history, reading a record's timeline.
 
 The functions below are the Python API; ``flask chrononaut import-activity``,
-``prune``, ``history``, ``as-of`` and ``backfill-valid-from`` wrap them. The modules of this package are private.
+``prune``, ``history``, ``as-of`` and ``backfill-valid-from`` wrap them. The
+modules of this package are private.
 """
 
 from __future__ import annotations

@@ -193,7 +193,7 @@ def _targets(models: Iterable[type[Any]]) -> dict[str, _Target]:
 
 
 def _change_info(activity: _Activity, source: str) -> dict[str, Any]:
-    """change_info (SPEC §3) from the user and extra info of one 0.4 activity row."""
+    """change_info from the user and extra info of one 0.4 activity row."""
     user = activity.user_info or {}
     extra = dict(activity.extra_info or {})
     # Rows that 0.4's own converter copied from 0.2 tables kept hidden_cols_changed

@@ -1,4 +1,4 @@
-"""Time travel: a versioned table, or one record, as it was at an instant (SPEC §2).
+"""Time travel: a versioned table, or one record, as it was at an instant.
 
 Every history row covers ``[valid_from, changed)``; a live row covers
 ``[valid_from, ∞)``. The table as of ``at`` is therefore the history rows whose

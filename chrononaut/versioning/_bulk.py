@@ -1,4 +1,4 @@
-"""History for ORM bulk statements (SPEC §2, "ORM bulk statements")."""
+"""History for ORM bulk statements."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def _sync_mode(state: ORMExecuteState) -> Any:
 
 
 class _BulkStatement:
-    """History for one ORM bulk UPDATE or DELETE (SPEC §2, "ORM bulk statements").
+    """History for one ORM bulk UPDATE or DELETE.
 
     The two-statement path, for what :class:`_OneStatement` does not cover. The
     affected rows are selected FOR UPDATE first (so nobody changes them between

@@ -321,7 +321,7 @@ _OWN_VALID_FROM = "chrononaut.valid_from"
 
 
 def _refuse_valid_from(obj: Any, state: InstanceState[Any], committed: bool) -> None:
-    """Refuse an application's own ``valid_from``: Chrononaut sets it (SPEC §2)."""
+    """Refuse an application's own ``valid_from``: Chrononaut sets it."""
     dict_ = state.dict
     if committed:
         if VALID_FROM_KEY not in state.committed_state:
@@ -366,7 +366,7 @@ def _old_valid_from(
 
 def _ends_at(clock: dt.datetime, valid_from: dt.datetime | None) -> dt.datetime:
     """``changed`` of the version that began at ``valid_from``: never before it, so
-    ranges never run backwards (SPEC §2)."""
+    ranges never run backwards."""
     if valid_from is not None and valid_from > clock:
         return valid_from
     return clock

@@ -1,4 +1,4 @@
-"""What goes into ``change_info`` (SPEC §3): who, from where, why."""
+"""What goes into ``change_info``: who, from where, why."""
 
 from __future__ import annotations
 
@@ -122,6 +122,18 @@ def consume_appended(state: InstanceState[Any]) -> None:
     _pending.pop(state, None)
 
 
+#: Functions adding one key to ``change_info`` of a record's history row (edit
+#: leases use it): ``provider(session, state) -> (key, value)`` or ``None``.
+ChangeInfoProvider = Callable[[Session, InstanceState[Any]], "tuple[str, Any] | None"]
+_providers: list[ChangeInfoProvider] = []
+
+
+def register_change_info_provider(provider: ChangeInfoProvider) -> None:
+    """Let ``provider`` add a key to ``change_info`` (once per provider)."""
+    if provider not in _providers:
+        _providers.append(provider)
+
+
 class Settings(Protocol):
     """Where the configuration keys of SPEC §3 come from."""
 
@@ -191,7 +203,7 @@ class ChangeInfoBuilder:
                         "CHRONONAUT_EXTRA_CHANGE_INFO_FUNC must return a dict, not "
                         f"{type(produced).__name__}"
                     )
-                # Checked before any statement of the flush is sent (SPEC §3).
+                # Checked before any statement of the flush is sent.
                 check_json_info(produced, "CHRONONAUT_EXTRA_CHANGE_INFO_FUNC")
                 extra.update(produced)
         extra.update(current_extra_info())
@@ -223,6 +235,10 @@ class ChangeInfoBuilder:
             lock = lock_info_for(self.session, state)
             if lock:
                 info["lock"] = lock
+            for provider in _providers:
+                provided = provider(self.session, state)
+                if provided is not None:
+                    info[provided[0]] = provided[1]
         if deleted:
             info["deleted"] = True
         return info

@@ -1,4 +1,4 @@
-"""Optimistic concurrency: explaining stale writes (SPEC §5).
+"""Optimistic concurrency: explaining stale writes.
 
 SQLAlchemy's ``version_id_col`` detects a stale UPDATE or DELETE (its row count is
 0) and raises ``StaleDataError`` without saying which record or what happened.

@@ -1,4 +1,4 @@
-"""Reading history: the methods every ``Versioned`` record has (SPEC §2)."""
+"""Reading history: the methods every ``Versioned`` record has."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Mapped, Mapper, declared_attr
 from sqlalchemy.orm.properties import ColumnProperty
 
+from chrononaut._leases import LeaseMixin
 from chrononaut.errors import ChrononautException, HiddenAttributeError, UntrackedAttributeError
 from chrononaut.locking import LockableMixin
 from chrononaut.versioning import _statements as statements
@@ -466,7 +467,7 @@ def meta_of(cls: type[Any]) -> VersionMeta | None:
     return meta if isinstance(meta, VersionMeta) else None
 
 
-class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin):
+class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin, LeaseMixin):
     """Mixin for models whose changes are kept in a history table.
 
     Adds an integer ``version`` column (0 for a new row, the mapper's

@@ -72,7 +72,7 @@ def fast_update(
         version == old_version,
     )
     # valid_from: the ended version covers [valid_from, changed), and the new one
-    # begins at that changed, which is never before valid_from (SPEC §2).
+    # begins at that changed, which is never before valid_from.
     valid_from = table.c[VALID_FROM_KEY]
     ended = sa.func.greatest(_typed("changed", sa.DateTime(timezone=True)), valid_from)
     source = sa.select(
