@@ -506,11 +506,15 @@ def _relationship_changes(
     # over being removed from another one
     moved: dict[int, tuple[Any, tuple[tuple[str, str], ...], list[Any]]] = {}
     orphaned: dict[int, Any] = {}
+    by_class: dict[type[Any], dict[str, _Relation]] = {}
     for obj in (*dirty, *new):
-        state = instance_state(obj)
-        relations = _relations(state.mapper)
+        cls = type(obj)
+        relations = by_class.get(cls)
+        if relations is None:
+            relations = by_class[cls] = _relations(instance_state(obj).mapper)
         if not relations:
-            continue
+            continue  # most flushes: one dict lookup per record
+        state = instance_state(obj)
         committed = state.committed_state
         for key, relation in relations.items():
             if key not in committed:
