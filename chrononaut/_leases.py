@@ -744,6 +744,10 @@ class _Listeners:
             key = _record_key(_pk(state))
             pending.keys[key] = (_pk(state), cls, state)
             version = state.committed_state.get("version", state.dict.get("version"))
+            if version is None and not deleted:
+                # An expired record changed without loading it: the history row
+                # written for this change is keyed by the version it is based on.
+                version = obj.version
             pending.versions[id(state)] = version if isinstance(version, int) else None
             if deleted:
                 pending.deleted.append(key)

@@ -11,14 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.exc import StaleDataError
 
 from chrononaut._leases import _install_listeners as install_lease_listeners
-from chrononaut.errors import StaleWriteError
+from chrononaut.errors import ChrononautException, StaleWriteError
 from chrononaut.versioning._capture import CANDIDATES_KEY, Capture
 from chrononaut.versioning._change_info import Settings, StaticSettings, drop_rolled_back
+from chrononaut.versioning._model import meta_of
 
 __all__ = ["versioned_session"]
 
@@ -51,6 +54,44 @@ def _explain_stale_writes(cls: type[Session]) -> None:
     flush.__wrapped__ = original  # type: ignore[attr-defined]
     cls.flush = flush  # type: ignore[method-assign]
     setattr(cls, _MARK, True)
+
+
+def _guard_legacy_bulk(cls: type[Session]) -> None:
+    """Refuse the legacy bulk methods where they would change a Versioned row.
+
+    ``bulk_save_objects`` (for records already in the database) and
+    ``bulk_update_mappings`` bypass the flush events and the version check, so
+    they could only write history that does not hold the prior values. They are
+    refused before any statement (SPEC §2); inserts of new records pass.
+    """
+    save_objects = cls.bulk_save_objects
+    update_mappings = cls.bulk_update_mappings
+
+    def bulk_save_objects(self: Session, objects: Any, *args: Any, **kwargs: Any) -> None:
+        objects = list(objects)
+        for obj in objects:
+            if meta_of(type(obj)) is not None and instance_state(obj).key is not None:
+                raise ChrononautException(
+                    f"bulk_save_objects() would update {type(obj).__name__} rows without "
+                    f"history or version check; use session.add_all() and flush, or "
+                    f"session.execute(update({type(obj).__name__}), [...])"
+                )
+        save_objects(self, objects, *args, **kwargs)
+
+    def bulk_update_mappings(self: Session, mapper: Any, mappings: Any, **kwargs: Any) -> None:
+        cls_ = getattr(sa.inspect(mapper), "class_", None)
+        if cls_ is not None and meta_of(cls_) is not None:
+            raise ChrononautException(
+                f"bulk_update_mappings() would update {cls_.__name__} rows without history "
+                f"or version check; use session.execute(update({cls_.__name__}), [...]) "
+                f"(ORM bulk UPDATE by primary key), which Chrononaut captures"
+            )
+        update_mappings(self, mapper, mappings, **kwargs)
+
+    bulk_save_objects.__doc__ = save_objects.__doc__
+    bulk_update_mappings.__doc__ = update_mappings.__doc__
+    cls.bulk_save_objects = bulk_save_objects  # type: ignore[method-assign]
+    cls.bulk_update_mappings = bulk_update_mappings  # type: ignore[method-assign]
 
 
 def _listen(target: Any, settings: Settings) -> None:
@@ -125,5 +166,6 @@ def versioned_session(
     if getattr(target, _MARK, False):
         return factory  # already versioned (itself or a base class): capture once
     _explain_stale_writes(target)
+    _guard_legacy_bulk(target)
     _listen(target, settings)
     return factory

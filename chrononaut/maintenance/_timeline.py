@@ -148,6 +148,8 @@ def _json(value: Any) -> Any:
     if isinstance(value, list | tuple | set | frozenset):
         return [_json(v) for v in value]
     return str(value)
+
+
 def _when(value: dt.datetime) -> str:
     return value.isoformat(sep=" ", timespec="microseconds")
 

@@ -356,12 +356,12 @@ def as_of(model: type[Any], at: dt.datetime) -> AliasedClass[Any]:
     return cast("AliasedClass[Any]", aliased(meta.history_mapper.class_, selectable))
 
 
-def version_at(record: Any, at: dt.datetime) -> Any:
+def version_at(record: Any, at: dt.datetime, session: Any = None) -> Any:
     """See :meth:`~chrononaut.Versioned.version_at` (``at`` already aware)."""
     meta: VersionMeta = record._chrononaut_meta()
     base = meta.tables[0]
     history = base.history
-    query = record._history_query()
+    query = record._history_query(session)
     earlier = history.alias("chrononaut_earlier")
     # The first version of the key that ended after at; it contains at unless at
     # falls before its start (a NULL start is the previous version's end).

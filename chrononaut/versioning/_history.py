@@ -13,7 +13,10 @@ from chrononaut.errors import ChrononautException
 if TYPE_CHECKING:
     from chrononaut.versioning._model import HistoryRecord, VersionMeta
 
-__all__ = ["HistoryReadMixin"]
+__all__ = ["LAST_SESSION_KEY", "HistoryReadMixin"]
+
+#: ``InstanceState.info`` key: weak reference to the session that deleted the record.
+LAST_SESSION_KEY = "chrononaut.session"
 
 
 def _as_utc(value: object, name: str) -> dt.datetime:
@@ -36,16 +39,25 @@ class HistoryReadMixin:
             raise ChrononautException(f"{type(self).__name__} is not a mapped Versioned model")
         return meta
 
-    def _chrononaut_session(self) -> Session:
-        session = object_session(self)
-        if session is None:
+    def _chrononaut_session(self, session: Session | None = None) -> Session:
+        if session is not None:
+            if not isinstance(session, Session):
+                raise TypeError(f"session must be a Session, not {type(session).__name__}")
+            return session
+        found = object_session(self)
+        if found is None:
+            # A record deleted by a committed flush is detached; the session that
+            # deleted it can still read its history (SPEC §2).
+            ref = instance_state(self).info.get(LAST_SESSION_KEY)
+            found = ref() if ref is not None else None
+        if found is None:
             raise ChrononautException(
-                f"this {type(self).__name__} is not in a session; add it to one (or load it "
-                f"through one) to read its history"
+                f"this {type(self).__name__} is not in a session; pass session=... to read "
+                f"its history, or add it to one (or load it through one)"
             )
-        return session
+        return found
 
-    def _history_query(self) -> Query[Any]:
+    def _history_query(self, session: Session | None = None) -> Query[Any]:
         meta = self._chrononaut_meta()
         state = instance_state(self)
         if state.key is None:
@@ -59,7 +71,7 @@ class HistoryReadMixin:
             for (_, col_key), value in zip(base.pk, state.key[1], strict=True)
         ]
         return (
-            self._chrononaut_session()
+            self._chrononaut_session(session)
             .query(history_cls)
             .filter(*criteria)
             .order_by(base.history.c.version)
@@ -71,6 +83,8 @@ class HistoryReadMixin:
         before: dt.datetime | None = ...,
         after: dt.datetime | None = ...,
         return_query: Literal[False] = ...,
+        *,
+        session: Session | None = ...,
     ) -> list[Any]: ...
 
     @overload
@@ -80,6 +94,7 @@ class HistoryReadMixin:
         after: dt.datetime | None = ...,
         *,
         return_query: Literal[True],
+        session: Session | None = ...,
     ) -> Query[Any]: ...
 
     def versions(
@@ -87,6 +102,8 @@ class HistoryReadMixin:
         before: dt.datetime | None = None,
         after: dt.datetime | None = None,
         return_query: bool = False,
+        *,
+        session: Session | None = None,
     ) -> list[Any] | Query[Any]:
         """This record's history records, oldest first.
 
@@ -96,10 +113,12 @@ class HistoryReadMixin:
         :param after: keep versions that stopped being current at or after this time.
         :param return_query: return a query (``.all()``, ``.first()``, ``.count()``,
             ``.filter()``) instead of a list.
+        :param session: the session to read with; by default the record's own, else
+            the session that deleted it (a deleted record is detached).
         :raises TypeError: for a ``before``/``after`` that is not a datetime (naive
             datetimes are taken as UTC).
         """
-        query = self._history_query()
+        query = self._history_query(session)
         changed = self._chrononaut_meta().tables[0].history.c.changed
         if before is not None:
             query = query.filter(changed <= _as_utc(before, "before"))
@@ -107,7 +126,7 @@ class HistoryReadMixin:
             query = query.filter(changed >= _as_utc(after, "after"))
         return query if return_query else query.all()
 
-    def version_at(self, at: dt.datetime) -> Any:
+    def version_at(self, at: dt.datetime, *, session: Session | None = None) -> Any:
         """The version of this record that was current at ``at``.
 
         That is the history record whose range ``[valid_from, changed)`` contains
@@ -118,25 +137,33 @@ class HistoryReadMixin:
         key's previous history row ended, or at the beginning.
 
         :param at: the moment to look at (naive datetimes are taken as UTC).
+        :param session: the session to read with; by default the record's own, else
+            the session that deleted it (a deleted record is detached).
         :raises TypeError: when ``at`` is not a datetime.
         """
         from chrononaut.versioning._as_of import version_at
 
-        return version_at(self, _as_utc(at, "at"))
+        return version_at(self, _as_utc(at, "at"), session)
 
-    def has_changed_since(self, since: dt.datetime) -> bool:
+    def has_changed_since(self, since: dt.datetime, *, session: Session | None = None) -> bool:
         """Whether a tracked or hidden change was made after ``since``.
 
         :param since: the moment to compare with (naive datetimes are taken as UTC).
+        :param session: the session to read with; by default the record's own, else
+            the session that deleted it (a deleted record is detached).
         """
         changed = self._chrononaut_meta().tables[0].history.c.changed
-        query = self._history_query().filter(changed > _as_utc(since, "since"))
-        return bool(self._chrononaut_session().query(query.exists()).scalar())
+        query = self._history_query(session).filter(changed > _as_utc(since, "since"))
+        return bool(self._chrononaut_session(session).query(query.exists()).scalar())
 
-    def previous_version(self) -> Any:
-        """The newest history record, or ``None`` when the record never changed."""
+    def previous_version(self, *, session: Session | None = None) -> Any:
+        """The newest history record, or ``None`` when the record never changed.
+
+        :param session: the session to read with; by default the record's own, else
+            the session that deleted it (a deleted record is detached).
+        """
         version = self._chrononaut_meta().tables[0].history.c.version
-        return self._history_query().order_by(None).order_by(version.desc()).first()
+        return self._history_query(session).order_by(None).order_by(version.desc()).first()
 
     def _check_own_history(self, record: object, name: str) -> HistoryRecord:
         from chrononaut.versioning._model import HistoryRecord
@@ -164,7 +191,12 @@ class HistoryReadMixin:
         return record
 
     def diff(
-        self, from_model: Any, to: Any = None, include_hidden: bool = False
+        self,
+        from_model: Any,
+        to: Any = None,
+        include_hidden: bool = False,
+        *,
+        session: Session | None = None,
     ) -> dict[str, tuple[Any, Any]]:
         """The tracked attributes that differ between two versions of this record.
 
@@ -173,6 +205,8 @@ class HistoryReadMixin:
             record's current state.
         :param include_hidden: also list each hidden column changed in between, as
             ``{name: (None, None)}`` (values are never available).
+        :param session: the session to read with; by default the record's own, else
+            the session that deleted it (a deleted record is detached).
         :returns: ``{attribute: (from_value, to_value)}``.
         :raises ChrononautException: when a record is not a history record of this
             record, or ``from_model`` is newer than ``to``.
@@ -201,7 +235,7 @@ class HistoryReadMixin:
                 result[key] = (old, new)
         if include_hidden and meta.hidden:
             version = meta.tables[0].history.c.version
-            query = self._history_query().filter(version >= start.version)
+            query = self._history_query(session).filter(version >= start.version)
             if end_version is not None:
                 query = query.filter(version < end_version)
             changed_hidden: set[str] = set()
@@ -212,13 +246,15 @@ class HistoryReadMixin:
                 result[name] = (None, None)
         return result
 
-    def restore(self, version: int | Any) -> None:
+    def restore(self, version: int | Any, *, session: Session | None = None) -> None:
         """Set the tracked columns to their values in ``version``.
 
         A normal change: it writes history when flushed. Hidden and untracked
         columns keep their current values. Does not commit.
 
         :param version: a version number, or a history record of this record.
+        :param session: the session to read with; by default the record's own, else
+            the session that deleted it (a deleted record is detached).
         :raises ChrononautException: when this record has no such version.
         """
         meta = self._chrononaut_meta()
@@ -233,7 +269,7 @@ class HistoryReadMixin:
                     f"{type(version).__name__}"
                 )
             column = meta.tables[0].history.c.version
-            found = self._history_query().filter(column == version).first()
+            found = self._history_query(session).filter(column == version).first()
             if found is None:
                 raise ChrononautException(
                     f"{type(self).__name__} {self._pk_repr()} has no history version {version}"

@@ -178,6 +178,13 @@ class HistoryRecord:
             f"a version back)"
         )
 
+    def __delattr__(self, name: str) -> None:
+        raise ChrononautException(
+            f"{type(self).__name__} records are read-only history; change the live "
+            f"{type(self).__chrononaut_model__.__name__} record instead (restore() copies "
+            f"a version back)"
+        )
+
     def __repr__(self) -> str:
         model = type(self).__chrononaut_model__.__name__
         return f"<{model} history version={self.__dict__.get('version')!r}>"
@@ -375,13 +382,16 @@ def _configure(mapper: Mapper[Any]) -> None:
                 props[key] = [history.c[col_key], *existing.columns]
             else:
                 props[key] = history.c[col_key]
-        props[VERSION_KEY] = [history.c[VERSION_KEY], parent_history.c[VERSION_KEY]]
+        # Every level's version column, not just the parent's: the mapper keeps the
+        # first one it finds of each property (the root's, three levels down).
+        parent_version = parent_meta.history_mapper.get_property(
+            VERSION_KEY, _configure_mappers=False
+        )
+        props[VERSION_KEY] = [history.c[VERSION_KEY], *parent_version.columns]
 
-    # Setting an expired attribute must load its old value, or history would not
-    # know what it replaced (SQLAlchemy otherwise skips the load for speed, and a
-    # flush would need a SELECT per changed record to find it).
-    for prop in _column_props(mapper):
-        prop.active_history = True
+    # No active_history on the columns: loading an expired record when one of its
+    # attributes is set would autoflush and drop pending relationship changes. The
+    # flush reads the old values it lacks, one SELECT per class (capture.py).
 
     tracked = tuple(p.key for p in _column_props(mapper) if p.key not in excluded_keys)
     parent_history_cls = parent_meta.history_mapper.class_ if parent_meta else HistoryRecord
@@ -464,6 +474,12 @@ class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin, LeaseMixin):
     ``version_id_col``) and builds ``<table>_history`` (or
     ``__chrononaut_tablename__``) in the same MetaData when the class is defined.
 
+    Works with every declarative style (``db.Model``, ``DeclarativeBase``,
+    ``MappedAsDataclass`` — where ``version`` is not a constructor argument —
+    ``Mapped[...]`` annotations, attribute keys that differ from column names).
+    ``version`` is set by Chrononaut only: assigning it raises
+    :class:`~chrononaut.ChrononautException` at flush.
+
     Class attributes a model may set:
 
     - ``__chrononaut_hidden__``: columns whose changes make a version but whose
@@ -505,6 +521,7 @@ class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin, LeaseMixin):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+
         mapper = sa.inspect(cls, raiseerr=False)
         if isinstance(mapper, Mapper) and mapper.class_ is cls:
             # Declarative bases that map in __init_subclass__ got here first.
@@ -527,6 +544,14 @@ class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin, LeaseMixin):
 
     # resolve_actor() asks Flask directly when the model keeps this default.
     _fetch_current_user_id.__func__._chrononaut_default = True  # type: ignore[attr-defined]
+
+
+# Declarative reads a declared_attr's return annotation as a field declaration;
+# under MappedAsDataclass a field from a mixin that is not a dataclass is refused.
+# Without it, ``version`` is a mapped column outside the dataclass (init=False in
+# effect), for every declarative style; type checkers still see the annotation.
+for _key in tables.MANAGED_KEYS:
+    vars(Versioned)[_key].fget.__annotations__.pop("return", None)
 
 
 def history_class(model: type[Any]) -> type[HistoryRecord]:

@@ -18,6 +18,7 @@ from chrononaut.errors import ChrononautException
 __all__ = [
     "GENERATED_COLUMNS",
     "INFO_KEY",
+    "MANAGED_KEYS",
     "VALID_FROM_KEY",
     "VERSION_KEY",
     "add_history_columns",
@@ -35,6 +36,10 @@ VERSION_KEY = "version"
 
 #: When the row's current version began (model table) / a history row's version began.
 VALID_FROM_KEY = "valid_from"
+
+#: Attribute keys of the columns Chrononaut sets on versioned rows itself; an
+#: application's own assignment to one of them is refused.
+MANAGED_KEYS: tuple[str, ...] = (VERSION_KEY, VALID_FROM_KEY)
 
 #: Names of the columns a base history table adds to the copied ones.
 GENERATED_COLUMNS = (VERSION_KEY, VALID_FROM_KEY, "changed", "change_info")

@@ -8,6 +8,7 @@ and ``db`` drops the tables when the test ends.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from chrononaut import Versioned, VersionedSQLAlchemy
+from chrononaut.versioning import _capture as capture
 
 HistoryReader = Callable[..., list[dict[str, Any]]]
 
@@ -89,3 +91,23 @@ PLAIN_INFO: dict[str, Any] = {"user_id": None, "remote_addr": None}
 def plain_info() -> dict[str, Any]:
     """The exact ``change_info`` of a plain change (no actor, no request, no extra)."""
     return dict(PLAIN_INFO)
+
+
+#: Set (to anything) to run the versioning tests with capture's one-statement
+#: path off: tests/versioning/test_fast_path_parity.py does, to prove both paths
+#: write the same rows and raise the same errors.
+NO_FAST_PATH_ENV = "CHRONONAUT_TEST_NO_FAST_PATH"
+
+
+@pytest.fixture(autouse=True)
+def _fast_path_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Turn the one-statement path off when the parity run asks for it."""
+    if os.environ.get(NO_FAST_PATH_ENV):
+        monkeypatch.setattr(capture, "fast_path_enabled", False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register ``fast_path``: tests of the one-statement path's statement shape."""
+    config.addinivalue_line(
+        "markers", "fast_path: asserts the statements of capture's one-statement path"
+    )

@@ -260,3 +260,15 @@ def test_overlapping_names_rejected(db: VersionedSQLAlchemy) -> None:
             __chrononaut_untracked__ = ["name"]
             id = db.Column(db.Integer, primary_key=True)
             name = db.Column(db.String(80))
+
+
+def test_own_version_column_refused(db: VersionedSQLAlchemy) -> None:
+    """A Versioned model that defines a ``version`` column of its own is refused."""
+    from chrononaut import ChrononautException
+
+    with pytest.raises(ChrononautException, match="version"):
+
+        class Mine(db.Model, Versioned):  # type: ignore[name-defined,misc]
+            __tablename__ = "mine"
+            id = db.Column(db.Integer, primary_key=True)
+            version = db.Column(db.Integer)

@@ -193,3 +193,109 @@ def test_single_mixed_flush(db: VersionedSQLAlchemy, single: Any) -> None:
     db.session.commit()
     assert [h.name for h in bike.versions()] == ["bike"]
     assert [h.doors for h in car.versions()] == [3]
+
+
+# three levels of joined-table inheritance
+
+
+@pytest.fixture()
+def deep(db: VersionedSQLAlchemy) -> tuple[Any, Any, Any]:
+    """``Shape`` → ``Polygon`` → ``Square``, each with a table of its own."""
+
+    class Shape(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "shape"
+        id = db.Column(db.Integer, primary_key=True)
+        name = db.Column(db.String(40))
+        kind = db.Column(db.String(20), nullable=False)
+        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "shape"}
+
+    class Polygon(Shape):
+        __tablename__ = "polygon"
+        id = db.Column(db.Integer, db.ForeignKey("shape.id"), primary_key=True)
+        sides = db.Column(db.Integer)
+        __mapper_args__ = {"polymorphic_identity": "polygon"}
+
+    class Square(Polygon):
+        __tablename__ = "square"
+        id = db.Column(db.Integer, db.ForeignKey("polygon.id"), primary_key=True)
+        size = db.Column(db.Integer)
+        __mapper_args__ = {"polymorphic_identity": "square"}
+
+    db.create_all()
+    return Shape, Polygon, Square
+
+
+def test_three_levels_versions(db: VersionedSQLAlchemy, deep: tuple[Any, Any, Any]) -> None:
+    """A third-level record reads its history with the columns of all three tables."""
+    _, _, Square = deep
+    square = _add(db, Square(name="s", sides=4, size=1))
+    square.size = 2
+    square.name = "t"
+    db.session.commit()
+    (old,) = square.versions()
+    assert (old.version, old.name, old.sides, old.size) == (0, "s", 4, 1)
+    assert square.version == 1
+
+
+def test_three_levels_select_history_class(
+    db: VersionedSQLAlchemy, deep: tuple[Any, Any, Any]
+) -> None:
+    """``select(history_class(C))`` works for the deepest class, and polymorphically."""
+    Shape, Polygon, Square = deep
+    square = _add(db, Square(name="s", sides=4, size=1))
+    polygon = _add(db, Polygon(name="p", sides=3))
+    square.size = 2
+    polygon.sides = 5
+    db.session.commit()
+    rows = db.session.scalars(sa.select(history_class(Square))).all()
+    assert [(r.id, r.version, r.size) for r in rows] == [(square.id, 0, 1)]
+    everything = db.session.scalars(
+        sa.select(history_class(Shape)).order_by(history_class(Shape).id)
+    ).all()
+    assert [type(r).__name__ for r in everything] == ["SquareHistory", "PolygonHistory"]
+    assert polygon.versions()[0].sides == 3
+
+
+def test_three_levels_delete(db: VersionedSQLAlchemy, deep: tuple[Any, Any, Any]) -> None:
+    """Deleting a third-level record writes its final values to all three tables."""
+    _, _, Square = deep
+    square = _add(db, Square(name="s", sides=4, size=1))
+    key = square.id
+    db.session.delete(square)
+    db.session.commit()
+    (row,) = db.session.scalars(sa.select(history_class(Square))).all()
+    assert (row.id, row.name, row.sides, row.size, row.change_info["deleted"]) == (
+        key,
+        "s",
+        4,
+        1,
+        True,
+    )
+
+
+def test_single_table_expired_changes_one_select(
+    db: VersionedSQLAlchemy, single: tuple[Any, Any]
+) -> None:
+    """Expired records of a base class and its single-table subclass load in one SELECT."""
+    from sqlalchemy import event
+
+    Vehicle, Car = single
+    records = [Vehicle(name="v"), Car(name="c", doors=2), Car(name="d", doors=4)]
+    db.session.add_all(records)
+    db.session.commit()
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement.split(None, 1)[0].upper())
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        for item in records:
+            item.name = "x"
+        db.session.flush()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    assert seen.count("SELECT") == 1
+    db.session.commit()
+    assert [r.versions()[0].name for r in records] == ["v", "c", "d"]
+    assert records[1].versions()[0].doors == 2

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
@@ -27,6 +28,7 @@ def statements(engine: sa.Engine) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", record)
 
 
+@pytest.mark.fast_path
 def test_update_of_loaded_record_is_one_statement(db: VersionedSQLAlchemy, User: Any) -> None:
     """Changing a loaded record flushes as one statement that also writes history."""
     user = User(name="alice", email="a@example.com", password="pw", login_count=0)
@@ -40,6 +42,7 @@ def test_update_of_loaded_record_is_one_statement(db: VersionedSQLAlchemy, User:
     assert [h.name for h in user.versions()] == ["alice"]
 
 
+@pytest.mark.fast_path
 def test_assigning_expired_attribute_loads_once(db: VersionedSQLAlchemy, User: Any) -> None:
     """After a commit, setting an attribute loads the row once; the flush adds no SELECT."""
     user = User(name="alice", email="a@example.com", password="pw", login_count=0)
@@ -52,6 +55,7 @@ def test_assigning_expired_attribute_loads_once(db: VersionedSQLAlchemy, User: A
     assert [h.email for h in user.versions()] == ["a@example.com"]
 
 
+@pytest.mark.fast_path
 def test_many_records_flush_as_one_statement(db: VersionedSQLAlchemy, User: Any) -> None:
     """A flush changing many records of one class sends one statement for all of them."""
     users = [
@@ -104,6 +108,7 @@ def test_relationship_to_a_class_defined_later(db: VersionedSQLAlchemy) -> None:
     assert [h.name for h in author.versions()] == ["Le Guin"]
 
 
+@pytest.mark.fast_path
 def test_many_records_keep_their_own_change_info(db: VersionedSQLAlchemy, User: Any) -> None:
     """In a one-statement flush of many records, each history row gets its own change_info."""
     from chrononaut import append_change_info

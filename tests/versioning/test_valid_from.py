@@ -55,6 +55,7 @@ def test_insert_sends_one_statement(db: VersionedSQLAlchemy, User: Any) -> None:
     assert len(sent) == 1 and sent[0].startswith("INSERT")
 
 
+@pytest.mark.fast_path
 def test_update_continues_ranges(
     db: VersionedSQLAlchemy, make_user: Any, history_rows: Any
 ) -> None:
