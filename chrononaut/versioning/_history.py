@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["LAST_SESSION_KEY", "HistoryReadMixin"]
 
 #: ``InstanceState.info`` key: weak reference to the session that deleted the record.
-LAST_SESSION_KEY = "chrononaut.session"
+LAST_SESSION_KEY = "chrononaut._session"
 
 
 def _as_utc(value: object, name: str) -> dt.datetime:
