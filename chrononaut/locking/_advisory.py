@@ -14,8 +14,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from chrononaut._context import resolve_actor
+from chrononaut._db_errors import describe_db_error, sqlstate
 from chrononaut.errors import (
-    ChrononautException,
     LockError,
     LockNotAvailableError,
     LockTimeoutError,
@@ -27,30 +27,14 @@ from chrononaut.locking._common import (
     check_bool,
     check_session,
     check_wait,
-    sqlstate,
+    default_session,
+    held_by,
 )
 from chrononaut.locking._holders import advisory_holder
-from chrononaut.locking._keys import AdvisoryKey, advisory_key
+from chrononaut.locking._keys import AdvisoryKey, advisory_key, physical_table, record_key_text
+from chrononaut.locking._records import check_record, primary_key, target
 
 SCOPES = ("transaction", "session")
-
-
-def default_session() -> Session:
-    """``db.session`` of the current Flask app's Flask-SQLAlchemy extension."""
-    try:
-        from flask import current_app, has_app_context
-    except ImportError:  # pragma: no cover - Flask is a dependency
-        has_app_context = None  # type: ignore[assignment]
-    if has_app_context is None or not has_app_context():
-        raise ChrononautException(
-            "no session given and no Flask app context: pass session= explicitly"
-        )
-    ext = current_app.extensions.get("sqlalchemy")
-    if ext is None or not hasattr(ext, "session"):
-        raise ChrononautException(
-            "no session given and the app has no Flask-SQLAlchemy extension: pass session="
-        )
-    return check_session(ext.session)
 
 
 def _function(shared: bool, nowait: bool, scope: str) -> str:
@@ -107,7 +91,7 @@ def _statement(kind: str, function: str, args: str) -> sa.TextClause:
 
 
 def _not_available(key: object, holder: Any) -> LockNotAvailableError:
-    who = _who(holder)
+    who = held_by(holder)
     return LockNotAvailableError(
         f"advisory lock {key!r} is held by another session{who}; try again later",
         holder=holder,
@@ -116,16 +100,9 @@ def _not_available(key: object, holder: Any) -> LockNotAvailableError:
 
 def _timed_out(key: object, timeout_ms: int, holder: Any) -> LockTimeoutError:
     return LockTimeoutError(
-        f"could not take advisory lock {key!r} within {timeout_ms / 1000:g} s{_who(holder)}",
+        f"could not take advisory lock {key!r} within {timeout_ms / 1000:g} s{held_by(holder)}",
         holder=holder,
     )
-
-
-def _who(holder: Any) -> str:
-    if holder is None:
-        return ""
-    user = f"user {holder.user_id}" if holder.user_id is not None else "an unknown user"
-    return f" (held by {user}, server pid {holder.pid})"
 
 
 def _check(
@@ -308,17 +285,10 @@ def _open_dedicated(engine: Engine) -> Connection:
         raise LockError(
             "a session-scope advisory lock needs one server session for the whole "
             "block, held in an open transaction, and the connection refused that "
-            f"({_describe_db_error(error)}); behind a statement pooler use "
+            f"({describe_db_error(error)}); behind a statement pooler use "
             "scope='transaction'"
         ) from None
     return conn
-
-
-def _describe_db_error(error: sa_exc.DBAPIError) -> str:
-    """The error's class and SQLSTATE with its first line: no SQL, no parameters."""
-    code = sqlstate(error)
-    first = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else ""
-    return f"{type(error.orig).__name__}{f' [{code}]' if code else ''}: {first}"
 
 
 @contextlib.contextmanager
@@ -371,7 +341,7 @@ def _session_lock(
         except sa_exc.DBAPIError as error:
             raise LockError(
                 f"could not take the session-scope advisory lock {key!r}: "
-                f"{_describe_db_error(error)}"
+                f"{describe_db_error(error)}"
             ) from None
     except BaseException:
         entry.depth -= 1
@@ -419,7 +389,7 @@ def _release_session_lock(
                     "end (pg_advisory_unlock returned false)"
                 )
         except sa_exc.DBAPIError as error:
-            problem = f"its connection failed while the block ran ({_describe_db_error(error)})"
+            problem = f"its connection failed while the block ran ({describe_db_error(error)})"
     if problem is not None:
         with contextlib.suppress(Exception):
             entry.conn.invalidate()
@@ -455,12 +425,9 @@ def record_key(record: object) -> str:
     :raises TypeError: ``record`` is not a mapped record.
     :raises ChrononautException: it is transient, pending, detached or deleted.
     """
-    from chrononaut.locking._keys import physical_table, record_key_text
-    from chrononaut.locking._rows import check_record, target
-
     state, session = check_record(record, "take an advisory lock on")
     tgt = target(state.mapper)
-    pk = state.key[1] if state.key is not None else ()
+    pk = primary_key(state)
     bind = session.get_bind(mapper=state.mapper)
     schema, name = physical_table(tgt.table, bind.get_execution_options())
     return record_key_text("chrononaut.record", schema, name, pk)
@@ -477,8 +444,6 @@ def record_advisory_lock(
     commit: bool = True,
 ) -> contextlib.AbstractContextManager[None]:
     """``record.advisory_lock()``: :func:`advisory_lock` keyed by the record's row."""
-    from chrononaut.locking._rows import check_record
-
     check_bool("shared", shared)
     timeout_ms = check_wait(nowait, timeout)
     if not isinstance(scope, str) or scope not in SCOPES:

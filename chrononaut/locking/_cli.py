@@ -11,6 +11,7 @@ import click
 import sqlalchemy as sa
 from flask.cli import with_appcontext
 
+from chrononaut._app import current_extension
 from chrononaut._cli_errors import cli_errors
 from chrononaut.locking._common import user_from_app_name
 from chrononaut.locking._keys import decode_marker
@@ -120,9 +121,7 @@ def held_locks(conn: sa.Connection) -> list[HeldLock]:
 def locks_command(as_json: bool, bind: str | None) -> None:
     """List the locks currently held through Chrononaut: what is locked, in which
     mode, by which user and server process, since when, and who is waiting."""
-    from flask import current_app
-
-    ext = current_app.extensions.get("sqlalchemy")
+    ext = current_extension()
     if ext is None:
         raise click.ClickException("this app has no Flask-SQLAlchemy extension")
     try:

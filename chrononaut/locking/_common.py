@@ -16,7 +16,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.state import InstanceState
 
-from chrononaut.errors import DeadlockError
+from chrononaut._app import current_extension
+from chrononaut._db_errors import sqlstate
+from chrononaut.errors import _NO_USER, ChrononautException, DeadlockError, LockHolder
 
 ROW_MODES = ("update", "no_key_update", "share", "key_share")
 
@@ -101,11 +103,32 @@ def check_session(session: object) -> Session:
     return real
 
 
-def sqlstate(error: BaseException) -> str | None:
-    """The PostgreSQL SQLSTATE of a driver error (psycopg2 or psycopg 3), if any."""
-    orig = error.orig if isinstance(error, sa_exc.DBAPIError) else error
-    code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
-    return code if isinstance(code, str) else None
+def default_session() -> Session:
+    """``db.session`` of the current Flask app's database extension.
+
+    :raises ChrononautException: outside an app context, or when the app has no
+        Flask-SQLAlchemy extension.
+    """
+    from flask import has_app_context
+
+    if not has_app_context():
+        raise ChrononautException(
+            "no session given and no Flask app context: pass session= explicitly"
+        )
+    ext = current_extension()
+    if ext is None or not hasattr(ext, "session"):
+        raise ChrononautException(
+            "no session given and the app has no Flask-SQLAlchemy extension: pass session="
+        )
+    return check_session(ext.session)
+
+
+def held_by(holder: LockHolder | None) -> str:
+    """`` (held by user bob, server pid 123)`` for a lock error's message, or ``""``."""
+    if holder is None:
+        return ""
+    user = f"user {holder.user_id}" if holder.user_id is not None else _NO_USER
+    return f" (held by {user}, server pid {holder.pid})"
 
 
 def deadlock_from(error: BaseException) -> DeadlockError | None:
