@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,6 +29,7 @@ from chrononaut.locking._common import (
     check_wait,
     default_session,
     held_by,
+    session_tag,
 )
 from chrononaut.locking._holders import advisory_holder
 from chrononaut.locking._keys import AdvisoryKey, advisory_key, physical_table, record_key_text
@@ -55,8 +56,11 @@ _statements: dict[tuple[str, ...], sa.TextClause] = {}
 def _statement(kind: str, function: str, args: str) -> sa.TextClause:
     """The (cached) statement of one kind of lock attempt.
 
-    The lock function is evaluated before ``set_config`` (target lists are
-    evaluated left to right), so a waiter is tagged only once it holds the lock.
+    Target lists are evaluated left to right. A waiting attempt tags the
+    transaction *before* the lock function, so ``flask chrononaut locks`` can name
+    a waiting user; a failed timed attempt rolls its savepoint (and so the tag)
+    back, any other failed wait aborts the transaction. A ``try`` attempt never
+    waits and tags only when it got the lock: it runs without a savepoint.
     """
     cache_key = (kind, function, args)
     stmt = _statements.get(cache_key)
@@ -71,7 +75,7 @@ def _statement(kind: str, function: str, args: str) -> sa.TextClause:
             )
         elif kind == "xact-timeout":
             sql = (
-                f"SELECT {function}({args}), set_config('application_name', :app, true), "
+                f"SELECT set_config('application_name', :app, true), {function}({args}), "
                 "set_config('lock_timeout', :old, true)"
             )
         elif kind == "session-timeout":
@@ -80,12 +84,12 @@ def _statement(kind: str, function: str, args: str) -> sa.TextClause:
             # put back once the lock is granted; a timeout rolls the savepoint back.
             sql = (
                 "SELECT set_config('lock_timeout', :t, true), "
-                f"{function}({args}), set_config('application_name', :app, true), "
+                f"set_config('application_name', :app, true), {function}({args}), "
                 "set_config('lock_timeout', o.old, true) "
                 "FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) AS o"
             )
         else:
-            sql = f"SELECT {function}({args}), set_config('application_name', :app, {local})"
+            sql = f"SELECT set_config('application_name', :app, {local}), {function}({args})"
         stmt = _statements[cache_key] = sa.text(sql)
     return stmt
 
@@ -178,13 +182,13 @@ def _transaction_lock(
     function = _function(shared, nowait, "transaction")
     args, params = _args(normalised)
     params_any: dict[str, Any] = dict(params)
-    params_any["app"] = app_name(user_id)
 
     def acquire() -> None:
         if bind_mapper is not None:
             conn = session.connection(bind_arguments={"mapper": bind_mapper})
         else:
             conn = session.connection()
+        params_any["app"] = session_tag(session, user_id, key if isinstance(key, str) else None)
         if nowait:
             ok = conn.execute(_statement("xact-try", function, args), params_any).scalar()
             if not ok:
@@ -232,6 +236,8 @@ _held: contextvars.ContextVar[Mapping[Engine, _Dedicated] | None] = contextvars.
 class _Dedicated:
     conn: Connection
     depth: int = 0
+    #: String keys taken on this connection, listed in its holder tag.
+    keys: list[str] = field(default_factory=list)
 
 
 _UNLOCK = {
@@ -315,7 +321,9 @@ def _session_lock(
     function = _function(shared, nowait, "session")
     args, params = _args(normalised)
     params_any: dict[str, Any] = dict(params)
-    params_any["app"] = app_name(user_id)
+    if isinstance(key, str) and key not in entry.keys:
+        entry.keys.append(key)
+    params_any["app"] = app_name(user_id, entry.keys)
     conn = entry.conn
     try:
         try:

@@ -8,6 +8,7 @@ import decimal
 import math
 import numbers
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
@@ -44,7 +45,8 @@ SQLSTATE_LOCK_NOT_AVAILABLE = "55P03"
 
 APP_TAG = "chrononaut"
 # application_name holds at most 63 bytes; the tag and ':' take 11.
-_APP_USER_ROOM = 63 - len(APP_TAG) - 1
+_APP_NAME_MAX = 63
+_APP_USER_ROOM = _APP_NAME_MAX - len(APP_TAG) - 1
 _TRUNCATED = "~"
 
 
@@ -145,12 +147,13 @@ def deadlock_from(error: BaseException) -> DeadlockError | None:
     return None
 
 
-def app_name(user_id: str | None) -> str:
-    """The ``application_name`` a transaction holding Chrononaut locks carries.
+# Key texts ride in the tag after the user, each behind a "|" (percent-encoded,
+# so "|" and "%" inside a key or user id never read as separators).
+_KEY_SEPARATOR = "|"
+_KEY_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%" + _KEY_SEPARATOR)
 
-    ``chrononaut`` for no user, else ``chrononaut:<percent-encoded user id>`` (the
-    server keeps 63 printable ASCII bytes; longer ids are cut and marked with ``~``).
-    """
+
+def _user_tag(user_id: str | None) -> str:
     if user_id is None:
         return APP_TAG
     encoded = quote(user_id, safe="@.-_+=!*()',;$")
@@ -164,6 +167,27 @@ def app_name(user_id: str | None) -> str:
     return f"{APP_TAG}:{encoded}"
 
 
+def app_name(user_id: str | None, keys: Sequence[str] = ()) -> str:
+    """The ``application_name`` a transaction holding Chrononaut locks carries.
+
+    ``chrononaut`` for no user, else ``chrononaut:<percent-encoded user id>`` (the
+    server keeps 63 printable ASCII bytes; longer ids are cut and marked with ``~``),
+    then ``|<key>`` for each string advisory key of ``keys`` (newest first) while
+    they fit whole, so ``flask chrononaut locks`` can show a key's text.
+    """
+    tag = _user_tag(user_id)
+    for key in reversed(keys):
+        part = _KEY_SEPARATOR + quote(key, safe=_KEY_SAFE)
+        if len(tag) + len(part) <= _APP_NAME_MAX:
+            tag += part
+    return tag
+
+
+def _split_tag(name: str) -> tuple[str, list[str]]:
+    head, *keys = name.split(_KEY_SEPARATOR)
+    return head, [unquote(key) for key in keys]
+
+
 def user_from_app_name(name: str | None) -> tuple[bool, str | None]:
     """``(tagged, user_id)`` from a backend's ``application_name``.
 
@@ -171,7 +195,7 @@ def user_from_app_name(name: str | None) -> tuple[bool, str | None]:
     """
     if not name or not name.startswith(APP_TAG):
         return False, None
-    rest = name[len(APP_TAG) :]
+    rest = _split_tag(name)[0][len(APP_TAG) :]
     if rest == "":
         return True, None
     if rest.startswith(":"):
@@ -181,27 +205,56 @@ def user_from_app_name(name: str | None) -> tuple[bool, str | None]:
     return False, None
 
 
+def keys_from_app_name(name: str | None) -> list[str]:
+    """The advisory key texts a Chrononaut tag lists (see :func:`app_name`)."""
+    if not name or not name.startswith(APP_TAG):
+        return []
+    return _split_tag(name)[1]
+
+
 @dataclass
 class TxnLocks:
-    """Row locks this session's current transaction took through Chrononaut."""
+    """Locks this session's current transaction took through Chrononaut: its row
+    locks, and the texts of its string advisory keys (for the holder tag)."""
 
     txn: weakref.ReferenceType[Any]
     rows: dict[tuple[Any, tuple[Any, ...]], dict[str, Any]] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)
 
 
 def _current_txn(session: Session) -> Any:
     return session.get_transaction()
 
 
-def record_row_lock(
-    session: Session, identity: tuple[Any, tuple[Any, ...]], mode: str, user_id: str | None
-) -> None:
-    """Remember that this transaction holds ``identity``'s row in ``mode``."""
+def _txn_locks(session: Session) -> TxnLocks:
+    """The :class:`TxnLocks` of the session's current transaction (a new one after
+    the transaction that took the last ones ended)."""
     txn = _current_txn(session)
     locks: TxnLocks | None = session.info.get(LOCKS_KEY)
     if locks is None or locks.txn() is None or locks.txn() is not txn:
         locks = TxnLocks(weakref.ref(txn))
         session.info[LOCKS_KEY] = locks
+    return locks
+
+
+def session_tag(session: Session, user_id: str | None, key_text: str | None = None) -> str:
+    """The holder tag for a lock about to be taken in ``session``'s transaction.
+
+    :param key_text: the text of a string advisory key being taken, remembered
+        for this transaction so that later tags list it too (a key whose attempt
+        fails stays listed; ``flask chrononaut locks`` shows only held keys).
+    """
+    locks = _txn_locks(session)
+    if key_text is not None and key_text not in locks.keys:
+        locks.keys.append(key_text)
+    return app_name(user_id, locks.keys)
+
+
+def record_row_lock(
+    session: Session, identity: tuple[Any, tuple[Any, ...]], mode: str, user_id: str | None
+) -> None:
+    """Remember that this transaction holds ``identity``'s row in ``mode``."""
+    locks = _txn_locks(session)
     held = locks.rows.get(identity)
     if held is not None and _STRENGTH[held["mode"]] >= _STRENGTH[mode]:
         return

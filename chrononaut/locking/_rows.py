@@ -26,7 +26,6 @@ from chrononaut.locking import _block
 from chrononaut.locking._common import (
     FOR_UPDATE_ARGS,
     SQLSTATE_LOCK_NOT_AVAILABLE,
-    app_name,
     check_bool,
     check_mode,
     check_session,
@@ -34,6 +33,7 @@ from chrononaut.locking._common import (
     default_session,
     held_by,
     record_row_lock,
+    session_tag,
 )
 from chrononaut.locking._holders import physical_regclass, row_holder
 from chrononaut.locking._keys import row_marker
@@ -105,6 +105,18 @@ def _entity_statement(
     return sa.select(entity, *extra).execution_options(populate_existing=True)
 
 
+def _tagged_while_waiting(inner: sa.Select[Any]) -> sa.Select[Any]:
+    """``inner`` tagging the transaction before it waits for a row lock.
+
+    A filter without columns, volatile so it is evaluated per row before the rows
+    are locked: a waiter shows its user in ``pg_stat_activity`` (for ``flask
+    chrononaut locks``). A timed or ``nowait`` attempt's savepoint takes the tag
+    back when it fails; any other failed wait aborts the transaction.
+    """
+    tag = sa.func.set_config("application_name", sa.bindparam("app", type_=sa.Text), True)
+    return inner.where(tag.is_not(None))
+
+
 def _single_statement(tgt: Target, mode: str, variant: str) -> sa.Select[Any]:
     """``variant``: ``wait``, ``nowait`` or ``timeout`` (restores lock_timeout)."""
     stmt = tgt.statements.get((mode, variant))
@@ -113,6 +125,8 @@ def _single_statement(tgt: Target, mode: str, variant: str) -> sa.Select[Any]:
         inner = sa.select(cls).where(
             *[col == sa.bindparam(f"pk_{i}") for i, col in enumerate(tgt.pk_columns)]
         )
+        if variant != "nowait":
+            inner = _tagged_while_waiting(inner)
         inner = for_update(inner, mode, nowait=variant == "nowait")
         stmt = _entity_statement(inner, cls, marker=True, restore_timeout=variant == "timeout")
         tgt.statements[(mode, variant)] = stmt
@@ -126,6 +140,8 @@ def _many_statement(tgt: Target, mode: str, nowait: bool) -> sa.Select[Any]:
     if stmt is None:
         cls = tgt.mapper.class_
         inner = sa.select(cls).where(tgt.pk_in("pks")).order_by(*tgt.pk_columns)
+        if not nowait:
+            inner = _tagged_while_waiting(inner)
         inner = for_update(inner, mode, nowait=nowait)
         stmt = _entity_statement(inner, cls, marker=False, restore_timeout=False)
         tgt.statements[(mode, variant)] = stmt
@@ -271,7 +287,7 @@ def _lock_one(
     pk = primary_key(state)
     params: dict[str, Any] = {f"pk_{i}": value for i, value in enumerate(pk)}
     params.update(tgt.marker(conn, pk, mode))
-    params["app"] = app_name(user_id)
+    params["app"] = session_tag(session, user_id)
     if in_savepoint:
         variant = "nowait" if nowait else "wait"
     else:
@@ -426,7 +442,9 @@ def _lock_many(
         pks = [primary_key(s) for s in group]
         user_id = actor(state0)
         stmt = _many_statement(tgt, mode, nowait)
-        rows = session.execute(stmt, {"pks": tgt.pk_values(pks), "app": app_name(user_id)}).all()
+        rows = session.execute(
+            stmt, {"pks": tgt.pk_values(pks), "app": session_tag(session, user_id)}
+        ).all()
         if len(rows) != len(group):
             found = {id(row[0]) for row in rows}
             missing = [describe(s.obj()) for s in group if id(s.obj()) not in found]
@@ -481,7 +499,7 @@ def lock_next(
         real.flush()
         user_id = _actor_id(cls)
         conn = real.connection(bind_arguments={"mapper": mapper})
-        row = real.execute(stmt, {"app": app_name(user_id)}).first()
+        row = real.execute(stmt, {"app": session_tag(real, user_id)}).first()
         if row is None:
             return None
         record: R = row[0]
