@@ -332,18 +332,18 @@ def _session_lock(
                 if not ok:
                     raise _not_available(key, advisory_holder(conn, normalised, exclude_self=True))
             elif timeout_ms is not None:
-                conn.exec_driver_sql("SAVEPOINT chrononaut_lock_attempt")
+                _block.savepoint(conn)
                 params_any["t"] = f"{timeout_ms}ms"
                 try:
                     conn.execute(_statement("session-timeout", function, args), params_any)
                 except sa_exc.DBAPIError as error:
                     # Anything but a timeout (a dead connection) is reported below.
                     if sqlstate(error) == SQLSTATE_LOCK_NOT_AVAILABLE:
-                        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT chrononaut_lock_attempt")
+                        _block.undo(conn)
                         holder = advisory_holder(conn, normalised, exclude_self=True)
                         raise _timed_out(key, timeout_ms, holder) from None
                     raise
-                conn.exec_driver_sql("RELEASE SAVEPOINT chrononaut_lock_attempt")
+                _block.release(conn)
             else:
                 conn.execute(_statement("session", function, args), params_any)
         except sa_exc.DBAPIError as error:

@@ -20,8 +20,7 @@ from sqlalchemy.orm.state import InstanceState
 from chrononaut._app import current_extension
 from chrononaut._db_errors import sqlstate
 from chrononaut.errors import _NO_USER, ChrononautException, DeadlockError, LockHolder
-
-ROW_MODES = ("update", "no_key_update", "share", "key_share")
+from chrononaut.locking._keys import ROW_MODES
 
 #: ``FOR ...`` clause and SQLAlchemy ``with_for_update`` arguments per mode.
 FOR_UPDATE_ARGS: dict[str, dict[str, bool]] = {
@@ -32,7 +31,7 @@ FOR_UPDATE_ARGS: dict[str, dict[str, bool]] = {
 }
 
 # Strength order, to keep the strongest mode when a row is locked twice.
-_STRENGTH = {"key_share": 0, "share": 1, "no_key_update": 2, "update": 3}
+_STRENGTH = {mode: strength for strength, mode in enumerate(ROW_MODES)}
 
 # lock_timeout is an int of milliseconds on the server.
 _MAX_TIMEOUT_MS = 2**31 - 1
@@ -52,9 +51,10 @@ _TRUNCATED = "~"
 
 def check_mode(mode: object) -> str:
     """Return ``mode`` if it is one of the four row-lock modes, else raise ValueError."""
-    if not isinstance(mode, str) or mode not in FOR_UPDATE_ARGS:
+    if not isinstance(mode, str) or mode not in ROW_MODES:
         raise ValueError(
-            f"lock mode must be one of {', '.join(repr(m) for m in ROW_MODES)}, got {mode!r}"
+            f"lock mode must be one of {', '.join(repr(m) for m in reversed(ROW_MODES))}, "
+            f"got {mode!r}"
         )
     return mode
 

@@ -160,6 +160,20 @@ def forget_expected_version(state: InstanceState[Any]) -> None:
     _expected.pop(state, None)
 
 
+def drop_expected_versions(session: Session, previous_transaction: Any) -> None:
+    """``after_soft_rollback`` listener: when the session's outermost transaction
+    rolls back, the unit of work that declared versions is over, so are they.
+
+    (Keyed by the record's state, not kept in ``session.info``: a declaration
+    must also survive the record being refreshed, e.g. by ``lock()``.)
+    """
+    if previous_transaction.parent is not None or not _expected:
+        return
+    for state in list(_expected.keys()):
+        if state.session is session:
+            _expected.pop(state, None)
+
+
 def _pk_of(obj: Any, meta: VersionMeta) -> tuple[Any, ...]:
     state = instance_state(obj)
     if state.key is not None:
