@@ -123,3 +123,13 @@ def test_locking_does_not_import_versioning() -> None:
         if name.startswith("chrononaut.locking")
     }
     assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_locking_reads_no_flask_sqlalchemy_privates() -> None:
+    """``chrononaut.locking`` finds the app's database through ``chrononaut._app`` only."""
+    private = ("__fsa__", 'extensions["sqlalchemy"]', 'extensions.get("sqlalchemy"')
+    found = {
+        path.name: [text for text in private if text in path.read_text(encoding="utf-8")]
+        for path in (PACKAGE / "locking").glob("*.py")
+    }
+    assert {name: texts for name, texts in found.items() if texts} == {}
