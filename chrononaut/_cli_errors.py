@@ -15,6 +15,7 @@ from typing import ParamSpec, TypeVar
 import click
 from sqlalchemy import exc as sa_exc
 
+from chrononaut._db_errors import describe_db_error
 from chrononaut.errors import ChrononautException
 
 P = ParamSpec("P")
@@ -24,15 +25,6 @@ R = TypeVar("R")
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
-
-
-def describe_db_error(error: sa_exc.DBAPIError) -> str:
-    """A driver error as class, SQLSTATE and first message line (no SQL, no values)."""
-    orig = error.orig
-    code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
-    sqlstate = f" [SQLSTATE {code}]" if isinstance(code, str) else ""
-    first = _first_line(orig) if orig is not None else type(error).__name__
-    return f"{type(orig).__name__}{sqlstate}: {first}"
 
 
 def cli_errors(command: Callable[P, R]) -> Callable[P, R]:

@@ -64,11 +64,6 @@ def acting_as(user_id: object, remote_addr: str | None = None) -> Iterator[Actor
         _actor.reset(token)
 
 
-def current_actor() -> Actor | None:
-    """The actor set by the innermost :func:`acting_as` block, or ``None``."""
-    return _actor.get()
-
-
 def flask_actor() -> Actor:
     """The acting user as seen from Flask: Flask-Login's ``current_user`` and
     the request's ``remote_addr``.

@@ -10,18 +10,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Flask, current_app
+from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from flask_sqlalchemy.session import Session as FlaskSession
 
+from chrononaut._app import EXTENSION_KEY, current_extension
 from chrononaut._session import versioned_session
 from chrononaut._urls import normalize_url
 from chrononaut.versioning._change_info import FlaskSettings
 
 __all__ = ["VersionedSQLAlchemy"]
-
-#: Key of the extension in ``app.extensions``.
-EXTENSION_KEY = "chrononaut"
 
 
 class VersionedSQLAlchemy(SQLAlchemy):
@@ -108,11 +106,6 @@ def _write_drivers(config: Any) -> None:
         config["SQLALCHEMY_BINDS"] = rewritten
 
 
-def _current_extension() -> Any:
-    """The current app's ``VersionedSQLAlchemy``, else its Flask-SQLAlchemy extension.
-
-    For code that runs in an app context (CLI commands, request helpers) and needs
-    the app's database; ``None`` when the app has neither.
-    """
-    extensions = current_app.extensions
-    return extensions.get(EXTENSION_KEY, extensions.get("sqlalchemy"))
+#: The old name, for callers not moved yet; the function lives in :mod:`chrononaut._app`
+#: (which imports nothing of ours, so locking can use it without a cycle).
+_current_extension = current_extension

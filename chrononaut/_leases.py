@@ -170,7 +170,7 @@ def _check_token(token: object) -> str:
 
 
 def _checked(record: object, action: str) -> tuple[InstanceState[Any], Session, _Target]:
-    from chrononaut.locking._rows import check_record
+    from chrononaut.locking._records import check_record
 
     state, session = check_record(record, action)
     target = _leased(state.mapper)

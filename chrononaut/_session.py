@@ -21,6 +21,7 @@ from chrononaut._leases import _install_listeners as install_lease_listeners
 from chrononaut.errors import ChrononautException, StaleWriteError
 from chrononaut.versioning._capture import CANDIDATES_KEY, Capture
 from chrononaut.versioning._change_info import Settings, StaticSettings, drop_rolled_back
+from chrononaut.versioning._concurrency import drop_expected_versions
 from chrononaut.versioning._model import meta_of
 
 __all__ = ["versioned_session"]
@@ -101,6 +102,7 @@ def _listen(target: Any, settings: Settings) -> None:
     event.listen(target, "do_orm_execute", capture.do_orm_execute)
     # Appended change_info is meant for its transaction only.
     event.listen(target, "after_soft_rollback", drop_rolled_back)
+    event.listen(target, "after_soft_rollback", drop_expected_versions)
     install_lease_listeners(target)  # goes around capture's listeners (see there)
 
 

@@ -47,6 +47,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, scoped_session
 
+from chrononaut._db_errors import describe_db_error, sqlstate
 from chrononaut.errors import ChrononautException, DeadlockError, StaleWriteError
 
 __all__ = ["Attempt", "is_retryable", "retry_on_conflict", "retrying"]
@@ -76,9 +77,7 @@ def is_retryable(error: BaseException) -> bool:
     if isinstance(error, (StaleWriteError, DeadlockError)):
         return True
     if isinstance(error, sa_exc.DBAPIError):
-        orig = error.orig
-        code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
-        return code in RETRYABLE_SQLSTATES
+        return sqlstate(error) in RETRYABLE_SQLSTATES
     return False
 
 
@@ -92,12 +91,7 @@ def loggable(error: BaseException) -> str:
     error they were raised from is left out the same way.
     """
     if isinstance(error, sa_exc.DBAPIError):
-        orig = error.orig
-        code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
-        lines = str(orig).strip().splitlines()
-        first = lines[0] if lines else ""
-        sqlstate = f" [SQLSTATE {code}]" if isinstance(code, str) else ""
-        return f"{type(orig).__name__}{sqlstate}: {first}"
+        return describe_db_error(error)
     if isinstance(error, (StaleWriteError, DeadlockError)):
         return f"{type(error).__name__}: {error}"
     return type(error).__name__

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,8 +14,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from chrononaut._context import resolve_actor
+from chrononaut._db_errors import describe_db_error, sqlstate
 from chrononaut.errors import (
-    ChrononautException,
     LockError,
     LockNotAvailableError,
     LockTimeoutError,
@@ -27,30 +27,15 @@ from chrononaut.locking._common import (
     check_bool,
     check_session,
     check_wait,
-    sqlstate,
+    default_session,
+    held_by,
+    session_tag,
 )
 from chrononaut.locking._holders import advisory_holder
-from chrononaut.locking._keys import AdvisoryKey, advisory_key
+from chrononaut.locking._keys import AdvisoryKey, advisory_key, physical_table, record_key_text
+from chrononaut.locking._records import check_record, primary_key, target
 
 SCOPES = ("transaction", "session")
-
-
-def default_session() -> Session:
-    """``db.session`` of the current Flask app's Flask-SQLAlchemy extension."""
-    try:
-        from flask import current_app, has_app_context
-    except ImportError:  # pragma: no cover - Flask is a dependency
-        has_app_context = None  # type: ignore[assignment]
-    if has_app_context is None or not has_app_context():
-        raise ChrononautException(
-            "no session given and no Flask app context: pass session= explicitly"
-        )
-    ext = current_app.extensions.get("sqlalchemy")
-    if ext is None or not hasattr(ext, "session"):
-        raise ChrononautException(
-            "no session given and the app has no Flask-SQLAlchemy extension: pass session="
-        )
-    return check_session(ext.session)
 
 
 def _function(shared: bool, nowait: bool, scope: str) -> str:
@@ -71,8 +56,11 @@ _statements: dict[tuple[str, ...], sa.TextClause] = {}
 def _statement(kind: str, function: str, args: str) -> sa.TextClause:
     """The (cached) statement of one kind of lock attempt.
 
-    The lock function is evaluated before ``set_config`` (target lists are
-    evaluated left to right), so a waiter is tagged only once it holds the lock.
+    Target lists are evaluated left to right. A waiting attempt tags the
+    transaction *before* the lock function, so ``flask chrononaut locks`` can name
+    a waiting user; a failed timed attempt rolls its savepoint (and so the tag)
+    back, any other failed wait aborts the transaction. A ``try`` attempt never
+    waits and tags only when it got the lock: it runs without a savepoint.
     """
     cache_key = (kind, function, args)
     stmt = _statements.get(cache_key)
@@ -87,7 +75,7 @@ def _statement(kind: str, function: str, args: str) -> sa.TextClause:
             )
         elif kind == "xact-timeout":
             sql = (
-                f"SELECT {function}({args}), set_config('application_name', :app, true), "
+                f"SELECT set_config('application_name', :app, true), {function}({args}), "
                 "set_config('lock_timeout', :old, true)"
             )
         elif kind == "session-timeout":
@@ -96,18 +84,18 @@ def _statement(kind: str, function: str, args: str) -> sa.TextClause:
             # put back once the lock is granted; a timeout rolls the savepoint back.
             sql = (
                 "SELECT set_config('lock_timeout', :t, true), "
-                f"{function}({args}), set_config('application_name', :app, true), "
+                f"set_config('application_name', :app, true), {function}({args}), "
                 "set_config('lock_timeout', o.old, true) "
                 "FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) AS o"
             )
         else:
-            sql = f"SELECT {function}({args}), set_config('application_name', :app, {local})"
+            sql = f"SELECT set_config('application_name', :app, {local}), {function}({args})"
         stmt = _statements[cache_key] = sa.text(sql)
     return stmt
 
 
 def _not_available(key: object, holder: Any) -> LockNotAvailableError:
-    who = _who(holder)
+    who = held_by(holder)
     return LockNotAvailableError(
         f"advisory lock {key!r} is held by another session{who}; try again later",
         holder=holder,
@@ -116,16 +104,9 @@ def _not_available(key: object, holder: Any) -> LockNotAvailableError:
 
 def _timed_out(key: object, timeout_ms: int, holder: Any) -> LockTimeoutError:
     return LockTimeoutError(
-        f"could not take advisory lock {key!r} within {timeout_ms / 1000:g} s{_who(holder)}",
+        f"could not take advisory lock {key!r} within {timeout_ms / 1000:g} s{held_by(holder)}",
         holder=holder,
     )
-
-
-def _who(holder: Any) -> str:
-    if holder is None:
-        return ""
-    user = f"user {holder.user_id}" if holder.user_id is not None else "an unknown user"
-    return f" (held by {user}, server pid {holder.pid})"
 
 
 def _check(
@@ -201,13 +182,13 @@ def _transaction_lock(
     function = _function(shared, nowait, "transaction")
     args, params = _args(normalised)
     params_any: dict[str, Any] = dict(params)
-    params_any["app"] = app_name(user_id)
 
     def acquire() -> None:
         if bind_mapper is not None:
             conn = session.connection(bind_arguments={"mapper": bind_mapper})
         else:
             conn = session.connection()
+        params_any["app"] = session_tag(session, user_id, key if isinstance(key, str) else None)
         if nowait:
             ok = conn.execute(_statement("xact-try", function, args), params_any).scalar()
             if not ok:
@@ -255,6 +236,8 @@ _held: contextvars.ContextVar[Mapping[Engine, _Dedicated] | None] = contextvars.
 class _Dedicated:
     conn: Connection
     depth: int = 0
+    #: String keys taken on this connection, listed in its holder tag.
+    keys: list[str] = field(default_factory=list)
 
 
 _UNLOCK = {
@@ -308,17 +291,10 @@ def _open_dedicated(engine: Engine) -> Connection:
         raise LockError(
             "a session-scope advisory lock needs one server session for the whole "
             "block, held in an open transaction, and the connection refused that "
-            f"({_describe_db_error(error)}); behind a statement pooler use "
+            f"({describe_db_error(error)}); behind a statement pooler use "
             "scope='transaction'"
         ) from None
     return conn
-
-
-def _describe_db_error(error: sa_exc.DBAPIError) -> str:
-    """The error's class and SQLSTATE with its first line: no SQL, no parameters."""
-    code = sqlstate(error)
-    first = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else ""
-    return f"{type(error.orig).__name__}{f' [{code}]' if code else ''}: {first}"
 
 
 @contextlib.contextmanager
@@ -345,7 +321,9 @@ def _session_lock(
     function = _function(shared, nowait, "session")
     args, params = _args(normalised)
     params_any: dict[str, Any] = dict(params)
-    params_any["app"] = app_name(user_id)
+    if isinstance(key, str) and key not in entry.keys:
+        entry.keys.append(key)
+    params_any["app"] = app_name(user_id, entry.keys)
     conn = entry.conn
     try:
         try:
@@ -354,24 +332,24 @@ def _session_lock(
                 if not ok:
                     raise _not_available(key, advisory_holder(conn, normalised, exclude_self=True))
             elif timeout_ms is not None:
-                conn.exec_driver_sql("SAVEPOINT chrononaut_lock_attempt")
+                _block.savepoint(conn)
                 params_any["t"] = f"{timeout_ms}ms"
                 try:
                     conn.execute(_statement("session-timeout", function, args), params_any)
                 except sa_exc.DBAPIError as error:
                     # Anything but a timeout (a dead connection) is reported below.
                     if sqlstate(error) == SQLSTATE_LOCK_NOT_AVAILABLE:
-                        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT chrononaut_lock_attempt")
+                        _block.undo(conn)
                         holder = advisory_holder(conn, normalised, exclude_self=True)
                         raise _timed_out(key, timeout_ms, holder) from None
                     raise
-                conn.exec_driver_sql("RELEASE SAVEPOINT chrononaut_lock_attempt")
+                _block.release(conn)
             else:
                 conn.execute(_statement("session", function, args), params_any)
         except sa_exc.DBAPIError as error:
             raise LockError(
                 f"could not take the session-scope advisory lock {key!r}: "
-                f"{_describe_db_error(error)}"
+                f"{describe_db_error(error)}"
             ) from None
     except BaseException:
         entry.depth -= 1
@@ -419,7 +397,7 @@ def _release_session_lock(
                     "end (pg_advisory_unlock returned false)"
                 )
         except sa_exc.DBAPIError as error:
-            problem = f"its connection failed while the block ran ({_describe_db_error(error)})"
+            problem = f"its connection failed while the block ran ({describe_db_error(error)})"
     if problem is not None:
         with contextlib.suppress(Exception):
             entry.conn.invalidate()
@@ -455,12 +433,9 @@ def record_key(record: object) -> str:
     :raises TypeError: ``record`` is not a mapped record.
     :raises ChrononautException: it is transient, pending, detached or deleted.
     """
-    from chrononaut.locking._keys import physical_table, record_key_text
-    from chrononaut.locking._rows import check_record, target
-
     state, session = check_record(record, "take an advisory lock on")
     tgt = target(state.mapper)
-    pk = state.key[1] if state.key is not None else ()
+    pk = primary_key(state)
     bind = session.get_bind(mapper=state.mapper)
     schema, name = physical_table(tgt.table, bind.get_execution_options())
     return record_key_text("chrononaut.record", schema, name, pk)
@@ -477,8 +452,6 @@ def record_advisory_lock(
     commit: bool = True,
 ) -> contextlib.AbstractContextManager[None]:
     """``record.advisory_lock()``: :func:`advisory_lock` keyed by the record's row."""
-    from chrononaut.locking._rows import check_record
-
     check_bool("shared", shared)
     timeout_ms = check_wait(nowait, timeout)
     if not isinstance(scope, str) or scope not in SCOPES:

@@ -20,6 +20,18 @@ from chrononaut.locking._common import DEPTH_KEY, deadlock_from
 
 T = TypeVar("T")
 
+# A failable lock attempt (nowait / timeout) runs in a savepoint we send as SQL
+# ourselves instead of ``begin_nested()``:
+# - ``Session.begin_nested()`` flushes first and, when rolled back, expires what
+#   changed inside it; a lock attempt must leave the session's objects and pending
+#   state exactly as they were (the caller's transaction "remains usable").
+# - ``Connection.begin_nested()`` on the session's connection is bookkept by
+#   SQLAlchemy as part of the session's transaction; when the attempt's connection
+#   died (a terminated backend), its rollback raises SQLAlchemy's own error, while
+#   undo() below can raise the driver error that says what happened.
+# - It costs the same round trips (SAVEPOINT, then RELEASE or ROLLBACK TO), so
+#   there is nothing to win by switching. The fixed name nests safely: PostgreSQL
+#   resolves a repeated savepoint name to the newest one.
 SAVEPOINT = "chrononaut_lock_attempt"
 
 

@@ -11,11 +11,12 @@ import click
 import sqlalchemy as sa
 from flask.cli import with_appcontext
 
+from chrononaut._app import current_extension
 from chrononaut._cli_errors import cli_errors
-from chrononaut.locking._common import user_from_app_name
-from chrononaut.locking._keys import decode_marker
+from chrononaut.locking._common import keys_from_app_name, user_from_app_name
+from chrononaut.locking._keys import decode_marker, string_key
 
-__all__ = ["HeldLock", "held_locks", "locks_command"]
+__all__ = ["HeldLock", "Waiter", "held_locks", "locks_command"]
 
 # Advisory locks (row markers and advisory_lock keys) held by backends whose
 # application_name carries Chrononaut's tag, with the table a marker names.
@@ -37,13 +38,25 @@ _LOCKS_SQL = sa.text(
 )
 
 # Who waits for whom: every backend of this database waiting for a lock, with
-# the pids blocking it.
+# the pids blocking it and its tag (the waiter's user, when its transaction
+# already took a lock through Chrononaut).
 _WAITERS_SQL = sa.text(
     """
-    SELECT pid, pg_blocking_pids(pid) FROM pg_stat_activity
+    SELECT pid, pg_blocking_pids(pid), application_name FROM pg_stat_activity
     WHERE datname = current_database() AND wait_event_type = 'Lock'
     """
 )
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A backend waiting for a lock: its pid and, when known, its acting user."""
+
+    pid: int
+    user_id: str | None = None
+
+    def __str__(self) -> str:
+        return str(self.pid) if self.user_id is None else f"{self.pid} ({self.user_id})"
 
 
 @dataclass
@@ -56,18 +69,27 @@ class HeldLock:
     user_id: str | None
     pid: int
     since: _dt.datetime | None
-    waiting: list[int] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)
+    #: The text of a string advisory key taken through Chrononaut, when known.
+    key_text: str | None = None
+
+    @property
+    def waiting(self) -> list[int]:
+        """The pids waiting for this holder."""
+        return [waiter.pid for waiter in self.waiters]
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready values."""
         return {
             "kind": self.kind,
             "lock": self.target,
+            "key": self.key_text,
             "mode": self.mode,
             "user_id": self.user_id,
             "pid": self.pid,
             "since": self.since.isoformat() if self.since else None,
             "waiting": self.waiting,
+            "waiting_users": [waiter.user_id for waiter in self.waiters],
         }
 
 
@@ -85,10 +107,11 @@ def held_locks(conn: sa.Connection) -> list[HeldLock]:
 
     :param conn: any connection to the database.
     """
-    waiters: dict[int, list[int]] = {}
-    for pid, blockers in conn.execute(_WAITERS_SQL):
+    waiters: dict[int, list[Waiter]] = {}
+    for pid, blockers, waiter_app in conn.execute(_WAITERS_SQL):
+        waiter = Waiter(int(pid), user_from_app_name(waiter_app)[1])
         for blocker in blockers or ():
-            waiters.setdefault(int(blocker), []).append(int(pid))
+            waiters.setdefault(int(blocker), []).append(waiter)
     held: list[HeldLock] = []
     for pid, classid, objid, objsubid, mode, app, since, relation in conn.execute(_LOCKS_SQL):
         _, user_id = user_from_app_name(app)
@@ -96,14 +119,19 @@ def held_locks(conn: sa.Connection) -> list[HeldLock]:
             pk, row_mode = decode_marker(int(objid))
             held.append(HeldLock("row", f"{relation} id={pk}", row_mode, user_id, int(pid), since))
             continue
+        text: str | None = None
         if objsubid == 2:
             target = f"({_signed(int(classid), 32)}, {_signed(int(objid), 32)})"
         else:
-            target = str(_signed((int(classid) << 32) | int(objid), 64))
+            value = _signed((int(classid) << 32) | int(objid), 64)
+            target = str(value)
+            # The holder's tag lists the texts of the string keys it took; a text
+            # is this lock's key only if it hashes to it.
+            text = next((k for k in keys_from_app_name(app) if string_key(k) == value), None)
         lock_mode = "shared" if mode == "ShareLock" else "exclusive"
-        held.append(HeldLock("advisory", target, lock_mode, user_id, int(pid), since))
+        held.append(HeldLock("advisory", target, lock_mode, user_id, int(pid), since, [], text))
     for lock in held:
-        lock.waiting = sorted(waiters.get(lock.pid, []))
+        lock.waiters = sorted(waiters.get(lock.pid, []), key=lambda waiter: waiter.pid)
     # Oldest holder first; per holder its row locks, then its advisory locks.
     epoch = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
     held.sort(key=lambda lock: (lock.since or epoch, lock.pid, lock.kind != "row"))
@@ -118,11 +146,10 @@ def held_locks(conn: sa.Connection) -> list[HeldLock]:
 @with_appcontext
 @cli_errors
 def locks_command(as_json: bool, bind: str | None) -> None:
-    """List the locks currently held through Chrononaut: what is locked, in which
-    mode, by which user and server process, since when, and who is waiting."""
-    from flask import current_app
-
-    ext = current_app.extensions.get("sqlalchemy")
+    """List the locks currently held through Chrononaut: what is locked (a string
+    advisory key by its text when known), in which mode, by which user and server
+    process, since when, and who is waiting (pid, and user when known)."""
+    ext = current_extension()
     if ext is None:
         raise click.ClickException("this app has no Flask-SQLAlchemy extension")
     try:
@@ -144,12 +171,12 @@ def locks_command(as_json: bool, bind: str | None) -> None:
         lines.append(
             (
                 lock.kind,
-                lock.target,
+                repr(lock.key_text) if lock.key_text is not None else lock.target,
                 lock.mode,
                 lock.user_id if lock.user_id is not None else "-",
                 str(lock.pid),
                 lock.since.isoformat(timespec="seconds") if lock.since else "-",
-                ",".join(str(p) for p in lock.waiting) or "-",
+                ",".join(str(waiter) for waiter in lock.waiters) or "-",
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

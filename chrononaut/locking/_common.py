@@ -8,6 +8,7 @@ import decimal
 import math
 import numbers
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
@@ -16,9 +17,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.state import InstanceState
 
-from chrononaut.errors import DeadlockError
-
-ROW_MODES = ("update", "no_key_update", "share", "key_share")
+from chrononaut._app import current_extension
+from chrononaut._db_errors import sqlstate
+from chrononaut.errors import _NO_USER, ChrononautException, DeadlockError, LockHolder
+from chrononaut.locking._keys import ROW_MODES
 
 #: ``FOR ...`` clause and SQLAlchemy ``with_for_update`` arguments per mode.
 FOR_UPDATE_ARGS: dict[str, dict[str, bool]] = {
@@ -29,7 +31,7 @@ FOR_UPDATE_ARGS: dict[str, dict[str, bool]] = {
 }
 
 # Strength order, to keep the strongest mode when a row is locked twice.
-_STRENGTH = {"key_share": 0, "share": 1, "no_key_update": 2, "update": 3}
+_STRENGTH = {mode: strength for strength, mode in enumerate(ROW_MODES)}
 
 # lock_timeout is an int of milliseconds on the server.
 _MAX_TIMEOUT_MS = 2**31 - 1
@@ -42,15 +44,17 @@ SQLSTATE_LOCK_NOT_AVAILABLE = "55P03"
 
 APP_TAG = "chrononaut"
 # application_name holds at most 63 bytes; the tag and ':' take 11.
-_APP_USER_ROOM = 63 - len(APP_TAG) - 1
+_APP_NAME_MAX = 63
+_APP_USER_ROOM = _APP_NAME_MAX - len(APP_TAG) - 1
 _TRUNCATED = "~"
 
 
 def check_mode(mode: object) -> str:
     """Return ``mode`` if it is one of the four row-lock modes, else raise ValueError."""
-    if not isinstance(mode, str) or mode not in FOR_UPDATE_ARGS:
+    if not isinstance(mode, str) or mode not in ROW_MODES:
         raise ValueError(
-            f"lock mode must be one of {', '.join(repr(m) for m in ROW_MODES)}, got {mode!r}"
+            f"lock mode must be one of {', '.join(repr(m) for m in reversed(ROW_MODES))}, "
+            f"got {mode!r}"
         )
     return mode
 
@@ -101,11 +105,32 @@ def check_session(session: object) -> Session:
     return real
 
 
-def sqlstate(error: BaseException) -> str | None:
-    """The PostgreSQL SQLSTATE of a driver error (psycopg2 or psycopg 3), if any."""
-    orig = error.orig if isinstance(error, sa_exc.DBAPIError) else error
-    code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
-    return code if isinstance(code, str) else None
+def default_session() -> Session:
+    """``db.session`` of the current Flask app's database extension.
+
+    :raises ChrononautException: outside an app context, or when the app has no
+        Flask-SQLAlchemy extension.
+    """
+    from flask import has_app_context
+
+    if not has_app_context():
+        raise ChrononautException(
+            "no session given and no Flask app context: pass session= explicitly"
+        )
+    ext = current_extension()
+    if ext is None or not hasattr(ext, "session"):
+        raise ChrononautException(
+            "no session given and the app has no Flask-SQLAlchemy extension: pass session="
+        )
+    return check_session(ext.session)
+
+
+def held_by(holder: LockHolder | None) -> str:
+    """`` (held by user bob, server pid 123)`` for a lock error's message, or ``""``."""
+    if holder is None:
+        return ""
+    user = f"user {holder.user_id}" if holder.user_id is not None else _NO_USER
+    return f" (held by {user}, server pid {holder.pid})"
 
 
 def deadlock_from(error: BaseException) -> DeadlockError | None:
@@ -122,12 +147,13 @@ def deadlock_from(error: BaseException) -> DeadlockError | None:
     return None
 
 
-def app_name(user_id: str | None) -> str:
-    """The ``application_name`` a transaction holding Chrononaut locks carries.
+# Key texts ride in the tag after the user, each behind a "|" (percent-encoded,
+# so "|" and "%" inside a key or user id never read as separators).
+_KEY_SEPARATOR = "|"
+_KEY_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%" + _KEY_SEPARATOR)
 
-    ``chrononaut`` for no user, else ``chrononaut:<percent-encoded user id>`` (the
-    server keeps 63 printable ASCII bytes; longer ids are cut and marked with ``~``).
-    """
+
+def _user_tag(user_id: str | None) -> str:
     if user_id is None:
         return APP_TAG
     encoded = quote(user_id, safe="@.-_+=!*()',;$")
@@ -141,6 +167,27 @@ def app_name(user_id: str | None) -> str:
     return f"{APP_TAG}:{encoded}"
 
 
+def app_name(user_id: str | None, keys: Sequence[str] = ()) -> str:
+    """The ``application_name`` a transaction holding Chrononaut locks carries.
+
+    ``chrononaut`` for no user, else ``chrononaut:<percent-encoded user id>`` (the
+    server keeps 63 printable ASCII bytes; longer ids are cut and marked with ``~``),
+    then ``|<key>`` for each string advisory key of ``keys`` (newest first) while
+    they fit whole, so ``flask chrononaut locks`` can show a key's text.
+    """
+    tag = _user_tag(user_id)
+    for key in reversed(keys):
+        part = _KEY_SEPARATOR + quote(key, safe=_KEY_SAFE)
+        if len(tag) + len(part) <= _APP_NAME_MAX:
+            tag += part
+    return tag
+
+
+def _split_tag(name: str) -> tuple[str, list[str]]:
+    head, *keys = name.split(_KEY_SEPARATOR)
+    return head, [unquote(key) for key in keys]
+
+
 def user_from_app_name(name: str | None) -> tuple[bool, str | None]:
     """``(tagged, user_id)`` from a backend's ``application_name``.
 
@@ -148,7 +195,7 @@ def user_from_app_name(name: str | None) -> tuple[bool, str | None]:
     """
     if not name or not name.startswith(APP_TAG):
         return False, None
-    rest = name[len(APP_TAG) :]
+    rest = _split_tag(name)[0][len(APP_TAG) :]
     if rest == "":
         return True, None
     if rest.startswith(":"):
@@ -158,27 +205,56 @@ def user_from_app_name(name: str | None) -> tuple[bool, str | None]:
     return False, None
 
 
+def keys_from_app_name(name: str | None) -> list[str]:
+    """The advisory key texts a Chrononaut tag lists (see :func:`app_name`)."""
+    if not name or not name.startswith(APP_TAG):
+        return []
+    return _split_tag(name)[1]
+
+
 @dataclass
 class TxnLocks:
-    """Row locks this session's current transaction took through Chrononaut."""
+    """Locks this session's current transaction took through Chrononaut: its row
+    locks, and the texts of its string advisory keys (for the holder tag)."""
 
     txn: weakref.ReferenceType[Any]
     rows: dict[tuple[Any, tuple[Any, ...]], dict[str, Any]] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)
 
 
 def _current_txn(session: Session) -> Any:
     return session.get_transaction()
 
 
-def record_row_lock(
-    session: Session, identity: tuple[Any, tuple[Any, ...]], mode: str, user_id: str | None
-) -> None:
-    """Remember that this transaction holds ``identity``'s row in ``mode``."""
+def _txn_locks(session: Session) -> TxnLocks:
+    """The :class:`TxnLocks` of the session's current transaction (a new one after
+    the transaction that took the last ones ended)."""
     txn = _current_txn(session)
     locks: TxnLocks | None = session.info.get(LOCKS_KEY)
     if locks is None or locks.txn() is None or locks.txn() is not txn:
         locks = TxnLocks(weakref.ref(txn))
         session.info[LOCKS_KEY] = locks
+    return locks
+
+
+def session_tag(session: Session, user_id: str | None, key_text: str | None = None) -> str:
+    """The holder tag for a lock about to be taken in ``session``'s transaction.
+
+    :param key_text: the text of a string advisory key being taken, remembered
+        for this transaction so that later tags list it too (a key whose attempt
+        fails stays listed; ``flask chrononaut locks`` shows only held keys).
+    """
+    locks = _txn_locks(session)
+    if key_text is not None and key_text not in locks.keys:
+        locks.keys.append(key_text)
+    return app_name(user_id, locks.keys)
+
+
+def record_row_lock(
+    session: Session, identity: tuple[Any, tuple[Any, ...]], mode: str, user_id: str | None
+) -> None:
+    """Remember that this transaction holds ``identity``'s row in ``mode``."""
+    locks = _txn_locks(session)
     held = locks.rows.get(identity)
     if held is not None and _STRENGTH[held["mode"]] >= _STRENGTH[mode]:
         return

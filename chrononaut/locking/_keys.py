@@ -32,8 +32,11 @@ INT32_MAX = 2**31 - 1
 #: A normalised advisory key: one 64-bit int, or a pair of 32-bit ints.
 AdvisoryKey = int | tuple[int, int]
 
-#: Row-lock modes in the order of their marker code (the low 2 bits of the key).
-MARKER_MODES = ("key_share", "share", "no_key_update", "update")
+#: The row-lock modes, weakest first: the order of their strength (a row locked
+#: twice keeps the stronger) and of their marker code (the low 2 bits of the key).
+#: The one list of modes; everything else derives from it.
+ROW_MODES = ("key_share", "share", "no_key_update", "update")
+MARKER_MODES = ROW_MODES
 
 # Integer primary keys in this range are stored in the marker as they are, so
 # the ``flask chrononaut locks`` command can show them; others are hashed.

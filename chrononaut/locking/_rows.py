@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Mapper, Session, aliased
 from sqlalchemy.orm.state import InstanceState
 
 from chrononaut._context import resolve_actor
+from chrononaut._db_errors import sqlstate
 from chrononaut.errors import (
     ChrononautException,
     DeadlockError,
@@ -26,16 +26,18 @@ from chrononaut.locking import _block
 from chrononaut.locking._common import (
     FOR_UPDATE_ARGS,
     SQLSTATE_LOCK_NOT_AVAILABLE,
-    app_name,
     check_bool,
     check_mode,
     check_session,
     check_wait,
+    default_session,
+    held_by,
     record_row_lock,
-    sqlstate,
+    session_tag,
 )
 from chrononaut.locking._holders import physical_regclass, row_holder
-from chrononaut.locking._keys import marker_params, row_marker
+from chrononaut.locking._keys import row_marker
+from chrononaut.locking._records import Target, check_record, describe, primary_key, target
 
 R = TypeVar("R")
 
@@ -45,80 +47,6 @@ R = TypeVar("R")
 MARKER_LIMIT = 64
 
 _LOCKED_CTE = "chrononaut_locked"
-
-
-def describe(record: object) -> str:
-    """``Class(pk)`` for error messages."""
-    state = sa.inspect(record, raiseerr=False)
-    pk = state.key[1] if isinstance(state, InstanceState) and state.key else None
-    if pk is None:
-        return type(record).__name__
-    return f"{type(record).__name__}({', '.join(repr(v) for v in pk)})"
-
-
-def check_record(record: object, action: str = "lock") -> tuple[InstanceState[Any], Session]:
-    """The state and session of a persistent record, or the error SPEC §4 names.
-
-    :raises TypeError: ``record`` is not an instance of a mapped class.
-    :param action: what was asked, for the message ("lock", ...).
-    :raises ChrononautException: the record is transient, pending, detached or deleted.
-    """
-    state = sa.inspect(record, raiseerr=False)
-    if not isinstance(state, InstanceState):
-        raise TypeError(f"expected a mapped record, got {type(record).__name__}")
-    name = type(record).__name__
-    if state.transient:
-        raise ChrononautException(
-            f"cannot {action} a transient {name}: add it to a session and commit it first"
-        )
-    if state.pending:
-        raise ChrononautException(
-            f"cannot {action} a pending {name}: it has no row yet; flush or commit it first"
-        )
-    if state.deleted or state.was_deleted:
-        raise ChrononautException(f"cannot {action} {describe(record)}: it was deleted")
-    session = state.session
-    if state.detached or session is None:
-        raise ChrononautException(
-            f"cannot {action} a detached {name}: merge it into a session (session.merge) first"
-        )
-    if record in session.deleted:
-        raise ChrononautException(
-            f"cannot {action} {describe(record)}: it is marked for deletion in its session"
-        )
-    return state, session
-
-
-class _Target:
-    """What the lock statements of one mapper need, built once."""
-
-    def __init__(self, mapper: Mapper[Any]) -> None:
-        self.mapper = mapper
-        self.table: sa.Table = mapper.base_mapper.local_table  # type: ignore[assignment]
-        self.pk_columns: list[sa.ColumnElement[Any]] = list(mapper.primary_key)
-        self.statements: dict[tuple[str, str], sa.Select[Any]] = {}
-
-    def regclass(self, conn: Connection) -> str:
-        """The physical table's quoted name on ``conn`` (after schema translation)."""
-        return physical_regclass(conn, self.table)[2]
-
-    def marker(self, conn: Connection, pk: Sequence[Any], mode: str) -> dict[str, Any]:
-        """Parameters ``tbl``, ``direct``, ``m32``, ``m64`` of ``pk``'s marker lock."""
-        schema, name, quoted = physical_regclass(conn, self.table)
-        params = marker_params(schema, name, pk, mode)
-        params["tbl"] = quoted
-        return params
-
-
-_targets: weakref.WeakKeyDictionary[Mapper[Any], _Target] = weakref.WeakKeyDictionary()
-
-
-def target(mapper: Mapper[Any]) -> _Target:
-    """The cached :class:`_Target` of ``mapper``."""
-    found = _targets.get(mapper)
-    if found is None:
-        found = _targets[mapper] = _Target(mapper)
-    return found
 
 
 def for_update(
@@ -177,7 +105,19 @@ def _entity_statement(
     return sa.select(entity, *extra).execution_options(populate_existing=True)
 
 
-def _single_statement(tgt: _Target, mode: str, variant: str) -> sa.Select[Any]:
+def _tagged_while_waiting(inner: sa.Select[Any]) -> sa.Select[Any]:
+    """``inner`` tagging the transaction before it waits for a row lock.
+
+    A filter without columns, volatile so it is evaluated per row before the rows
+    are locked: a waiter shows its user in ``pg_stat_activity`` (for ``flask
+    chrononaut locks``). A timed or ``nowait`` attempt's savepoint takes the tag
+    back when it fails; any other failed wait aborts the transaction.
+    """
+    tag = sa.func.set_config("application_name", sa.bindparam("app", type_=sa.Text), True)
+    return inner.where(tag.is_not(None))
+
+
+def _single_statement(tgt: Target, mode: str, variant: str) -> sa.Select[Any]:
     """``variant``: ``wait``, ``nowait`` or ``timeout`` (restores lock_timeout)."""
     stmt = tgt.statements.get((mode, variant))
     if stmt is None:
@@ -185,23 +125,23 @@ def _single_statement(tgt: _Target, mode: str, variant: str) -> sa.Select[Any]:
         inner = sa.select(cls).where(
             *[col == sa.bindparam(f"pk_{i}") for i, col in enumerate(tgt.pk_columns)]
         )
+        if variant != "nowait":
+            inner = _tagged_while_waiting(inner)
         inner = for_update(inner, mode, nowait=variant == "nowait")
         stmt = _entity_statement(inner, cls, marker=True, restore_timeout=variant == "timeout")
         tgt.statements[(mode, variant)] = stmt
     return stmt
 
 
-def _many_statement(tgt: _Target, mode: str, nowait: bool) -> sa.Select[Any]:
+def _many_statement(tgt: Target, mode: str, nowait: bool) -> sa.Select[Any]:
     """Lock rows ``pk IN (...)`` in primary-key order (markers follow separately)."""
     variant = "many-nowait" if nowait else "many"
     stmt = tgt.statements.get((mode, variant))
     if stmt is None:
         cls = tgt.mapper.class_
-        if len(tgt.pk_columns) == 1:
-            condition = tgt.pk_columns[0].in_(sa.bindparam("pks", expanding=True))
-        else:
-            condition = sa.tuple_(*tgt.pk_columns).in_(sa.bindparam("pks", expanding=True))
-        inner = sa.select(cls).where(condition).order_by(*tgt.pk_columns)
+        inner = sa.select(cls).where(tgt.pk_in("pks")).order_by(*tgt.pk_columns)
+        if not nowait:
+            inner = _tagged_while_waiting(inner)
         inner = for_update(inner, mode, nowait=nowait)
         stmt = _entity_statement(inner, cls, marker=False, restore_timeout=False)
         tgt.statements[(mode, variant)] = stmt
@@ -217,7 +157,7 @@ _MARKERS = sa.text(
 )
 
 
-def take_markers(conn: Connection, tgt: _Target, pks: Sequence[tuple[Any, ...]], mode: str) -> None:
+def take_markers(conn: Connection, tgt: Target, pks: Sequence[tuple[Any, ...]], mode: str) -> None:
     """Marker locks for rows locked by a statement that could not take them itself."""
     if not pks:
         return
@@ -265,7 +205,7 @@ def _lock_failed(
         if holder is not None:
             what = describe(record)
             break
-    who = _who(holder)
+    who = held_by(holder)
     if nowait:
         return RecordLockedError(
             f"{what} is locked by another transaction{who}; try again later or wait with timeout=",
@@ -276,16 +216,9 @@ def _lock_failed(
     )
 
 
-def _who(holder: LockHolder | None) -> str:
-    if holder is None:
-        return ""
-    user = f"user {holder.user_id}" if holder.user_id is not None else "an unknown user"
-    return f" (held by {user}, server pid {holder.pid})"
-
-
 def _holder_finder(state: InstanceState[Any]) -> tuple[object, Any]:
     tgt = target(state.mapper)
-    pk = state.key[1] if state.key is not None else ()
+    pk = primary_key(state)
 
     def find(conn: Connection) -> LockHolder | None:
         return row_holder(conn, tgt.table, tgt.pk_columns, pk, exclude_self=True)
@@ -351,10 +284,10 @@ def _lock_one(
     """Lock one record's row and refresh it from the locked row."""
     tgt = target(state.mapper)
     conn = session.connection(bind_arguments={"mapper": state.mapper})
-    pk = state.key[1] if state.key is not None else ()
+    pk = primary_key(state)
     params: dict[str, Any] = {f"pk_{i}": value for i, value in enumerate(pk)}
     params.update(tgt.marker(conn, pk, mode))
-    params["app"] = app_name(user_id)
+    params["app"] = session_tag(session, user_id)
     if in_savepoint:
         variant = "nowait" if nowait else "wait"
     else:
@@ -413,7 +346,7 @@ def _sort_key(state: InstanceState[Any]) -> tuple[str, tuple[Any, ...]]:
     # Two processes sort the same records alike whatever their schema translation,
     # so the logical name is enough for deadlock-free ordering.
     tgt = target(state.mapper)
-    return (tgt.table.fullname, state.key[1] if state.key is not None else ())
+    return (tgt.table.fullname, primary_key(state))
 
 
 def lock_all(
@@ -448,8 +381,6 @@ def lock_all(
     sessions = {id(s): s for _, s in checked}
     if len(sessions) > 1:
         raise ChrononautException("lock_all() needs records of one session")
-    from chrononaut.locking._advisory import default_session
-
     session = next(iter(sessions.values())) if sessions else default_session()
     unique: dict[int, InstanceState[Any]] = {}
     for state, _ in checked:
@@ -508,11 +439,12 @@ def _lock_many(
             continue
         state0 = group[0]
         tgt = target(state0.mapper)
-        pks = [s.key[1] if s.key is not None else () for s in group]
+        pks = [primary_key(s) for s in group]
         user_id = actor(state0)
         stmt = _many_statement(tgt, mode, nowait)
-        values: list[Any] = [pk[0] for pk in pks] if len(tgt.pk_columns) == 1 else pks
-        rows = session.execute(stmt, {"pks": values, "app": app_name(user_id)}).all()
+        rows = session.execute(
+            stmt, {"pks": tgt.pk_values(pks), "app": session_tag(session, user_id)}
+        ).all()
         if len(rows) != len(group):
             found = {id(row[0]) for row in rows}
             missing = [describe(s.obj()) for s in group if id(s.obj()) not in found]
@@ -543,7 +475,7 @@ def lock_next(
     :param order_by: expression(s) deciding which free row comes first; default:
         the primary key (oldest first for serial keys).
     :param commit: commit on normal exit of the outermost lock block.
-    :param session: the session; default: the model's Flask-SQLAlchemy session.
+    :param session: the session; default: the current Flask app's ``db.session``.
     :returns: a context manager yielding the locked record or ``None``.
     """
     check_mode(mode)
@@ -551,13 +483,7 @@ def lock_next(
     mapper = sa.inspect(cls, raiseerr=False)
     if not isinstance(mapper, Mapper):
         raise TypeError(f"lock_next() needs a mapped class, got {cls!r}")
-    if session is None:
-        from chrononaut.locking._advisory import default_session
-
-        fsa = getattr(cls, "__fsa__", None)
-        real = check_session(fsa.session) if fsa is not None else default_session()
-    else:
-        real = check_session(session)
+    real = check_session(session) if session is not None else default_session()
     tgt = target(mapper)
     if order_by is None:
         ordering: list[Any] = list(tgt.pk_columns)
@@ -573,12 +499,12 @@ def lock_next(
         real.flush()
         user_id = _actor_id(cls)
         conn = real.connection(bind_arguments={"mapper": mapper})
-        row = real.execute(stmt, {"app": app_name(user_id)}).first()
+        row = real.execute(stmt, {"app": session_tag(real, user_id)}).first()
         if row is None:
             return None
         record: R = row[0]
         state = sa.inspect(record)
-        pk = state.key[1] if state.key is not None else ()
+        pk = primary_key(state)
         take_markers(conn, tgt, [pk], mode)
         record_row_lock(real, (state.key[0] if state.key else None, pk), mode, user_id)
         return record
@@ -591,5 +517,5 @@ def record_holder(record: object) -> LockHolder | None:
     state, session = check_record(record, "look up the lock holder of")
     tgt = target(state.mapper)
     conn = session.connection(bind_arguments={"mapper": state.mapper})
-    pk = state.key[1] if state.key is not None else ()
+    pk = primary_key(state)
     return row_holder(conn, tgt.table, tgt.pk_columns, pk, exclude_self=False)

@@ -24,9 +24,9 @@ __all__ = ["COMMANDS", "history_command", "import_activity_command", "prune_comm
 
 
 def _extension() -> Any:
-    from chrononaut._flask_ext import _current_extension
+    from chrononaut._app import current_extension
 
-    ext = _current_extension()
+    ext = current_extension()
     if ext is None:
         raise click.ClickException("this app has no Flask-SQLAlchemy extension")
     return ext

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.state import InstanceState
 
-from chrononaut.errors import ChrononautException, StaleWriteError
+from chrononaut.errors import _NO_USER, ChrononautException, StaleWriteError
 from chrononaut.versioning._tables import VERSION_KEY
 
 if TYPE_CHECKING:
@@ -160,6 +160,20 @@ def forget_expected_version(state: InstanceState[Any]) -> None:
     _expected.pop(state, None)
 
 
+def drop_expected_versions(session: Session, previous_transaction: Any) -> None:
+    """``after_soft_rollback`` listener: when the session's outermost transaction
+    rolls back, the unit of work that declared versions is over, so are they.
+
+    (Keyed by the record's state, not kept in ``session.info``: a declaration
+    must also survive the record being refreshed, e.g. by ``lock()``.)
+    """
+    if previous_transaction.parent is not None or not _expected:
+        return
+    for state in list(_expected.keys()):
+        if state.session is session:
+            _expected.pop(state, None)
+
+
 def _pk_of(obj: Any, meta: VersionMeta) -> tuple[Any, ...]:
     state = instance_state(obj)
     if state.key is not None:
@@ -197,17 +211,21 @@ def changed_fields(
 
 
 def _describe_changes(changes: Sequence[Any], fields_per_change: list[list[str]]) -> list[str]:
+    """One phrase per change: ``bob changed title at 10:05 (replacing version 3)``.
+
+    A history record holds the version a change replaced (``version`` *n* is the
+    state before the step to *n + 1*), so that is how its number is worded.
+    """
     parts = []
     for record, fields in zip(changes, fields_per_change, strict=True):
         info = record.change_info or {}
-        who = info.get("user_id") or "someone"
+        who = info.get("user_id") or _NO_USER
         when = record.changed.isoformat(timespec="seconds") if record.changed else "?"
-        verb = (
-            "deleted it"
-            if info.get("deleted")
-            else (f"changed {', '.join(fields)}" if fields else "changed it")
-        )
-        parts.append(f"{who} {verb} at {when} (version {record.version})")
+        if info.get("deleted"):
+            parts.append(f"{who} deleted it at {when} (it was at version {record.version})")
+            continue
+        verb = f"changed {', '.join(fields)}" if fields else "changed it"
+        parts.append(f"{who} {verb} at {when} (replacing version {record.version})")
     return parts
 
 

@@ -81,6 +81,20 @@ def test_checked_again_at_next_flush(
     assert committed("SELECT title FROM doc") == [{"title": "bob's"}]
 
 
+def test_expectation_ends_with_a_rollback(
+    db: VersionedSQLAlchemy, other: Session, Doc: Any, make_doc: Any, committed: Committed
+) -> None:
+    """A rollback ends the unit of work that declared a version, and the declaration."""
+    doc = make_doc()
+    doc.expect_version(0)
+    _bob_edits(other, Doc, doc.id, title="bob's")
+    db.session.rollback()
+    assert doc.version == 1
+    doc.body = "alice's, on top of bob's"
+    db.session.commit()
+    assert committed("SELECT title, version FROM doc") == [{"title": "bob's", "version": 2}]
+
+
 def test_checked_across_refresh(
     db: VersionedSQLAlchemy, other: Session, Doc: Any, make_doc: Any, committed: Committed
 ) -> None:

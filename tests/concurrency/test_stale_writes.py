@@ -100,9 +100,19 @@ def test_stale_update_message_says_who_and_what(
     _bob_edits(other, Doc, doc.id, title="bob's")
     doc.title = "alice's"
     message = str(_alice_commit(db))
-    assert "bob" in message
-    assert "title" in message
-    assert "version 0" in message
+    assert "bob changed title at " in message
+    assert "(replacing version 0)" in message
+
+
+def test_stale_update_message_names_no_user_anonymous(
+    db: VersionedSQLAlchemy, other: Session, Doc: Any, make_doc: Any
+) -> None:
+    """A change made without an acting user is credited to the one word for no user."""
+    doc = make_doc()
+    other.get(Doc, doc.id).title = "nobody's"
+    other.commit()
+    doc.title = "alice's"
+    assert "anonymous changed title at " in str(_alice_commit(db))
 
 
 def test_stale_delete_is_explained(

@@ -8,7 +8,9 @@ from typing import Any
 from locking_helpers import Worker, backend_pid, wait_until_waiting
 
 from chrononaut import acting_as, advisory_lock
+from chrononaut.locking import string_key
 from chrononaut.locking._cli import locks_command
+from chrononaut.locking._common import app_name, keys_from_app_name, user_from_app_name
 
 
 def _run(app: Any, *args: str) -> Any:
@@ -65,6 +67,57 @@ def test_session_scope_advisory_lock_is_listed(app: Any, db: Any) -> None:
     assert [(x["lock"], x["mode"], x["user_id"]) for x in lines] == [
         ("123456789012", "shared", "rita")
     ]
+
+
+def test_string_advisory_key_is_shown_by_its_text(app: Any, db: Any, new_session: Any) -> None:
+    """A string key taken through Chrononaut is listed by its text, its hash kept as ``lock``."""
+    holder = new_session()
+    with acting_as("sam"), advisory_lock("nightly|report 100%", session=holder, commit=False):
+        lines = [json.loads(line) for line in _run(app, "--json").output.splitlines()]
+        table = _run(app).output
+        holder.rollback()
+    assert [(x["lock"], x["key"], x["user_id"]) for x in lines] == [
+        (str(string_key("nightly|report 100%")), "nightly|report 100%", "sam")
+    ]
+    assert "'nightly|report 100%'" in table
+
+
+def test_waiting_user_is_shown(
+    app: Any, db: Any, Counter: Any, new_session: Any, admin: Any
+) -> None:
+    """A backend waiting for a lock through Chrononaut is listed with its user."""
+    holder = new_session()
+    waiter = new_session()
+    waiter_pid = backend_pid(waiter)
+    theirs = waiter.get(Counter, 2)
+
+    def wait() -> None:
+        with acting_as("wendy"), theirs.lock():
+            pass
+
+    with acting_as("quinn"), holder.get(Counter, 2).lock(commit=False):
+        worker = Worker(app, wait)
+        wait_until_waiting(admin, waiter_pid)
+        (line,) = [json.loads(line) for line in _run(app, "--json").output.splitlines()]
+        table = _run(app).output
+        holder.commit()
+    worker.join()
+    assert (line["waiting"], line["waiting_users"]) == ([waiter_pid], ["wendy"])
+    assert f"{waiter_pid} (wendy)" in table
+
+
+def test_tag_lists_key_texts_after_the_user() -> None:
+    """Key texts round-trip through the tag; separators inside them are escaped."""
+    tag = app_name("a|b", ["k|1", "50%"])
+    assert len(tag) <= 63
+    assert user_from_app_name(tag) == (True, "a|b")
+    assert sorted(keys_from_app_name(tag)) == ["50%", "k|1"]
+
+
+def test_tag_leaves_out_key_texts_that_do_not_fit() -> None:
+    """A key text longer than the room left in application_name is not listed (or cut)."""
+    tag = app_name("bob", ["short", "x" * 60])
+    assert keys_from_app_name(tag) == ["short"]
 
 
 def test_command_is_registered_under_flask_chrononaut(app: Any, db: Any) -> None:

@@ -183,6 +183,18 @@ def test_nowait_raises_with_holder_and_keeps_transaction_usable(
     assert _n(new_session(), Counter, 2) == 2
 
 
+def test_holder_without_a_user_is_named_anonymous(db: Any, Counter: Any, new_session: Any) -> None:
+    """A lock error names a holder without an acting user with the one word for no user."""
+    held = new_session().get(Counter, 1)
+    mine = db.session.get(Counter, 1)
+    with held.lock():
+        with pytest.raises(RecordLockedError) as caught, mine.lock(nowait=True):
+            pass
+    assert caught.value.holder is not None and caught.value.holder.user_id is None
+    assert "held by anonymous" in str(caught.value)
+    db.session.rollback()
+
+
 def test_timeout_raises_after_the_timeout_with_holder(
     db: Any, Counter: Any, new_session: Any
 ) -> None:

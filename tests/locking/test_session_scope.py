@@ -46,7 +46,7 @@ def test_application_name_ends_with_the_block(db: Any, admin: sa.Connection) -> 
         during = admin.execute(
             sa.text("SELECT application_name FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
         ).scalar()
-    assert during == "chrononaut:carol"
+    assert during == "chrononaut:carol|tagged"  # the user, then the key text
     after = admin.execute(
         sa.text("SELECT application_name FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
     ).scalar()
