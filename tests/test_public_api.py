@@ -3,6 +3,8 @@ and the errors form the documented hierarchy."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -92,7 +94,7 @@ def test_error_hierarchy(name: str, parents: tuple[object, ...]) -> None:
     """Each error of SPEC §6 derives from its documented parents."""
     error = getattr(chrononaut, name)
     for parent in parents:
-        base = getattr(chrononaut, parent) if isinstance(parent, str) else parent
+        base: type = getattr(chrononaut, parent) if isinstance(parent, str) else cast(type, parent)
         assert issubclass(error, base), (name, parent)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from flask import Blueprint, Flask, jsonify, request
@@ -458,7 +458,7 @@ def bob_holds_lock(
         with app.app_context():
             session = db.session.session_factory()
             try:
-                with acting_as("bob"), session.get(Doc, doc_id).lock():
+                with acting_as("bob"), cast(Any, session.get(Doc, doc_id)).lock():
                     locked.set()
                     release.wait(10)
             finally:

@@ -132,6 +132,7 @@ def _write(factory: Any, Tally: Any, tally_id: int, client: _Client, model: _Mod
         with acting_as(client.name):
             try:
                 record = held if held is not None else session.get(Tally, tally_id)
+                assert record is not None
                 if client.mode == "form":
                     record.expect_version(seen_version)
                 elif client.mode == "refresh":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -65,7 +65,7 @@ def _in_threads(app: Flask, *targets: Callable[[], None]) -> None:
 
 def _bump_elsewhere(other: Session, Counter: Any, counter_id: int = 1) -> None:
     """Another session increments the counter and commits."""
-    other.get(Counter, counter_id).n += 1
+    cast(Any, other.get(Counter, counter_id)).n += 1
     other.commit()
 
 
@@ -79,6 +79,7 @@ def test_stale_write_is_retried(
     @retry_on_conflict(db.session, on_retry=lambda n, e: retries.append((n, type(e))))
     def increment(first: list[bool]) -> None:
         counter = db.session.get(Counter, 1)
+        assert counter is not None
         value = counter.n
         if first.pop() if first else False:
             barrier.wait()  # both have read n = 0 before either writes
@@ -96,7 +97,7 @@ def test_many_threads_lose_no_update(
 
     @retry_on_conflict(db.session, attempts=200, backoff=0.001, max_backoff=0.01)
     def increment() -> None:
-        db.session.get(Counter, 1).n += 1
+        cast(Any, db.session.get(Counter, 1)).n += 1
 
     def worker() -> None:
         for _ in range(10):
@@ -121,11 +122,11 @@ def test_deadlock_is_retried(
         @retry_on_conflict(db.session, on_retry=lambda n, e: retried.append(e))
         def work() -> None:
             attempts.append(1)
-            db.session.get(Counter, first_id).n += 1
+            cast(Any, db.session.get(Counter, first_id)).n += 1
             db.session.flush()  # row lock on the first row
             if len(attempts) == 1:
                 barrier.wait()
-            db.session.get(Counter, second_id).n += 1
+            cast(Any, db.session.get(Counter, second_id)).n += 1
             db.session.flush()
 
         return work
@@ -151,6 +152,7 @@ def test_gives_up_after_the_last_attempt(
     def increment() -> None:
         calls.append(1)
         counter = db.session.get(Counter, 1)
+        assert counter is not None
         _ = counter.n
         _bump_elsewhere(other, Counter)  # someone always gets there first
         counter.n += 1
@@ -184,11 +186,12 @@ def test_returns_the_function_result(db: VersionedSQLAlchemy, Counter: Any) -> N
     @retry_on_conflict(db.session)
     def read() -> int:
         counter = db.session.get(Counter, 2)
+        assert counter is not None
         counter.n = 7
         return int(counter.id)
 
     assert read() == 2
-    assert db.session.get(Counter, 2).version == 1
+    assert cast(Any, db.session.get(Counter, 2)).version == 1
 
 
 def test_backoff_grows_with_jitter(db: VersionedSQLAlchemy) -> None:
@@ -213,12 +216,13 @@ def test_iterator_form(db: VersionedSQLAlchemy, other: Session, Counter: Any) ->
         with attempt:
             runs += 1
             counter = db.session.get(Counter, 1)
+            assert counter is not None
             _ = counter.n
             if runs == 1:
                 _bump_elsewhere(other, Counter)
             counter.n += 10
     assert runs == 2
-    assert db.session.get(Counter, 1).n == 11
+    assert cast(Any, db.session.get(Counter, 1)).n == 11
 
 
 def test_attempt_must_be_entered(db: VersionedSQLAlchemy) -> None:
@@ -239,6 +243,7 @@ def test_nested_use_defers_to_the_outermost(
     def inner() -> None:
         calls["inner"] += 1
         counter = db.session.get(Counter, 1)
+        assert counter is not None
         _ = counter.n
         if calls["inner"] == 1:
             _bump_elsewhere(other, Counter)
@@ -248,7 +253,7 @@ def test_nested_use_defers_to_the_outermost(
     @retry_on_conflict(db.session, sleep=no_wait)
     def outer() -> None:
         calls["outer"] += 1
-        db.session.get(Counter, 2).n += 1
+        cast(Any, db.session.get(Counter, 2)).n += 1
         inner()
 
     outer()
@@ -262,6 +267,7 @@ def test_nested_use_defers_to_the_outermost(
 def test_refuses_unflushed_changes(db: VersionedSQLAlchemy, Counter: Any) -> None:
     """Changes pending before the unit of work would be rolled back: refused, kept."""
     counter = db.session.get(Counter, 1)
+    assert counter is not None
     counter.n = 5
 
     @retry_on_conflict(db.session)
@@ -283,6 +289,7 @@ def test_commit_false_retries_the_functions_own_commit(
     def work() -> None:
         runs.append(1)
         counter = db.session.get(Counter, 1)
+        assert counter is not None
         _ = counter.n
         if len(runs) == 1:
             _bump_elsewhere(other, Counter)
@@ -291,7 +298,7 @@ def test_commit_false_retries_the_functions_own_commit(
 
     work()
     assert len(runs) == 2
-    assert db.session.get(Counter, 1).n == 2
+    assert cast(Any, db.session.get(Counter, 1)).n == 2
 
 
 def test_plain_session(db: VersionedSQLAlchemy, other: Session, Counter: Any) -> None:
@@ -304,6 +311,7 @@ def test_plain_session(db: VersionedSQLAlchemy, other: Session, Counter: Any) ->
         def work() -> None:
             runs.append(1)
             counter = session.get(Counter, 1)
+            assert counter is not None
             _ = counter.n
             if len(runs) == 1:
                 _bump_elsewhere(other, Counter)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -51,9 +51,10 @@ def test_retry_lines_do_not_quote_parameters(
                 if not first:
                     session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
                 account = session.get(Account, 1)
+                assert account is not None
                 if first:
                     first = False
-                    other.get(Account, 1).password = "changed"
+                    cast(Any, other.get(Account, 1)).password = "changed"
                     other.commit()
                 account.password = HIDDEN
                 session.flush()

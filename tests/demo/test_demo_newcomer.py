@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,7 @@ def test_clash_keeps_the_other_users_value_in_the_reapply_form(demo_app: Flask) 
         with acting_as(bob_id), rationale("Bob's limit"):
             account = db.session.get(Account, account_id)
             assert account is not None
-            account.credit_limit = 9999
+            account.credit_limit = Decimal(9999)
             db.session.commit()
         db.session.remove()
     response = client.post(

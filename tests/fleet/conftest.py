@@ -97,7 +97,7 @@ def pgbouncer(database_url: str) -> Iterator[Any]:
     """
     import os
 
-    import pgbouncer_support
+    from . import pgbouncer_support
 
     binary = pgbouncer_support.find_binary()
     if binary is None:

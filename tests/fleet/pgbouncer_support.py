@@ -1,4 +1,4 @@
-"""Start a real PgBouncer in front of the test server (imported as ``pgbouncer_support``).
+"""Start a real PgBouncer in front of the test server (the fleet tests import it).
 
 PgBouncer refuses to run as root, so as root it runs as the ``postgres`` user;
 its config, auth file, log and pid file live in a temporary directory of its own

@@ -127,10 +127,10 @@ CASES: list[Case] = [
     ],
     ("lock transient", lambda e: _enter(e.model(id=99).lock()), CHRONO),
     ("lock_all str", lambda e: _enter(lock_all("abc")), TYPE),
-    ("lock_all int", lambda e: _enter(lock_all(5)), TYPE),  # type: ignore[call-overload]
+    ("lock_all int", lambda e: _enter(lock_all(5)), TYPE),  # type: ignore[arg-type]
     ("lock_all non-records", lambda e: _enter(lock_all([object()])), TYPE),
     ("lock_all mode", lambda e: _enter(lock_all([e.thing], mode="x")), VALUE),
-    ("lock_next non-class", lambda e: _enter(chrononaut.locking._rows.lock_next(5)), TYPE),
+    ("lock_next non-class", lambda e: _enter(chrononaut.locking._rows.lock_next(5)), TYPE),  # type: ignore[arg-type]
     ("lock_next mode", lambda e: _enter(e.model.lock_next(mode=SQLISH)), VALUE),
     ("lock_holder non-record", lambda e: chrononaut.locking._rows.record_holder(1), TYPE),
     ("record advisory_lock scope", lambda e: _enter(e.thing.advisory_lock(scope="x")), VALUE),
@@ -239,7 +239,7 @@ def env(db: VersionedSQLAlchemy) -> Iterator[Env]:
 
     db.create_all()
     with acting_as("setup"):
-        thing = BadThing(id=1, name="a", secret="s")
+        thing: Any = BadThing(id=1, name="a", secret="s")
         db.session.add(thing)
         db.session.commit()
         thing.name = "b"

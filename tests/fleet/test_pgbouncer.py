@@ -10,12 +10,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask, current_app
-from pgbouncer_support import Bouncer, connect_args, driver_url
 from sqlalchemy.orm import Session
 
 from chrononaut import (
@@ -29,6 +28,8 @@ from chrononaut import (
     acting_as,
     advisory_lock,
 )
+
+from .pgbouncer_support import Bouncer, connect_args, driver_url
 
 pytestmark = pytest.mark.pgbouncer
 
@@ -135,9 +136,11 @@ def test_history_is_written(bounced: VersionedSQLAlchemy, Job: Any) -> None:
     for value in range(1, 8):  # more than psycopg 3's prepare threshold
         with acting_as("ann"):
             job = bounced.session.get(Job, 1)
+            assert job is not None
             job.n = value
             bounced.session.commit()
     job = bounced.session.get(Job, 1)
+    assert job is not None
     versions = job.versions()
     assert [v.version for v in versions] == list(range(7))
     assert versions[-1].change_info["user_id"] == "ann"
@@ -148,9 +151,10 @@ def test_stale_write_is_explained(
 ) -> None:
     """A stale write through the pooler is a StaleWriteError naming the other change."""
     mine = bounced.session.get(Job, 2)
+    assert mine is not None
     other = sessions()
     with acting_as("bob"):
-        other.get(Job, 2).n = 5
+        cast(Any, other.get(Job, 2)).n = 5
         other.commit()
     mine.n = 9
     with pytest.raises(StaleWriteError) as caught:
@@ -164,8 +168,9 @@ def test_row_lock_nowait_and_timeout_name_the_holder(
 ) -> None:
     """lock(nowait=) and lock(timeout=) fail with the holder's user through the pooler."""
     holder = sessions()
-    with acting_as("carol"), holder.get(Job, 3).lock(commit=False):
+    with acting_as("carol"), cast(Any, holder.get(Job, 3)).lock(commit=False):
         mine = bounced.session.get(Job, 3)
+        assert mine is not None
         with pytest.raises(RecordLockedError) as locked:
             with mine.lock(nowait=True):
                 pass

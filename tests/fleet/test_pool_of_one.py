@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -34,7 +34,7 @@ Other = Callable[[], Session]
 def _bump_elsewhere(elsewhere: Other, Item: Any, item_id: int = 1) -> None:
     session = elsewhere()
     with acting_as("bob"):
-        session.get(Item, item_id).n += 1
+        cast(Any, session.get(Item, item_id)).n += 1
         session.commit()
 
 
@@ -43,6 +43,7 @@ def test_stale_write_is_explained(
 ) -> None:
     """A stale flush raises StaleWriteError with the changes, not a pool TimeoutError."""
     mine = small_db.session.get(Item, 1)
+    assert mine is not None
     _bump_elsewhere(elsewhere, Item)
     mine.n = 10
     with pytest.raises(StaleWriteError) as caught:
@@ -50,7 +51,7 @@ def test_stale_write_is_explained(
     assert caught.value.expected_version == 0 and caught.value.current_version == 1
     assert [c.change_info["user_id"] for c in caught.value.changes] == ["bob"]
     small_db.session.rollback()
-    assert small_db.session.get(Item, 1).n == 1
+    assert cast(Any, small_db.session.get(Item, 1)).n == 1
 
 
 def test_expect_version_is_explained(
@@ -59,6 +60,7 @@ def test_expect_version_is_explained(
     """expect_version() of an old version explains the change on the session's connection."""
     _bump_elsewhere(elsewhere, Item)
     mine = small_db.session.get(Item, 1)
+    assert mine is not None
     with pytest.raises(StaleWriteError) as caught:
         mine.expect_version(0)
     assert caught.value.current_version == 1 and len(caught.value.changes) == 1
@@ -68,8 +70,9 @@ def test_expect_version_is_explained(
 def test_holders_are_found(small_db: VersionedSQLAlchemy, Item: Any, elsewhere: Other) -> None:
     """lock(nowait) names the holder and lock_holder() answers on the one connection."""
     theirs = elsewhere()
-    with acting_as("bob"), theirs.get(Item, 1).lock(commit=False):
+    with acting_as("bob"), cast(Any, theirs.get(Item, 1)).lock(commit=False):
         mine = small_db.session.get(Item, 1)
+        assert mine is not None
         holder = mine.lock_holder()
         assert holder is not None and holder.user_id == "bob"
         with pytest.raises(RecordLockedError) as caught:
@@ -84,17 +87,17 @@ def test_holders_are_found(small_db: VersionedSQLAlchemy, Item: Any, elsewhere: 
 
 def test_lock_all(small_db: VersionedSQLAlchemy, Item: Any) -> None:
     """lock_all() locks and commits on the pool of one."""
-    items = [small_db.session.get(Item, i) for i in (3, 1, 2)]
+    items: list[Any] = [small_db.session.get(Item, i) for i in (3, 1, 2)]
     with lock_all(items) as locked:
         for item in locked:
             item.n += 1
-    assert [small_db.session.get(Item, i).n for i in (1, 2, 3)] == [1, 1, 1]
+    assert [cast(Any, small_db.session.get(Item, i)).n for i in (1, 2, 3)] == [1, 1, 1]
 
 
 def test_lock_next(small_db: VersionedSQLAlchemy, Item: Any, elsewhere: Other) -> None:
     """lock_next() skips a row another server holds."""
     theirs = elsewhere()
-    with theirs.get(Item, 1).lock(commit=False):
+    with cast(Any, theirs.get(Item, 1)).lock(commit=False):
         with Item.lock_next(Item.state == "queued") as job:
             assert job is not None and job.id == 2
             job.state = "done"
@@ -128,6 +131,7 @@ def test_retries(
     @retry_on_conflict(small_db.session, attempts=3, backoff=0.001)
     def increment() -> None:
         item = small_db.session.get(Item, 1)
+        assert item is not None
         attempts.append(item.version)
         if len(attempts) == 1:
             _bump_elsewhere(elsewhere, Item)
@@ -136,7 +140,7 @@ def test_retries(
     increment()
     assert attempts == [0, 1]
     small_db.session.remove()
-    assert small_db.session.get(Item, 1).n == 2
+    assert cast(Any, small_db.session.get(Item, 1)).n == 2
 
 
 def test_transaction_advisory_lock(
@@ -191,7 +195,8 @@ def test_four_threads_on_a_pool_of_four(database_url: str) -> None:
 
     def work() -> None:
         with maker() as session:
-            row = session.get(Row, 1)
+            row: Any = session.get(Row, 1)  # n is a plain Column, not Mapped[int]
+            assert row is not None
             barrier.wait()
             row.n += 1
             try:

@@ -36,7 +36,7 @@ def test_soak_under_faults_loses_nothing(soak_url: str, capsys: pytest.CaptureFi
     here = Path(__file__).parent
     sys.path.insert(0, str(here))
     try:
-        import soak
+        import soak  # type: ignore[import-not-found]  # found through sys.path above
     finally:
         sys.path.remove(str(here))
     figures = soak.run(soak_url, SECONDS, threads=3, processes=2)

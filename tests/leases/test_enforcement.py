@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -30,7 +30,7 @@ def alice_leases(db: VersionedSQLAlchemy, Doc: Any) -> Callable[..., Any]:
         session = db.session.session_factory()
         try:
             with acting_as("alice"):
-                return [session.get(Doc, i).lease() for i in ids]
+                return [cast(Any, session.get(Doc, i)).lease() for i in ids]
         finally:
             session.close()
 
@@ -44,7 +44,7 @@ def _title(db: VersionedSQLAlchemy, id_: int) -> str:
 
 def _history_count(db: VersionedSQLAlchemy, Doc: Any) -> int:
     with db.engine.connect() as conn:
-        table = history_class(Doc).__table__
+        table = cast(Any, history_class(Doc)).__table__
         return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
 
@@ -54,6 +54,7 @@ def test_other_users_flush_refused(
     """Bob's change of a record Alice leases fails with her lease; nothing is written."""
     alice_leases(1)
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     doc.title = "bob's"
     with acting_as("bob"), pytest.raises(RecordLeasedError) as info:
         db.session.commit()
@@ -68,7 +69,7 @@ def test_nobody_refused(
 ) -> None:
     """A change on behalf of nobody is refused too."""
     alice_leases(1)
-    db.session.get(Doc, 1).title = "x"
+    cast(Any, db.session.get(Doc, 1)).title = "x"
     with pytest.raises(RecordLeasedError):
         db.session.commit()
 
@@ -79,6 +80,7 @@ def test_holder_writes_with_change_info(
     """The holder's change goes through and its history row carries change_info["lease"]."""
     (lease,) = alice_leases(1)
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"):
         doc.title = "alice's"
         db.session.commit()
@@ -91,6 +93,7 @@ def test_holder_writes_with_change_info(
 def test_non_holder_change_info_has_no_lease(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """A change of an unleased record carries no change_info["lease"]."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("bob"):
         doc.title = "free"
         db.session.commit()
@@ -102,7 +105,7 @@ def test_untracked_change_not_refused(
 ) -> None:
     """Changing only untracked columns of a leased record is allowed."""
     alice_leases(1)
-    db.session.get(Doc, 1).views = 3
+    cast(Any, db.session.get(Doc, 1)).views = 3
     with acting_as("bob"):
         db.session.commit()
 
@@ -112,7 +115,7 @@ def test_hidden_change_refused(
 ) -> None:
     """Changing a hidden column of a leased record is refused."""
     alice_leases(1)
-    db.session.get(Doc, 1).secret = "pw"
+    cast(Any, db.session.get(Doc, 1)).secret = "pw"
     with acting_as("bob"), pytest.raises(RecordLeasedError):
         db.session.commit()
 
@@ -145,7 +148,7 @@ def test_suppress_versioning_does_not_bypass(
 ) -> None:
     """suppress_versioning() does not switch leases off."""
     alice_leases(1)
-    db.session.get(Doc, 1).title = "x"
+    cast(Any, db.session.get(Doc, 1)).title = "x"
     with acting_as("bob"), suppress_versioning(), pytest.raises(RecordLeasedError):
         db.session.commit()
 
@@ -155,7 +158,7 @@ def test_lowest_pk_lease_reported(
 ) -> None:
     """With several leased records in one flush the lease of the lowest key is raised."""
     alice_leases(3, 2)
-    docs = [db.session.get(Doc, i) for i in (1, 2, 3)]
+    docs: list[Any] = [db.session.get(Doc, i) for i in (1, 2, 3)]
     for doc in docs:
         doc.title = "bulk"
     with acting_as("bob"), pytest.raises(RecordLeasedError, match=r"Doc\(2\)"):
@@ -169,7 +172,7 @@ def test_expired_lease_not_enforced(
     alice_leases(1)
     db.session.execute(sa.text(f"UPDATE {LEASE_TABLE} SET expires_at = now()"))
     db.session.commit()
-    db.session.get(Doc, 1).title = "late"
+    cast(Any, db.session.get(Doc, 1)).title = "late"
     with acting_as("bob"):
         db.session.commit()
     assert _title(db, 1) == "late"
@@ -181,6 +184,7 @@ def test_takeover_recorded(
     """After a forced takeover the new holder's next change records took_over_from."""
     alice_leases(1)
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("bob"):
         doc.lease(force=True)
         doc.title = "bob took over"
@@ -193,11 +197,12 @@ def test_old_holder_refused_after_takeover(
 ) -> None:
     """Alice's write after Bob took her lease over is refused."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"):
         doc.lease()
     other = new_session()
     with acting_as("bob"):
-        other.get(Doc, 1).lease(force=True)
+        cast(Any, other.get(Doc, 1)).lease(force=True)
     doc.title = "alice again"
     with acting_as("alice"), pytest.raises(RecordLeasedError):
         db.session.commit()
@@ -283,7 +288,7 @@ def test_plain_model_sends_no_lease_statement(
     """Models without leases send no extra statement (flush and bulk)."""
     statements.clear()
     with acting_as("bob"):
-        db.session.get(Plain, 1).title = "x"
+        cast(Any, db.session.get(Plain, 1)).title = "x"
         db.session.commit()
         db.session.execute(sa.update(Plain).where(Plain.id == 2).values(title="y"))
         db.session.commit()
@@ -296,6 +301,7 @@ def test_leased_flush_one_statement_when_known(
     """A holder whose transaction knows the lease pays one lease statement per flush."""
     (lease,) = alice_leases(1)
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"):
         doc.renew_lease(lease.token, commit=False)
         statements.clear()
@@ -310,6 +316,7 @@ def test_unleased_write_one_statement(
 ) -> None:
     """A write of a leased model's free record costs one lease statement per flush."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     statements.clear()
     with acting_as("bob"):
         doc.title = "free"
@@ -324,6 +331,7 @@ def test_holder_change_info_on_slow_path(
     carries change_info["lease"] too."""
     alice_leases(1)
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"):
         doc.title = "with a new one"
         db.session.add(Doc(id=9, title="new"))
@@ -340,7 +348,7 @@ def test_holder_delete_change_info(
     with acting_as("alice"):
         db.session.delete(doc)
         db.session.commit()
-    history = history_class(Doc)
+    history: Any = history_class(Doc)
     row = db.session.execute(sa.select(history).where(history.id == 2)).scalars().one()
     assert row.change_info["deleted"] is True
     assert row.change_info["lease"]["user_id"] == "alice"
@@ -352,6 +360,7 @@ def test_holder_lease_recorded_once(
     """A holder's second flush in one transaction knows the lease: one statement."""
     alice_leases(1)
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"):
         doc.title = "one"
         db.session.flush()
@@ -372,7 +381,7 @@ def test_holder_bulk_change_info(
     with acting_as("alice"):
         db.session.execute(sa.update(Doc).where(Doc.id == 1).values(title="bulk by alice"))
         db.session.commit()
-    history = history_class(Doc)
+    history: Any = history_class(Doc)
     row = db.session.execute(sa.select(history).where(history.id == 1)).scalars().one()
     assert row.change_info["lease"]["user_id"] == "alice"
 
@@ -398,9 +407,11 @@ def test_joined_subclass_bulk_refused(db: VersionedSQLAlchemy) -> None:
     db.session.add_all([Book(id=1, name="a", pages=1), Book(id=2, name="b", pages=2)])
     db.session.commit()
     with acting_as("alice"):
-        db.session.get(Book, 2).lease()
+        cast(Any, db.session.get(Book, 2)).lease()
     with acting_as("bob"), pytest.raises(RecordLeasedError, match=r"Book\(2\)"):
-        db.session.execute(sa.update(Book).where(Book.pages > 1).values(pages=9))
+        db.session.execute(
+            sa.update(Book).where(cast("sa.ColumnElement[bool]", Book.pages > 1)).values(pages=9)
+        )
     db.session.rollback()
     with acting_as("bob"):
         db.session.execute(sa.update(Book).where(Book.pages == 1).values(pages=5))
@@ -413,6 +424,7 @@ def test_takeover_recorded_once(
     """took_over_from is on the new holder's next change only."""
     alice_leases(1)
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("bob"):
         doc.lease(force=True)
         doc.title = "first"

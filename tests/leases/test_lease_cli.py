@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from flask import Flask
@@ -33,7 +33,7 @@ def test_no_leases(app: Flask, db: VersionedSQLAlchemy, Doc: Any) -> None:
 def test_table_lists_who_what_until(app: Flask, db: VersionedSQLAlchemy, Doc: Any) -> None:
     """The table names the record, the holder and the note."""
     with acting_as("alice"):
-        db.session.get(Doc, 2).lease(note="address")
+        cast(Any, db.session.get(Doc, 2)).lease(note="address")
     out = _run(app)
     assert "lease_doc" in out and "[2]" in out and "alice" in out and "address" in out
 
@@ -41,7 +41,7 @@ def test_table_lists_who_what_until(app: Flask, db: VersionedSQLAlchemy, Doc: An
 def test_json_lines(app: Flask, db: VersionedSQLAlchemy, Doc: Any) -> None:
     """--json prints one object per lease, without the token."""
     with acting_as("alice"):
-        lease = db.session.get(Doc, 1).lease()
+        lease = cast(Any, db.session.get(Doc, 1)).lease()
     (line,) = _run(app, "--json").splitlines()
     found = json.loads(line)
     assert (found["table"], found["key"], found["user_id"]) == ("lease_doc", [1], "alice")
@@ -52,7 +52,7 @@ def test_json_lines(app: Flask, db: VersionedSQLAlchemy, Doc: Any) -> None:
 def test_expired_not_listed(app: Flask, db: VersionedSQLAlchemy, Doc: Any) -> None:
     """Expired leases are not listed."""
     with acting_as("alice"):
-        db.session.get(Doc, 1).lease()
+        cast(Any, db.session.get(Doc, 1)).lease()
     db.session.execute(sa.text(f"UPDATE {LEASE_TABLE} SET expires_at = now()"))
     db.session.commit()
     assert "No live edit leases" in _run(app)
@@ -62,7 +62,7 @@ def test_release_expired_in_batches(app: Flask, db: VersionedSQLAlchemy, Doc: An
     """--release-expired deletes only expired rows, in batches."""
     with acting_as("alice"):
         for i in (1, 2, 3):
-            db.session.get(Doc, i).lease()
+            cast(Any, db.session.get(Doc, i)).lease()
     db.session.execute(
         sa.text(f"UPDATE {LEASE_TABLE} SET expires_at = now() WHERE record_key <> '[3]'")
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from flask import Flask
@@ -41,7 +41,7 @@ def web(app: Flask, db: VersionedSQLAlchemy, Doc: Any) -> Flask:
 def test_423_body(web: Flask, db: VersionedSQLAlchemy, Doc: Any) -> None:
     """A write refused by a lease answers 423 with the holder's lease and no token."""
     with acting_as("alice"):
-        lease = db.session.get(Doc, 1).lease(note="n")
+        lease = cast(Any, db.session.get(Doc, 1)).lease(note="n")
     db.session.remove()
     with acting_as("bob"):
         response = web.test_client().post("/docs/1")
@@ -78,7 +78,7 @@ def test_open_edit_takeover(db: VersionedSQLAlchemy, Doc: Any) -> None:
 def test_heartbeat_renews(web: Flask, db: VersionedSQLAlchemy, Doc: Any) -> None:
     """The heartbeat endpoint renews the lease and answers with it."""
     with acting_as("alice"):
-        lease = db.session.get(Doc, 1).lease()
+        lease = cast(Any, db.session.get(Doc, 1)).lease()
     db.session.remove()
     with acting_as("alice"):
         response = web.test_client().post("/docs/1/lease", data={LEASE_TOKEN_FIELD: lease.token})
@@ -89,6 +89,7 @@ def test_heartbeat_renews(web: Flask, db: VersionedSQLAlchemy, Doc: Any) -> None
 def test_heartbeat_after_takeover(web: Flask, db: VersionedSQLAlchemy, Doc: Any) -> None:
     """After a takeover the heartbeat answers 409 lease_lost with the new holder."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"):
         lease = doc.lease()
     with acting_as("bob"):
@@ -106,6 +107,7 @@ def test_heartbeat_after_takeover(web: Flask, db: VersionedSQLAlchemy, Doc: Any)
 def test_save_checks_and_releases(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """check_edit + finish_edit: the save carries the lease and frees the record."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"):
         token = open_edit(doc).token
         assert token is not None
@@ -120,6 +122,7 @@ def test_save_checks_and_releases(db: VersionedSQLAlchemy, Doc: Any) -> None:
 def test_check_edit_lost_lease(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """check_edit refuses a token whose lease was taken over."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"):
         token = open_edit(doc).token
     with acting_as("bob"):

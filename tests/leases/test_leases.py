@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -36,6 +36,7 @@ def test_lease_table_has_key_index(db: VersionedSQLAlchemy, Doc: Any) -> None:
 def test_lease_returns_lease_with_token(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """lease() returns the holder's Lease with a token and a ttl-long expiry."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"):
         lease = doc.lease(dt.timedelta(minutes=5), note="typing")
     assert isinstance(lease, Lease)
@@ -52,15 +53,16 @@ def test_lease_commits_and_is_visible(
 ) -> None:
     """A lease taken with commit=True is visible to another session at once."""
     with acting_as("alice"):
-        db.session.get(Doc, 1).lease()
+        cast(Any, db.session.get(Doc, 1)).lease()
     other = new_session()
-    holder = other.get(Doc, 1).lease_holder()
+    holder = cast(Any, other.get(Doc, 1)).lease_holder()
     assert holder is not None and holder.user_id == "alice"
 
 
 def test_holder_has_no_token(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """lease_holder() never reveals the token."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"):
         doc.lease()
     holder = doc.lease_holder()
@@ -69,12 +71,13 @@ def test_holder_has_no_token(db: VersionedSQLAlchemy, Doc: Any) -> None:
 
 def test_no_lease_holder_is_none(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """A record nobody leases has no holder."""
-    assert db.session.get(Doc, 1).lease_holder() is None
+    assert cast(Any, db.session.get(Doc, 1)).lease_holder() is None
 
 
 def test_same_user_renews_same_token(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """Taking a lease you hold renews it and keeps its token and acquired_at."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"):
         first = doc.lease(dt.timedelta(minutes=1))
         second = doc.lease(dt.timedelta(minutes=10))
@@ -85,6 +88,7 @@ def test_same_user_renews_same_token(db: VersionedSQLAlchemy, Doc: Any) -> None:
 def test_user_ids_compared_as_strings(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """User 7 and user "7" are the same holder."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as(7):
         first = doc.lease()
     with acting_as("7"):
@@ -96,10 +100,10 @@ def test_other_user_refused_with_holder(
 ) -> None:
     """Someone else's live lease: RecordLeasedError with the holder's lease, no token."""
     with acting_as("alice"):
-        mine = db.session.get(Doc, 1).lease(note="n")
+        mine = cast(Any, db.session.get(Doc, 1)).lease(note="n")
     other = new_session()
     with acting_as("bob"), pytest.raises(RecordLeasedError) as info:
-        other.get(Doc, 1).lease()
+        cast(Any, other.get(Doc, 1)).lease()
     assert info.value.lease is not None
     assert (info.value.lease.user_id, info.value.lease.note) == ("alice", "n")
     assert info.value.lease.token is None
@@ -111,13 +115,14 @@ def test_refusal_leaves_transaction_usable(
 ) -> None:
     """After a refused lease() the session's transaction still works and keeps its work."""
     with acting_as("alice"):
-        db.session.get(Doc, 1).lease()
+        cast(Any, db.session.get(Doc, 1)).lease()
     other = new_session()
     doc2 = other.get(Doc, 2)
+    assert doc2 is not None
     doc2.views = 5
     other.flush()
     with acting_as("bob"), pytest.raises(RecordLeasedError):
-        other.get(Doc, 1).lease(commit=False)
+        cast(Any, other.get(Doc, 1)).lease(commit=False)
     other.commit()
     assert db.session.execute(sa.text("SELECT views FROM lease_doc WHERE id = 2")).scalar() == 5
 
@@ -127,13 +132,13 @@ def test_force_takes_over(
 ) -> None:
     """force=True takes the lease over with a new token; the old token stops working."""
     with acting_as("alice"):
-        old = db.session.get(Doc, 1).lease()
+        old = cast(Any, db.session.get(Doc, 1)).lease()
     other = new_session()
     with acting_as("bob"):
-        new = other.get(Doc, 1).lease(force=True)
+        new = cast(Any, other.get(Doc, 1)).lease(force=True)
     assert new.user_id == "bob" and new.token != old.token
     with pytest.raises(ChrononautException):
-        db.session.get(Doc, 1).renew_lease(old.token)
+        cast(Any, db.session.get(Doc, 1)).renew_lease(old.token)
 
 
 def test_expired_lease_is_free(
@@ -141,18 +146,19 @@ def test_expired_lease_is_free(
 ) -> None:
     """An expired lease (by the database clock) is free without any cleanup."""
     with acting_as("alice"):
-        db.session.get(Doc, 1).lease()
+        cast(Any, db.session.get(Doc, 1)).lease()
     db.session.execute(sa.text(f"UPDATE {LEASE_TABLE} SET expires_at = now() - interval '1s'"))
     db.session.commit()
     other = new_session()
-    assert other.get(Doc, 1).lease_holder() is None
+    assert cast(Any, other.get(Doc, 1)).lease_holder() is None
     with acting_as("bob"):
-        assert other.get(Doc, 1).lease().user_id == "bob"
+        assert cast(Any, other.get(Doc, 1)).lease().user_id == "bob"
 
 
 def test_renew_extends(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """renew_lease() extends by the original ttl by default, or by the ttl given."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"):
         lease = doc.lease(dt.timedelta(minutes=3))
     renewed = doc.renew_lease(lease.token)
@@ -166,10 +172,11 @@ def test_release_frees(
 ) -> None:
     """release_lease() frees the record; releasing twice is an error."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"):
         lease = doc.lease()
     doc.release_lease(lease.token)
-    assert new_session().get(Doc, 1).lease_holder() is None
+    assert cast(Any, new_session().get(Doc, 1)).lease_holder() is None
     with pytest.raises(ChrononautException):
         doc.release_lease(lease.token)
 
@@ -179,12 +186,12 @@ def test_commit_false_joins_transaction(
 ) -> None:
     """commit=False: the lease is seen by others only when the transaction commits."""
     with acting_as("alice"):
-        db.session.get(Doc, 1).lease(commit=False)
+        cast(Any, db.session.get(Doc, 1)).lease(commit=False)
     other = new_session()
-    assert other.get(Doc, 1).lease_holder() is None
+    assert cast(Any, other.get(Doc, 1)).lease_holder() is None
     other.rollback()
     db.session.commit()
-    assert other.get(Doc, 1).lease_holder() is not None
+    assert cast(Any, other.get(Doc, 1)).lease_holder() is not None
 
 
 def test_inside_lock_block_joins(
@@ -192,16 +199,17 @@ def test_inside_lock_block_joins(
 ) -> None:
     """Inside record.lock() the lease commits with the block, not before."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"), doc.lock():
         doc.lease()
-        assert new_session().get(Doc, 1).lease_holder() is None
-    assert new_session().get(Doc, 1).lease_holder() is not None
+        assert cast(Any, new_session().get(Doc, 1)).lease_holder() is None
+    assert cast(Any, new_session().get(Doc, 1)).lease_holder() is not None
 
 
 def test_lease_key_is_base_table_and_pk(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """The lease row names the physical base table and the primary key as JSON."""
     with acting_as("alice"):
-        db.session.get(Doc, 2).lease()
+        cast(Any, db.session.get(Doc, 2)).lease()
     row = db.session.execute(sa.text(f"SELECT table_name, record_key FROM {LEASE_TABLE}")).one()
     assert tuple(row) == ("lease_doc", "[2]")
 
@@ -220,7 +228,7 @@ def test_lease_waits_on_row_lock(
         with app.app_context(), acting_as("alice"):
             session = db.session.session_factory()
             try:
-                session.get(Doc, 1).lease()
+                cast(Any, session.get(Doc, 1)).lease()
             finally:
                 session.close()
         done.set()
@@ -248,6 +256,7 @@ def test_bad_ttl_before_any_statement(
 ) -> None:
     """A ttl that is zero, negative, over 24 h or not a timedelta fails before any SQL."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     statements.clear()
     with acting_as("alice"), pytest.raises(error):
         doc.lease(ttl)
@@ -257,6 +266,7 @@ def test_bad_ttl_before_any_statement(
 def test_bad_renew_ttl(db: VersionedSQLAlchemy, Doc: Any, statements: list[str]) -> None:
     """renew_lease() checks its ttl like lease()."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     statements.clear()
     with pytest.raises(ValueError):
         doc.renew_lease("0" * 32, dt.timedelta(0))
@@ -266,6 +276,7 @@ def test_bad_renew_ttl(db: VersionedSQLAlchemy, Doc: Any, statements: list[str])
 def test_no_actor_refused(db: VersionedSQLAlchemy, Doc: Any, statements: list[str]) -> None:
     """Without an acting user lease() fails before any statement."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     statements.clear()
     with pytest.raises(ChrononautException, match="acting user"):
         doc.lease()
@@ -291,6 +302,7 @@ def test_pending_refused(db: VersionedSQLAlchemy, Doc: Any, statements: list[str
 def test_deleted_refused(db: VersionedSQLAlchemy, Doc: Any, statements: list[str]) -> None:
     """A record marked for deletion can't be leased."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     db.session.delete(doc)
     statements.clear()
     with acting_as("alice"), pytest.raises(ChrononautException, match="delet"):
@@ -303,6 +315,7 @@ def test_non_leased_model_refused(
 ) -> None:
     """A model without __chrononaut_leases__ has no leases."""
     plain = db.session.get(Plain, 1)
+    assert plain is not None
     statements.clear()
     with acting_as("alice"), pytest.raises(ChrononautException, match="__chrononaut_leases__"):
         plain.lease()
@@ -315,6 +328,7 @@ def test_malformed_token_refused(
 ) -> None:
     """A token that is not one of ours fails before any statement."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     statements.clear()
     with pytest.raises(ChrononautException, match="token"):
         doc.renew_lease(token)
@@ -326,14 +340,15 @@ def test_malformed_token_refused(
 def test_token_of_other_record_refused(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """A token of another record's lease does not renew this one."""
     with acting_as("alice"):
-        lease = db.session.get(Doc, 1).lease()
+        lease = cast(Any, db.session.get(Doc, 1)).lease()
     with pytest.raises(ChrononautException, match="token"):
-        db.session.get(Doc, 2).renew_lease(lease.token)
+        cast(Any, db.session.get(Doc, 2)).renew_lease(lease.token)
 
 
 def test_expired_token_refused(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """An expired lease can't be renewed or released by its token."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     with acting_as("alice"):
         lease = doc.lease()
     db.session.execute(sa.text(f"UPDATE {LEASE_TABLE} SET expires_at = now() - interval '1s'"))
@@ -345,4 +360,4 @@ def test_expired_token_refused(db: VersionedSQLAlchemy, Doc: Any) -> None:
 def test_non_bool_force(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """force must be a bool."""
     with acting_as("alice"), pytest.raises(TypeError):
-        db.session.get(Doc, 1).lease(force="yes")
+        cast(Any, db.session.get(Doc, 1)).lease(force="yes")

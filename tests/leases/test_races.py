@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -84,6 +84,7 @@ def test_threads_exactly_one_lease_wins(app: Flask, db: VersionedSQLAlchemy, Doc
             session = db.session.session_factory()
             try:
                 doc = session.get(Doc, 1)
+                assert doc is not None
                 session.rollback()
                 barrier.wait(10)
                 with acting_as(user):
@@ -106,7 +107,10 @@ def test_processes_exactly_one_lease_wins(database_url: str) -> None:
     here = Path(__file__).parent
     sys.path.insert(0, str(here))
     try:
-        from lease_race_worker import Base, Page
+        from lease_race_worker import (  # type: ignore[import-not-found]  # sys.path above
+            Base,
+            Page,
+        )
     finally:
         sys.path.remove(str(here))
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
@@ -150,10 +154,10 @@ def test_write_waiting_on_lease_fails(
 ) -> None:
     """A write that waits on a lease being taken fails once the lease commits."""
     bob, bob_pid = _session(db, level)
-    bob_doc = bob.get(Doc, 1)  # bob's snapshot starts before the lease exists
+    bob_doc: Any = bob.get(Doc, 1)  # bob's snapshot starts before the lease exists
     alice, _ = _session(db)
     with acting_as("alice"):
-        alice.get(Doc, 1).lease(commit=False)
+        cast(Any, alice.get(Doc, 1)).lease(commit=False)
 
     def write() -> None:
         with acting_as("bob"):
@@ -171,7 +175,7 @@ def test_write_waiting_on_lease_fails(
     else:
         assert isinstance(error, RecordLeasedError) or is_retryable(error)
     bob.rollback()
-    assert db.session.get(Doc, 1).title == "t1"
+    assert cast(Any, db.session.get(Doc, 1)).title == "t1"
     alice.close()
     bob.close()
 
@@ -184,9 +188,10 @@ def test_lease_waiting_on_write(
     serialization failure at REPEATABLE READ / SERIALIZABLE): never both over each other."""
     alice, alice_pid = _session(db, level)
     alice_doc = alice.get(Doc, 1)
+    assert alice_doc is not None
     bob, _ = _session(db)
     with acting_as("bob"):
-        bob.get(Doc, 1).title = "bob"
+        cast(Any, bob.get(Doc, 1)).title = "bob"
         bob.flush()
 
     def take() -> Any:
@@ -202,7 +207,7 @@ def test_lease_waiting_on_write(
         assert level != "READ COMMITTED" and is_retryable(error), error
     else:
         assert lease.user_id == "alice"
-    assert db.session.get(Doc, 1).title == "bob"
+    assert cast(Any, db.session.get(Doc, 1)).title == "bob"
     alice.close()
     bob.close()
 
@@ -215,7 +220,7 @@ def test_bulk_waiting_on_lease_fails(
     bob, bob_pid = _session(db, level)
     alice, _ = _session(db)
     with acting_as("alice"):
-        alice.get(Doc, 2).lease(commit=False)
+        cast(Any, alice.get(Doc, 2)).lease(commit=False)
 
     def write() -> None:
         with acting_as("bob"):
@@ -232,6 +237,6 @@ def test_bulk_waiting_on_lease_fails(
     else:
         assert isinstance(info.value, RecordLeasedError) or is_retryable(info.value)
     bob.rollback()
-    assert db.session.get(Doc, 1).title == "t1"
+    assert cast(Any, db.session.get(Doc, 1)).title == "t1"
     alice.close()
     bob.close()

@@ -19,7 +19,7 @@ from chrononaut.locking import advisory_key, record_key, string_key
 
 def _held_keys(admin: Any) -> list[tuple[int, int, int, str, int]]:
     return [
-        tuple(row)  # type: ignore[misc]
+        tuple(row)
         for row in admin.execute(
             sa.text(
                 "SELECT classid::bigint, objid::bigint, objsubid, mode, pid FROM pg_locks "

@@ -183,7 +183,7 @@ def test_lock_all_rejects_non_records(db: Any, Counter: Any) -> None:
     with pytest.raises(TypeError):
         lock_all(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        lock_all("records")  # type: ignore[arg-type]
+        lock_all("records")
 
 
 def test_lock_on_a_non_mapped_object_is_a_type_error(db: Any, Counter: Any) -> None:

@@ -118,7 +118,7 @@ def test_holder_found_for_composite_and_string_keys(db: Any, new_session: Any) -
     """Rows with composite or string primary keys have holders too (hashed markers)."""
     from chrononaut.locking import LockableMixin
 
-    class Pair(db.Model, LockableMixin):  # type: ignore[name-defined,misc]
+    class Pair(db.Model, LockableMixin):  # type: ignore[misc]
         __tablename__ = "lock_pair"
         a = sa.Column(sa.String(10), primary_key=True)
         b = sa.Column(sa.Integer, primary_key=True)
@@ -139,7 +139,7 @@ def test_holder_user_comes_from_flask_login(
     """Inside a request, the holder is Flask-Login's current user."""
     from flask_login import LoginManager, UserMixin, login_user
 
-    class User(UserMixin):
+    class User(UserMixin):  # type: ignore[misc]  # Flask-Login ships no type hints
         def __init__(self, user_id: str) -> None:
             self.id = user_id
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -48,7 +48,9 @@ def test_slash_in_string_keys_gives_different_advisory_keys(
 ) -> None:
     """Pair("a/b", "c") and Pair("a", "b/c") have different record advisory locks."""
     one = db.session.get(Pair, ("a/b", "c"))
+    assert one is not None
     other = new_session().get(Pair, ("a", "b/c"))
+    assert other is not None
     assert record_key(one) != record_key(other)
     with one.advisory_lock(commit=False):
         with other.advisory_lock(nowait=True):
@@ -61,10 +63,12 @@ def test_slash_in_string_keys_gives_different_holders(
 ) -> None:
     """A lock on Pair("a/b", "c") is not reported as the holder of Pair("a", "b/c")."""
     one = db.session.get(Pair, ("a/b", "c"))
+    assert one is not None
     other = new_session().get(Pair, ("a", "b/c"))
+    assert other is not None
     with acting_as("alice"), one.lock(commit=False):
         assert other.lock_holder() is None
-        assert new_session().get(Pair, ("a/b", "c")).lock_holder() is not None
+        assert cast(Any, new_session().get(Pair, ("a/b", "c"))).lock_holder() is not None
     db.session.rollback()
 
 
@@ -76,10 +80,12 @@ def test_big_integer_keys_do_not_share_a_marker(
         None, "lock_big", (268450027,), "update"
     )
     one = db.session.get(Big, 268439189)
+    assert one is not None
     other = new_session().get(Big, 268450027)
+    assert other is not None
     with acting_as("alice"), one.lock(commit=False):
         assert other.lock_holder() is None
-        holder = new_session().get(Big, 268439189).lock_holder()
+        holder = cast(Any, new_session().get(Big, 268439189)).lock_holder()
         assert holder is not None and holder.user_id == "alice"
     db.session.rollback()
 
@@ -103,6 +109,7 @@ def test_record_key_uses_the_schema_translated_table(
             plain.commit()
         with Session(engine) as session:
             rec = session.get(Pair, ("x", "y"))
+            assert rec is not None
             assert record_key(rec) == '["chrononaut.record","tenant_a","lock_pair",["x","y"]]'
             with acting_as("tess"), rec.lock(commit=False):
                 holder = rec.lock_holder()
@@ -122,6 +129,7 @@ def test_advisory_lock_of_record_key_is_the_record_lock(
     from chrononaut import advisory_lock
 
     one = db.session.get(Pair, ("a/b", "c"))
+    assert one is not None
     with one.advisory_lock(commit=False):
         with pytest.raises(LockNotAvailableError):
             with advisory_lock(record_key(one), nowait=True, session=new_session()):

@@ -149,6 +149,7 @@ def test_holders_are_visible_for_every_locked_row(db: Any, Counter: Any, new_ses
 def test_empty_list_is_a_plain_block(db: Any, Counter: Any, new_session: Any) -> None:
     """lock_all([]) locks nothing and still commits on exit."""
     rec = db.session.get(Counter, 1)
+    locked: list[Any]
     with lock_all([]) as locked:
         assert locked == []
         rec.n = 12

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -86,7 +87,7 @@ def test_concurrent_workers_never_claim_the_same_row(
                 with guard:
                     claimed.append(job.id)
 
-    workers = [Worker(app, lambda n=f"w{i}": work(n)) for i in range(4)]
+    workers = [Worker(app, functools.partial(work, f"w{i}")) for i in range(4)]
     for worker in workers:
         worker.join(60)
     assert sorted(claimed) == list(range(1, 21))

@@ -3,6 +3,7 @@ history, dead holders, failed blocks."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def Account(db: VersionedSQLAlchemy) -> Iterator[type[Any]]:
 
 
 def _assert_contiguous_history(db: Any, Account: Any, total: int) -> None:
-    history = history_class(Account)
+    history: Any = history_class(Account)
     rows = (
         db.session.execute(sa.select(history).where(history.id == 1).order_by(history.version))
         .scalars()
@@ -56,7 +57,7 @@ def test_threads_lose_no_update(app: Any, db: Any, Account: Any, new_session: An
             with acting_as(name), acct.lock():
                 acct.n += 1
 
-    workers = [Worker(app, lambda n=f"t{i}": work(n)) for i in range(4)]
+    workers = [Worker(app, functools.partial(work, f"t{i}")) for i in range(4)]
     for worker in workers:
         worker.join(60)
     acct = db.session.get(Account, 1)
@@ -135,7 +136,7 @@ def test_killing_the_holder_lets_the_waiter_proceed(
     with pytest.raises(sa.exc.DBAPIError):
         lock_block.__exit__(None, None, None)
     assert seen == [0]
-    history = history_class(Account)
+    history: Any = history_class(Account)
     rows = db.session.execute(sa.select(history)).scalars().all()
     assert [(r.version, r.n, r.change_info["lock"]["user_id"]) for r in rows] == [
         (0, 0, "survivor")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import Flask
+
 from chrononaut import acting_as, register_error_handlers
 
 
 def test_locked_record_answers_423_with_the_holder(
-    app: Any, db: Any, Counter: Any, new_session: Any
+    app: Flask, db: Any, Counter: Any, new_session: Any
 ) -> None:
     """A handler using lock(nowait=True) on a held row answers 423 with the holder's user."""
     register_error_handlers(app)
@@ -33,7 +35,7 @@ def test_locked_record_answers_423_with_the_holder(
 
 
 def test_lock_timeout_answers_423_lock_timeout(
-    app: Any, db: Any, Counter: Any, new_session: Any
+    app: Flask, db: Any, Counter: Any, new_session: Any
 ) -> None:
     """A handler using lock(timeout=...) answers 423 "lock_timeout" when it runs out."""
     register_error_handlers(app)

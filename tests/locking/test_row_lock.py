@@ -277,7 +277,7 @@ def test_deferred_columns_are_fresh_inside_the_block(db: Any, new_session: Any) 
     """A deferred column loaded before the lock is not stale inside the block."""
     from chrononaut.locking import LockableMixin
 
-    class Doc(db.Model, LockableMixin):  # type: ignore[name-defined,misc]
+    class Doc(db.Model, LockableMixin):  # type: ignore[misc]
         __tablename__ = "lock_doc"
         id = sa.Column(sa.Integer, primary_key=True)
         body = sa.orm.deferred(sa.Column(sa.Text))
@@ -298,7 +298,7 @@ def test_joined_inheritance_record_is_locked_and_refreshed(db: Any, new_session:
     """A joined-table subclass record: both tables' columns are refreshed; holder found."""
     from chrononaut.locking import LockableMixin
 
-    class Base_(db.Model, LockableMixin):  # type: ignore[name-defined,misc]
+    class Base_(db.Model, LockableMixin):  # type: ignore[misc]
         __tablename__ = "lock_base"
         id = sa.Column(sa.Integer, primary_key=True)
         kind = sa.Column(sa.String(10))

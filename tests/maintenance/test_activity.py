@@ -11,7 +11,7 @@ import datetime as dt
 import decimal
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -124,7 +124,7 @@ def _history(db: VersionedSQLAlchemy) -> list[dict[str, Any]]:
 
 
 def _run(db: VersionedSQLAlchemy, **options: Any) -> ImportSummary:
-    return import_activity(db.engine, db.Model.registry, **options)
+    return import_activity(db.engine, cast(Any, db.Model).registry, **options)
 
 
 def test_history_rows_hold_prior_states_cast_to_column_types(
@@ -169,8 +169,9 @@ def test_live_row_gets_the_newest_activity_version(db: VersionedSQLAlchemy, Doc:
     """The live row's version becomes the newest activity version; new edits continue it."""
     summary = _run(db)
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     assert doc.version == 2
-    assert db.session.get(Doc, 3).version == 0
+    assert cast(Any, db.session.get(Doc, 3)).version == 0
     assert summary.live_versions == 1
     with acting_as("bob"):
         doc.title = "third"
@@ -214,7 +215,7 @@ def test_second_run_changes_nothing(db: VersionedSQLAlchemy, Doc: type[Any]) -> 
     assert _history(db) == before
     assert again.keys == 0 and again.history_rows == 0
     assert again.already_imported == 2
-    assert db.session.get(Doc, 1).version == 2
+    assert cast(Any, db.session.get(Doc, 1)).version == 2
 
 
 def test_interrupted_run_is_completed_by_the_next(db: VersionedSQLAlchemy, Doc: type[Any]) -> None:
@@ -229,7 +230,7 @@ def test_interrupted_run_is_completed_by_the_next(db: VersionedSQLAlchemy, Doc: 
     rest = _run(db, chunk_size=1)
     assert rest.keys == 1 and rest.already_imported == 1
     assert [(r["id"], r["version"]) for r in _history(db)] == [(1, 0), (1, 1), (2, 0), (2, 1)]
-    assert db.session.get(Doc, 1).version == 2
+    assert cast(Any, db.session.get(Doc, 1)).version == 2
 
 
 def test_dry_run_writes_nothing(db: VersionedSQLAlchemy, Doc: type[Any]) -> None:
@@ -237,24 +238,26 @@ def test_dry_run_writes_nothing(db: VersionedSQLAlchemy, Doc: type[Any]) -> None
     summary = _run(db, dry_run=True)
     assert summary.keys == 2 and summary.history_rows == 4
     assert _history(db) == []
-    assert db.session.get(Doc, 1).version == 0
+    assert cast(Any, db.session.get(Doc, 1)).version == 0
 
 
 def test_refuses_keys_with_existing_history(db: VersionedSQLAlchemy, Doc: type[Any]) -> None:
     """History written by this library for an activity key stops the import before any write."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     doc.title = "edited after adoption"
     db.session.commit()
     with pytest.raises(ActivityConflictError) as caught:
         _run(db)
     assert caught.value.conflicts == {"doc_history": 1}
     assert [r["version"] for r in _history(db)] == [0]
-    assert db.session.get(Doc, 1).version == 1
+    assert cast(Any, db.session.get(Doc, 1)).version == 1
 
 
 def test_merge_puts_imported_versions_first(db: VersionedSQLAlchemy, Doc: type[Any]) -> None:
     """With ``merge`` the imported versions come first and existing ones move after them."""
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     doc.title = "edited after adoption"
     db.session.commit()
     summary = _run(db, merge=True)
@@ -267,7 +270,7 @@ def test_merge_puts_imported_versions_first(db: VersionedSQLAlchemy, Doc: type[A
     ]
     assert "imported" not in rows[2]["change_info"]
     db.session.expire_all()
-    assert db.session.get(Doc, 1).version == 3
+    assert cast(Any, db.session.get(Doc, 1)).version == 3
     assert _run(db, merge=True).keys == 0
 
 
@@ -289,6 +292,7 @@ def test_cli_imports_and_prints_a_summary(
 def test_cli_refuses_without_merge(app: Flask, db: VersionedSQLAlchemy, Doc: type[Any]) -> None:
     """The command exits with an error naming ``--merge`` when history already exists."""
     doc = db.session.get(Doc, 3)
+    assert doc is not None
     doc.title = "edited"
     db.session.commit()
     result = app.test_cli_runner().invoke(import_activity_command, [])
@@ -344,6 +348,7 @@ def test_joined_inheritance_rows_go_to_every_history_table(db: VersionedSQLAlche
         summary = _run(db)
         assert summary.keys == 1 and summary.history_rows == 1
         engineer = db.session.get(Engineer, 5)
+        assert engineer is not None
         assert engineer.version == 1
         assert [(v.version, v.name, v.skill) for v in engineer.versions()] == [(0, "e", "sql")]
     finally:
@@ -364,6 +369,7 @@ def test_imported_rows_get_valid_from(db: VersionedSQLAlchemy, Doc: type[Any]) -
         (2, 1, dt.datetime(2021, 1, 2, 9, tzinfo=UTC)),
     ]
     doc = db.session.get(Doc, 1)
+    assert doc is not None
     assert doc.valid_from == dt.datetime(2020, 3, 1, 12, tzinfo=UTC)
     assert doc.version_at(dt.datetime(2019, 12, 31, tzinfo=UTC)) is None
     assert doc.version_at(dt.datetime(2020, 3, 2, tzinfo=UTC)) is doc

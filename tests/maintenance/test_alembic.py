@@ -7,7 +7,7 @@ and checks the result — so the migration a user would generate is the one test
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from alembic.operations import ops
@@ -126,7 +126,10 @@ def test_existing_table_with_rows_becomes_versioned(engine: sa.Engine, prefix: s
 
     upgrade(engine, PlainBase.metadata, prefix)
     with engine.begin() as conn:
-        conn.execute(Plain.__table__.insert(), [{"id": i, "title": f"t{i}"} for i in range(1, 4)])
+        conn.execute(
+            cast(sa.Table, Plain.__table__).insert(),
+            [{"id": i, "title": f"t{i}"} for i in range(1, 4)],
+        )
 
     model = _article_v1(prefix)
     applied = upgrade(engine, model.metadata, prefix)
@@ -149,6 +152,7 @@ def test_existing_table_with_rows_becomes_versioned(engine: sa.Engine, prefix: s
 
     session = versioned_session(sessionmaker(engine))()
     article = session.get(model, 2)
+    assert article is not None
     article.title = "changed"
     session.commit()
     assert article.version == 1

@@ -73,6 +73,7 @@ def test_import_with_composite_key(db: VersionedSQLAlchemy, Item: type[Any]) -> 
         summary = import_activity(db.engine, [Item])
         assert summary.keys == 1
         item = db.session.get(Item, ("b", 1))
+        assert item is not None
         assert item.version == 1
         assert [(v.version, v.label) for v in item.versions()] == [(0, "w")]
     finally:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from flask import Flask
+from sqlalchemy.orm import Session
 
 from chrononaut import Versioned, VersionedSQLAlchemy, acting_as, rationale
 from chrononaut.maintenance._cli import history_command
@@ -46,7 +47,7 @@ def test_timeline_lists_changes_with_who_when_why_what(
     db: VersionedSQLAlchemy, Account: type[Any]
 ) -> None:
     """Each change has its version, time, actor, rationale and old → new values."""
-    result = timeline(db.session, Account, (1,))
+    result = timeline(cast(Session, db.session), Account, (1,))
     assert result.current_version == 2
     first, second = result.changes
     assert (first.version, first.user_id, first.remote_addr, first.why) == (
@@ -70,7 +71,7 @@ def test_deleted_record_keeps_its_timeline(db: VersionedSQLAlchemy, Account: typ
     """A deleted record's timeline ends with the deletion."""
     db.session.delete(db.session.get(Account, 1))
     db.session.commit()
-    result = timeline(db.session, Account, (1,))
+    result = timeline(cast(Session, db.session), Account, (1,))
     assert result.current_version is None
     assert result.changes[-1].deleted and result.changes[-1].fields == {}
     assert "deleted" in result.lines()[0]
@@ -119,6 +120,7 @@ def test_cli_never_existing_key_is_not_found(
 def test_cli_no_user_is_anonymous(app: Flask, db: VersionedSQLAlchemy, Account: type[Any]) -> None:
     """A change without an acting user is shown as made by "anonymous"."""
     account = db.session.get(Account, 1)
+    assert account is not None
     account.name = "third"
     db.session.commit()
     result = app.test_cli_runner().invoke(history_command, ["Account", "1"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -53,7 +53,7 @@ def Account(db: VersionedSQLAlchemy) -> type[Any]:
     )
     db.session.commit()
     for value in ("20.00", "30.25"):
-        db.session.get(Account, 1).balance = decimal.Decimal(value)
+        cast(Any, db.session.get(Account, 1)).balance = decimal.Decimal(value)
         db.session.commit()
     return Account
 
@@ -76,7 +76,7 @@ def _valid_froms(db: VersionedSQLAlchemy) -> list[Any]:
 
 def test_as_of_prints_a_table(app: Flask, db: VersionedSQLAlchemy, Account: Any) -> None:
     """``as-of MODEL WHEN`` prints the rows as they were, hidden columns left out."""
-    (first, _) = db.session.get(Account, 1).versions()
+    (first, _) = cast(Any, db.session.get(Account, 1)).versions()
     when = first.valid_from.isoformat()
     result = app.test_cli_runner().invoke(as_of_command, ["Account", when])
     assert result.exit_code == 0, result.output
@@ -127,6 +127,7 @@ def test_history_shows_ranges(app: Flask, db: VersionedSQLAlchemy, Account: Any)
     result = app.test_cli_runner().invoke(history_command, ["Account", "1"])
     assert result.exit_code == 0, result.output
     account = db.session.get(Account, 1)
+    assert account is not None
     v0, v1 = account.versions()
     out = result.stdout
     assert f"v0 was current [{v0.valid_from.isoformat(sep=' ')}, " in out
@@ -148,18 +149,18 @@ def test_backfill_sets_previous_end(db: VersionedSQLAlchemy, Account: Any) -> No
     """Legacy history rows get the previous row's ``changed``; a first version stays NULL."""
     expected = _valid_froms(db)
     _null_valid_from(db)
-    summary = backfill_valid_from(db.engine, db.Model.registry, batch_size=1)
+    summary = backfill_valid_from(db.engine, cast(Any, db.Model).registry, batch_size=1)
     got = _valid_froms(db)
     assert got[0][1] is None and got[1][1] == expected[1][1] == got[0][2]
     assert summary.history_rows == {"account_history": 1}
     assert summary.live_rows == {"account": 1}  # account 2 has no history: stays NULL
-    assert db.session.get(Account, 1).valid_from == got[1][2]
+    assert cast(Any, db.session.get(Account, 1)).valid_from == got[1][2]
 
 
 def test_backfill_keeps_answers(db: VersionedSQLAlchemy, Account: Any) -> None:
     """``as_of`` answers the same before and after the backfill."""
     _null_valid_from(db)
-    instants = [v.changed for v in db.session.get(Account, 1).versions()]
+    instants = [v.changed for v in cast(Any, db.session.get(Account, 1)).versions()]
     instants += [i - dt.timedelta(microseconds=1) for i in instants] + [_now()]
 
     def read() -> list[Any]:
@@ -290,6 +291,7 @@ def test_alembic_adds_valid_from_without_rewrite(engine: sa.Engine, prefix: str)
     session = versioned_session(sessionmaker(engine))()
     try:
         note = session.get(model, 1)
+        assert note is not None
         assert note.version_at(_now() - dt.timedelta(days=2)).text == "old"
         assert note.version_at(_now()) is note
         note.text = "new"
@@ -337,6 +339,7 @@ def test_chrononaut_02_tables_read_as_of(engine: sa.Engine, prefix: str) -> None
         ]
         assert texts(dt.datetime(2016, 6, 22, 21, tzinfo=UTC))[0] == (1, "Typo fixed")
         todo = session.get(model, 1)
+        assert todo is not None
         assert todo.version_at(dt.datetime(2016, 6, 22, 23, tzinfo=UTC)) is todo
         assert todo.valid_from is None
         backfill_valid_from(engine, [model])

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -67,6 +67,7 @@ def test_bulk_update_in_session_version(db: VersionedSQLAlchemy, trio: Any, User
 def test_bulk_update_then_flush_not_stale(db: VersionedSQLAlchemy, trio: Any, User: Any) -> None:
     """A record loaded before an ORM ``update()`` of the same session can be changed after it."""
     alice = db.session.get(User, 1)
+    assert alice is not None
     _ = alice.name
     db.session.execute(sa.update(User).where(User.id == 1).values(name="zed"))
     alice.email = "zed@example.com"
@@ -123,7 +124,7 @@ def test_bulk_update_expression(
     db.session.execute(sa.update(User).where(User.id <= 2).values(name=User.name + "!"))
     db.session.commit()
     assert _summary(history_rows("appuser_history")) == [(1, 0, "alice"), (2, 0, "bob")]
-    assert db.session.get(User, 1).name == "alice!"
+    assert cast(Any, db.session.get(User, 1)).name == "alice!"
 
 
 def test_bulk_update_with_context(
@@ -175,7 +176,8 @@ def test_bulk_update_twice_continues(
 
 def test_bulk_update_returns_rowcount(db: VersionedSQLAlchemy, trio: Any, User: Any) -> None:
     """An ORM ``update()`` still returns its result (rowcount of matched rows)."""
-    result = db.session.execute(sa.update(User).where(User.id.in_([1, 2])).values(name="zed"))
+    statement = sa.update(User).where(User.id.in_([1, 2])).values(name="zed")
+    result = cast("sa.CursorResult[Any]", db.session.execute(statement))
     assert result.rowcount == 2
     db.session.commit()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from flask import Flask
@@ -25,7 +25,7 @@ from chrononaut import (
 PLAIN = {"user_id": None, "remote_addr": None}
 
 
-class LoginUser(UserMixin):
+class LoginUser(UserMixin):  # type: ignore[misc]  # Flask-Login ships no type hints
     """A Flask-Login user with a given id."""
 
     def __init__(self, user_id: str) -> None:
@@ -139,7 +139,7 @@ def test_flask_login_via_test_client(
 
     @app.post("/rename/<name>")
     def rename(name: str) -> str:
-        db.session.get(User, user_id).name = name
+        cast(Any, db.session.get(User, user_id)).name = name
         db.session.commit()
         return "ok"
 
@@ -148,6 +148,7 @@ def test_flask_login_via_test_client(
     )
     assert response.status_code == 200
     user = db.session.get(User, user_id)
+    assert user is not None
     assert user.previous_version().change_info == {"user_id": "u-5", "remote_addr": "198.51.100.4"}
 
 
@@ -168,13 +169,14 @@ def test_flask_login_unconfigured_test_client(
 
     @app.post("/rename")
     def rename() -> str:
-        db.session.get(User, user_id).name = "bob"
+        cast(Any, db.session.get(User, user_id)).name = "bob"
         db.session.commit()
         return "ok"
 
     response = app.test_client().post("/rename", environ_base={"REMOTE_ADDR": "198.51.100.4"})
     assert response.status_code == 200
     user = db.session.get(User, user_id)
+    assert user is not None
     assert user.previous_version().change_info == {"user_id": None, "remote_addr": "198.51.100.4"}
 
 
@@ -344,7 +346,7 @@ def _rename_in_thread(app: Flask, db: VersionedSQLAlchemy, User: Any, user_id: i
     def work() -> None:
         try:
             with app.app_context():
-                db.session.get(User, user_id).name = "from-thread"
+                cast(Any, db.session.get(User, user_id)).name = "from-thread"
                 db.session.commit()
                 db.session.remove()
         except BaseException as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -152,7 +152,7 @@ def test_config_function_is_checked_before_any_statement(
     db.session.rollback()
     app.config["CHRONONAUT_EXTRA_CHANGE_INFO_FUNC"] = None
     assert _history_count(db) == before
-    assert db.session.get(type(user), user.id).name != "renamed"
+    assert cast(Any, db.session.get(type(user), user.id)).name != "renamed"
 
 
 def test_info_waiting_past_a_commit_goes_with_the_next_rollback(

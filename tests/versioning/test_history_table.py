@@ -3,7 +3,7 @@ table's shape and naming, and the history class."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -55,7 +55,7 @@ def test_new_record_has_version_zero(make_user: Any) -> None:
 def test_default_history_table_name(db: VersionedSQLAlchemy, User: Any) -> None:
     """The history table is ``<table>_history`` in the model's MetaData."""
     assert "appuser_history" in db.metadata.tables
-    assert history_class(User).__table__ is db.metadata.tables["appuser_history"]
+    assert cast(Any, history_class(User)).__table__ is db.metadata.tables["appuser_history"]
 
 
 def test_custom_history_table_name(db: VersionedSQLAlchemy) -> None:
@@ -67,7 +67,7 @@ def test_custom_history_table_name(db: VersionedSQLAlchemy) -> None:
         id = db.Column(db.Integer, primary_key=True)
         name = db.Column(db.String(80))
 
-    assert history_class(User).__table__.name == "appuser_audit"
+    assert cast(Any, history_class(User)).__table__.name == "appuser_audit"
     assert "appuser_history" not in db.metadata.tables
     db.create_all()
     assert set(_columns(db, "appuser_audit")) == {
@@ -104,7 +104,7 @@ def test_history_table_in_model_schema(db: VersionedSQLAlchemy) -> None:
         id = db.Column(db.Integer, primary_key=True)
         title = db.Column(db.String(80))
 
-    table = history_class(Doc).__table__
+    table = cast(Any, history_class(Doc)).__table__
     assert (table.schema, table.name) == ("chron_other", "doc_history")
     db.create_all()
     assert set(_columns(db, "doc_history", schema="chron_other")) == {
@@ -119,7 +119,7 @@ def test_history_table_in_model_schema(db: VersionedSQLAlchemy) -> None:
 
 def test_history_columns_exclude_hidden_untracked(User: Any) -> None:
     """The history table copies tracked columns only (no hidden/untracked columns)."""
-    assert set(history_class(User).__table__.c.keys()) == {
+    assert set(cast(Any, history_class(User)).__table__.c.keys()) == {
         "id",
         "name",
         "email",
@@ -132,7 +132,7 @@ def test_history_columns_exclude_hidden_untracked(User: Any) -> None:
 
 def test_history_columns_keep_types(User: Any) -> None:
     """Copied columns keep the original column types."""
-    columns = history_class(User).__table__.c
+    columns = cast(Any, history_class(User)).__table__.c
     assert isinstance(columns.id.type, sa.Integer)
     assert isinstance(columns.name.type, sa.String) and columns.name.type.length == 80
     assert isinstance(columns.email.type, sa.String) and columns.email.type.length == 255
@@ -140,13 +140,13 @@ def test_history_columns_keep_types(User: Any) -> None:
 
 def test_history_primary_key(User: Any) -> None:
     """The history primary key is the model's primary key plus ``version``."""
-    pk = history_class(User).__table__.primary_key.columns
+    pk = cast(Any, history_class(User)).__table__.primary_key.columns
     assert {c.name for c in pk} == {"id", "version"}
 
 
 def test_history_generated_column_types(User: Any) -> None:
     """``version`` is Integer, ``changed`` timestamptz, ``change_info`` JSONB."""
-    columns = history_class(User).__table__.c
+    columns = cast(Any, history_class(User)).__table__.c
     assert isinstance(columns.version.type, sa.Integer)
     assert isinstance(columns.changed.type, sa.DateTime) and columns.changed.type.timezone
     assert isinstance(columns.change_info.type, postgresql.JSONB)
@@ -163,7 +163,7 @@ def test_history_generated_column_types_in_database(db: VersionedSQLAlchemy, Use
 
 def test_generated_columns_carry_info(User: Any) -> None:
     """The generated history columns are marked in ``Column.info["chrononaut"]``."""
-    columns = history_class(User).__table__.c
+    columns = cast(Any, history_class(User)).__table__.c
     for name in ("version", "changed", "change_info"):
         assert "chrononaut" in columns[name].info, name
 
@@ -178,7 +178,7 @@ def test_history_columns_drop_constraints_and_defaults(db: VersionedSQLAlchemy) 
         status = db.Column(db.String(20), default="new", server_default="new", nullable=False)
         created = db.Column(db.DateTime(timezone=True), server_default=sa.func.now())
 
-    table = history_class(Thing).__table__
+    table = cast(Any, history_class(Thing)).__table__
     for name in ("code", "status", "created"):
         column = table.c[name]
         assert not column.unique, name
@@ -200,7 +200,7 @@ def test_history_class_matches_mapper(User: Any) -> None:
 
 def test_history_class_maps_history_table(User: Any) -> None:
     """The history class is mapped to the history table."""
-    assert sa.inspect(history_class(User)).local_table is history_class(User).__table__
+    assert sa.inspect(history_class(User)).local_table is cast(Any, history_class(User)).__table__
 
 
 def test_alembic_autogenerate_sees_history_table(db: VersionedSQLAlchemy, User: Any) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -105,8 +105,8 @@ def test_joined_history_class(db: VersionedSQLAlchemy, joined: Any) -> None:
 def test_joined_history_tables(joined: Any) -> None:
     """Each table of the hierarchy gets its own history table."""
     Animal, Dog = joined
-    assert history_class(Animal).__table__.name == "animal_history"
-    assert "dog_history" in {t.name for t in history_class(Dog).__mapper__.tables}
+    assert cast(Any, history_class(Animal)).__table__.name == "animal_history"
+    assert "dog_history" in {t.name for t in cast(Any, history_class(Dog)).__mapper__.tables}
 
 
 def test_joined_base_record(db: VersionedSQLAlchemy, joined: Any) -> None:
@@ -137,6 +137,7 @@ def test_joined_polymorphic_load(db: VersionedSQLAlchemy, joined: Any) -> None:
     dog_id = _add(db, Dog(name="rex", breed="pug")).id
     db.session.expire_all()
     animal = db.session.get(Animal, dog_id)
+    assert animal is not None
     animal.breed = "collie"
     db.session.commit()
     assert [(h.name, h.breed) for h in animal.versions()] == [("rex", "pug")]

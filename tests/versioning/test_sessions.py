@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -48,7 +48,7 @@ def test_session_factory_session_captures(
     user_id = make_user(name="alice").id
     session = db.session.session_factory()
     try:
-        session.get(User, user_id).name = "bob"
+        cast(Any, session.get(User, user_id)).name = "bob"
         session.commit()
     finally:
         session.close()
@@ -64,6 +64,7 @@ def test_session_factory_session_bumps_version(
     session = db.session.session_factory()
     try:
         user = session.get(User, user_id)
+        assert user is not None
         user.name = "bob"
         session.commit()
         assert user.version == 1
@@ -191,8 +192,8 @@ def test_history_class_separate_per_db(
         id = other.Column(other.Integer, primary_key=True)
 
     assert history_class(User2) is not history_class(User)
-    assert history_class(User2).__table__.metadata is other.metadata
-    assert history_class(User).__table__.metadata is db.metadata
+    assert cast(Any, history_class(User2)).__table__.metadata is other.metadata
+    assert cast(Any, history_class(User)).__table__.metadata is db.metadata
 
 
 # plain SQLAlchemy
@@ -220,7 +221,7 @@ def plain(database_url: str) -> Iterator[tuple[Any, sa.Engine]]:
 
 
 def _history_count(model: Any, engine: sa.Engine) -> int:
-    table = history_class(model).__table__
+    table = cast(Any, history_class(model)).__table__
     with engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
@@ -280,7 +281,7 @@ def test_versioned_session_stale_write(plain: tuple[Any, sa.Engine]) -> None:
         first.add(doc)
         first.commit()
         _ = doc.title
-        second.get(model, doc.id).title = "b"
+        cast(Any, second.get(model, doc.id)).title = "b"
         second.commit()
         doc.title = "c"
         with pytest.raises(StaleWriteError) as caught:
@@ -331,7 +332,7 @@ def test_plain_session_class_does_not_capture(
 
 def _class_listeners(target: type[Any]) -> list[str]:
     """Names of events with a listener registered on the class ``target`` itself."""
-    found = []
+    found: list[str] = []
     for name in target.dispatch._event_names:
         per_class = getattr(getattr(target.dispatch, name), "_clslevel", {})
         found.extend(name for _ in per_class.get(target, ()))

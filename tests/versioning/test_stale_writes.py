@@ -4,7 +4,7 @@ stale update or delete raises ``StaleWriteError``. Two real sessions, real commi
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy.orm import Session
@@ -33,7 +33,7 @@ def loaded(db: VersionedSQLAlchemy, make_user: Any) -> Any:
 
 def _bump_elsewhere(other: Session, User: Any, user_id: int, name: str = "bob") -> None:
     """Change the user's name in the other session and commit (version 0 → 1)."""
-    other.get(User, user_id).name = name
+    cast(Any, other.get(User, user_id)).name = name
     other.commit()
 
 
@@ -187,7 +187,7 @@ def test_concurrent_unchanged_record_not_stale(
     db: VersionedSQLAlchemy, other: Session, User: Any, loaded: Any
 ) -> None:
     """Untracked-only commits elsewhere don't bump ``version``, so no stale write here."""
-    other.get(User, loaded.id).login_count = 5
+    cast(Any, other.get(User, loaded.id)).login_count = 5
     other.commit()
     loaded.name = "carol"
     db.session.commit()

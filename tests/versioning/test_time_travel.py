@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -50,12 +50,12 @@ def timeline(db: VersionedSQLAlchemy, Account: Any) -> dict[str, dt.datetime]:
     db.session.add_all([Account(id=1, owner="a", balance=10), Account(id=2, owner="b", balance=20)])
     db.session.commit()
     times["t1"] = _now()
-    db.session.get(Account, 1).balance = 15
+    cast(Any, db.session.get(Account, 1)).balance = 15
     db.session.add(Account(id=3, owner="c", balance=5))
     db.session.commit()
     times["t2"] = _now()
     db.session.delete(db.session.get(Account, 2))
-    db.session.get(Account, 3).balance = 7
+    cast(Any, db.session.get(Account, 3)).balance = 7
     db.session.commit()
     times["t3"] = _now()
     return times
@@ -92,7 +92,7 @@ def test_future_is_current_state(db: VersionedSQLAlchemy, Account: Any, timeline
 
 def test_exact_boundaries(db: VersionedSQLAlchemy, Account: Any, timeline: Any) -> None:
     """A version covers ``[valid_from, changed)``: its start included, its end not."""
-    (old,) = db.session.get(Account, 1).versions()
+    (old,) = cast(Any, db.session.get(Account, 1)).versions()
     assert _state(db, as_of(Account, old.valid_from))[0] == (1, "a", 10)
     assert _state(db, as_of(Account, old.changed - US))[0] == (1, "a", 10)
     assert _state(db, as_of(Account, old.changed))[0] == (1, "a", 15)
@@ -149,6 +149,7 @@ def test_current_record_not_confused_with_later_history(
     Past = as_of(Account, timeline["t3"])
     current = db.session.scalars(sa.select(Past).where(Past.id == 1)).one()
     account = db.session.get(Account, 1)
+    assert account is not None
     account.balance = 99
     db.session.commit()
     (_, v1) = account.versions()
@@ -241,7 +242,7 @@ def test_legacy_live_row_after_history(
     """A live row with NULL ``valid_from`` begins where its last history row ended."""
     with db.engine.begin() as conn:
         conn.execute(sa.text("UPDATE account SET valid_from = NULL WHERE id = 1"))
-    (old,) = db.session.get(Account, 1).versions()
+    (old,) = cast(Any, db.session.get(Account, 1)).versions()
     assert _state(db, as_of(Account, old.changed - US))[0] == (1, "a", 10)
     assert _state(db, as_of(Account, old.changed))[0] == (1, "a", 15)
 
@@ -276,7 +277,7 @@ def test_joined_subclass(db: VersionedSQLAlchemy, joined: dict[str, Any]) -> Non
     db.session.add_all([Staff(id=1, name="boss"), Engineer(id=2, name="eng", skill="sql")])
     db.session.commit()
     t1 = _now()
-    db.session.get(Engineer, 2).skill = "python"
+    cast(Any, db.session.get(Engineer, 2)).skill = "python"
     db.session.commit()
     t2 = _now()
     for at, skill in ((t1, "sql"), (t2, "python")):
@@ -293,7 +294,7 @@ def test_joined_base_sees_all(db: VersionedSQLAlchemy, joined: dict[str, Any]) -
     db.session.add_all([Staff(id=1, name="boss"), Engineer(id=2, name="eng", skill="sql")])
     db.session.commit()
     t1 = _now()
-    db.session.get(Engineer, 2).skill = "python"
+    cast(Any, db.session.get(Engineer, 2)).skill = "python"
     db.session.commit()
     for at, skill in ((t1, "sql"), (_now(), "python")):
         Past = as_of(Staff, at)
@@ -324,7 +325,7 @@ def test_single_table_subclass(db: VersionedSQLAlchemy) -> None:
     db.session.add_all([Pet(id=1, name="fish"), Dog(id=2, name="rex", bark="woof")])
     db.session.commit()
     t1 = _now()
-    db.session.get(Dog, 2).bark = "WOOF"
+    cast(Any, db.session.get(Dog, 2)).bark = "WOOF"
     db.session.commit()
     for at, bark in ((t1, "woof"), (_now(), "WOOF")):
         rows = db.session.scalars(sa.select(as_of(Dog, at))).all()
@@ -338,12 +339,13 @@ def test_single_table_subclass(db: VersionedSQLAlchemy) -> None:
 
 def test_version_at_before_insert(db: VersionedSQLAlchemy, Account: Any, timeline: Any) -> None:
     """Before its insert a record has no version."""
-    assert db.session.get(Account, 1).version_at(timeline["t0"]) is None
+    assert cast(Any, db.session.get(Account, 1)).version_at(timeline["t0"]) is None
 
 
 def test_version_at_ranges(db: VersionedSQLAlchemy, Account: Any, timeline: Any) -> None:
     """``version_at`` picks the version whose range contains the instant."""
     account = db.session.get(Account, 1)
+    assert account is not None
     assert account.version_at(timeline["t1"]).balance == 10
     assert account.version_at(timeline["t2"]) is account
 
@@ -351,6 +353,7 @@ def test_version_at_ranges(db: VersionedSQLAlchemy, Account: Any, timeline: Any)
 def test_version_at_after_delete(db: VersionedSQLAlchemy, Account: Any, timeline: Any) -> None:
     """After the delete (flushed) ``version_at`` is ``None``; before it, the last version."""
     account = db.session.get(Account, 3)
+    assert account is not None
     db.session.delete(account)
     db.session.flush()
     assert account.version_at(_now()) is None
@@ -380,16 +383,18 @@ def test_version_at_legacy_rows(db: VersionedSQLAlchemy, Account: Any, timeline:
         conn.execute(sa.text("UPDATE account_history SET valid_from = NULL"))
     db.session.expire_all()
     account = db.session.get(Account, 1)
+    assert account is not None
     assert account.version_at(timeline["t0"]).balance == 10
     assert account.version_at(timeline["t2"]) is account
     fresh = db.session.get(Account, 3)
+    assert fresh is not None
     assert fresh.version_at(timeline["t0"]).balance == 5
 
 
 def test_version_at_naive(db: VersionedSQLAlchemy, Account: Any, timeline: Any) -> None:
     """A naive ``at`` is taken as UTC."""
     naive = timeline["t1"].replace(tzinfo=None)
-    assert db.session.get(Account, 1).version_at(naive).balance == 10
+    assert cast(Any, db.session.get(Account, 1)).version_at(naive).balance == 10
 
 
 def test_composite_key_and_attribute_names(db: VersionedSQLAlchemy) -> None:
@@ -407,12 +412,12 @@ def test_composite_key_and_attribute_names(db: VersionedSQLAlchemy) -> None:
     )
     db.session.commit()
     t1 = _now()
-    db.session.get(Entry, (1, 2)).amount_cents = -1
+    cast(Any, db.session.get(Entry, (1, 2))).amount_cents = -1
     db.session.commit()
     Past = as_of(Entry, t1)
     rows = db.session.scalars(sa.select(Past).where(Past.amount_cents > 0).order_by(Past.line))
     assert [(r.book, r.line, r.amount_cents) for r in rows] == [(1, 1, 5), (1, 2, 7)]
-    assert db.session.get(Entry, (1, 2)).version_at(t1).amount_cents == 7
+    assert cast(Any, db.session.get(Entry, (1, 2))).version_at(t1).amount_cents == 7
 
 
 def test_schema_qualified_table(db: VersionedSQLAlchemy) -> None:
@@ -430,7 +435,7 @@ def test_schema_qualified_table(db: VersionedSQLAlchemy) -> None:
     db.session.add(Doc(id=1, title="a"))
     db.session.commit()
     t1 = _now()
-    db.session.get(Doc, 1).title = "b"
+    cast(Any, db.session.get(Doc, 1)).title = "b"
     db.session.commit()
     assert [r.title for r in db.session.scalars(sa.select(as_of(Doc, t1)))] == ["a"]
     assert [r.title for r in db.session.scalars(sa.select(as_of(Doc, _now())))] == ["b"]

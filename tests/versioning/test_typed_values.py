@@ -7,7 +7,7 @@ import datetime as dt
 import enum
 import uuid
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -60,7 +60,7 @@ def test_history_column_type_kept(db: VersionedSQLAlchemy, case: str) -> None:
     """The history column has the same SQL type as the source column."""
     column_type = CASES[case][0]
     model = _model(db, column_type)
-    history_type = history_class(model).__table__.c.value.type
+    history_type = cast(Any, history_class(model)).__table__.c.value.type
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     assert type(history_type) is type(column_type)
     assert history_type.compile(dialect=dialect) == column_type.compile(dialect=dialect)
@@ -223,7 +223,7 @@ def test_composite_pk(db: VersionedSQLAlchemy) -> None:
         holder = db.Column(db.String(40))
 
     db.create_all()
-    assert {c.name for c in history_class(Seat).__table__.primary_key.columns} == {
+    assert {c.name for c in cast(Any, history_class(Seat)).__table__.primary_key.columns} == {
         "row",
         "number",
         "version",
