@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy.orm import Session
@@ -109,7 +109,7 @@ def test_stale_update_message_names_no_user_anonymous(
 ) -> None:
     """A change made without an acting user is credited to the one word for no user."""
     doc = make_doc()
-    other.get(Doc, doc.id).title = "nobody's"
+    cast(Any, other.get(Doc, doc.id)).title = "nobody's"
     other.commit()
     doc.title = "alice's"
     assert "anonymous changed title at " in str(_alice_commit(db))

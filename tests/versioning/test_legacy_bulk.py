@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -53,7 +53,7 @@ def test_bulk_update_mappings_refused(
     assert seen == []
     db.session.rollback()
     assert history_rows("appuser_history") == []
-    assert db.session.get(User, key).name == "alice"
+    assert cast(Any, db.session.get(User, key)).name == "alice"
 
 
 def test_bulk_save_objects_inserts_new_records(db: VersionedSQLAlchemy, User: Any) -> None:
@@ -77,4 +77,4 @@ def test_bulk_update_mappings_of_unversioned_model_passes(db: VersionedSQLAlchem
     db.session.commit()
     db.session.bulk_update_mappings(Note, [{"id": 1, "text": "b"}])
     db.session.commit()
-    assert db.session.get(Note, 1).text == "b"
+    assert cast(Any, db.session.get(Note, 1)).text == "b"

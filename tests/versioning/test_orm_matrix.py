@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -149,7 +149,7 @@ def world(request: pytest.FixtureRequest, app: Flask, database_url: str) -> Iter
         Team, Player = _db_model(db)
         db.create_all()
         try:
-            yield World(style, db.session, Team, Player, db.engine)
+            yield World(style, cast(Session, db.session), Team, Player, db.engine)
         finally:
             db.session.remove()
             db.drop_all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -81,7 +81,7 @@ def mapper_listeners_restored() -> Iterator[None]:
     """Remove the global ``mapper_configured`` listeners the test adds: importing
     ``sqlalchemy.ext.mutable`` and ``MutableDict.as_mutable`` register them on
     ``Mapper`` (SQLAlchemy itself, not Chrononaut)."""
-    dispatch = Mapper.dispatch.mapper_configured
+    dispatch = cast(Any, Mapper).dispatch.mapper_configured
     before = list(dispatch._clslevel.get(Mapper, ()))
     yield
     registered = dispatch._clslevel.get(Mapper)
@@ -154,6 +154,7 @@ def test_deferred_column_change(
     db.session.commit()
     db.session.expunge_all()
     article = db.session.get(Article, 1)
+    assert article is not None
     article.body = "new"
     db.session.commit()
     assert article.version == 1

@@ -90,7 +90,7 @@ def test_relationship_edits_match_model(env: Env, ops: list[tuple[str, Any, Any]
     session.commit()
 
     # model: per player (name, team_id) as flushed, its version, and the history
-    flushed = {p: ("a", 1) for p in PLAYERS}
+    flushed: dict[Any, tuple[Any, Any]] = {p: ("a", 1) for p in PLAYERS}
     versions = dict.fromkeys(PLAYERS, 0)
     history: list[tuple[int, int, str, int | None]] = []
 
@@ -105,7 +105,7 @@ def test_relationship_edits_match_model(env: Env, ops: list[tuple[str, Any, Any]
         session.flush()
 
     for op, pid, arg in ops:
-        player = players.get(pid) if pid is not None else None
+        player: Any = players.get(pid) if pid is not None else None
         if op == "assign":
             player.team = teams[arg] if arg is not None else None
         elif op == "append":
@@ -129,7 +129,9 @@ def test_relationship_edits_match_model(env: Env, ops: list[tuple[str, Any, Any]
                         "ORDER BY id, version"
                     )
                 ).all()
-                live = dict(conn.execute(sa.text("SELECT id, version FROM prop_player")).all())
+                live: dict[Any, Any] = dict(
+                    conn.execute(sa.text("SELECT id, version FROM prop_player")).all()
+                )
             assert [tuple(r) for r in rows] == sorted(history)
             assert live == versions
     flush()

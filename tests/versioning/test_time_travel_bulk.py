@@ -95,7 +95,9 @@ def test_bulk_update_by_primary_key_continues_ranges(
     db.session.commit()
     rows = history_rows("appuser_history")
     with db.engine.connect() as conn:
-        live = dict(conn.execute(sa.text("SELECT id, valid_from FROM appuser")).all())
+        live: dict[Any, Any] = dict(
+            conn.execute(sa.text("SELECT id, valid_from FROM appuser")).all()
+        )
     assert {r["id"]: r["valid_from"] for r in rows} == first
     assert {r["id"]: r["changed"] for r in rows} == live
 
@@ -109,7 +111,9 @@ def test_volatile_bulk_update_continues_ranges(
     db.session.commit()
     rows = history_rows("appuser_history")
     with db.engine.connect() as conn:
-        live = dict(conn.execute(sa.text("SELECT id, valid_from FROM appuser")).all())
+        live: dict[Any, Any] = dict(
+            conn.execute(sa.text("SELECT id, valid_from FROM appuser")).all()
+        )
     assert {r["id"]: r["valid_from"] for r in rows} == first
     assert {r["id"]: r["changed"] for r in rows} == live
 
