@@ -48,7 +48,7 @@ import chrononaut
 from chrononaut import Versioned, as_of, history_class, versioned_session
 from chrononaut.testing import database_url
 from chrononaut.versioning._as_of import as_of_selectable
-from chrononaut.versioning._model import meta_of
+from chrononaut.versioning._meta import meta_of
 
 LIVE = 10_000
 VERSIONS = 100

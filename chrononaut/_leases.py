@@ -89,9 +89,7 @@ class _Target:
     def watched(self) -> frozenset[str]:
         """Attribute keys whose change the lease protects (tracked and hidden)."""
         if self._watched is None:
-            from chrononaut.versioning._model import meta_of
-
-            meta = meta_of(self.mapper.class_)
+            meta = _version_meta(self.mapper.class_)
             if meta is not None:
                 self._watched = meta.watched
             else:
@@ -678,9 +676,7 @@ def _record_lease_in_history(
     more statement then. ``fixes``: (primary key by attribute key, the history
     row's version, the lease).
     """
-    from chrononaut.versioning._model import VERSION_KEY, meta_of
-
-    meta = meta_of(cls)
+    meta = _version_meta(cls)
     base = None if meta is None else next((t for t in meta.tables if t.base), None)
     if base is None or not fixes:
         return
@@ -700,7 +696,7 @@ def _record_lease_in_history(
                 history.c[col] == sa.bindparam(f"chrononaut_k{i}")
                 for i, (_, col) in enumerate(base.pk)
             ],
-            history.c[VERSION_KEY] == sa.bindparam("chrononaut_v"),
+            history.c.version == sa.bindparam("chrononaut_v"),
             sa.not_(change_info.has_key("lease")),
         )
         .values({change_info: change_info.op("||")(sa.bindparam("chrononaut_patch", type_=JSONB))})
@@ -1009,13 +1005,24 @@ def _install_listeners(target: Any) -> None:
     a leased record is refused before anything of it runs. ``after_flush`` goes
     after capture's, so every history row of the flush exists when it runs.
     """
-    from chrononaut.versioning._change_info import register_change_info_provider
-
     listeners = _Listeners()
     event.listen(target, "before_flush", listeners.before_flush, insert=True)
     event.listen(target, "do_orm_execute", listeners.do_orm_execute, insert=True)
     event.listen(target, "after_flush", listeners.after_flush)
-    register_change_info_provider(_change_info)
+
+
+#: What history capture calls for ``change_info["lease"]`` (registered by the
+#: session setup: versioning builds on leases, never the other way round).
+lease_change_info = _change_info
+
+
+def _version_meta(cls: type[Any]) -> Any:
+    """What versioning knows about ``cls`` (its history tables), or ``None``.
+
+    Read from the class attribute versioning sets, so that this module needs
+    nothing of ``chrononaut.versioning``.
+    """
+    return cls.__dict__.get("__chrononaut_meta__")
 
 
 def live_leases(conn: Connection, leases: sa.Table) -> Iterator[Any]:

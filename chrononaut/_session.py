@@ -18,11 +18,17 @@ from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.exc import StaleDataError
 
 from chrononaut._leases import _install_listeners as install_lease_listeners
+from chrononaut._leases import lease_change_info
 from chrononaut.errors import ChrononautException, StaleWriteError
 from chrononaut.versioning._capture import CANDIDATES_KEY, Capture
-from chrononaut.versioning._change_info import Settings, StaticSettings, drop_rolled_back
+from chrononaut.versioning._change_info import (
+    Settings,
+    StaticSettings,
+    drop_rolled_back,
+    register_change_info_provider,
+)
 from chrononaut.versioning._concurrency import drop_expected_versions
-from chrononaut.versioning._model import meta_of
+from chrononaut.versioning._meta import meta_of
 
 __all__ = ["versioned_session"]
 
@@ -104,6 +110,7 @@ def _listen(target: Any, settings: Settings) -> None:
     event.listen(target, "after_soft_rollback", drop_rolled_back)
     event.listen(target, "after_soft_rollback", drop_expected_versions)
     install_lease_listeners(target)  # goes around capture's listeners (see there)
+    register_change_info_provider(lease_change_info)
 
 
 @overload

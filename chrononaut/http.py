@@ -85,7 +85,7 @@ _G_REQUIRED = "_chrononaut_if_match_required"
 
 
 def _meta(model: type[Any]) -> Any:
-    from chrononaut.versioning._model import meta_of
+    from chrononaut.versioning._meta import meta_of
 
     meta = meta_of(model)
     if meta is None:

@@ -107,11 +107,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles() -> None:
     """No two modules of the package import each other, directly or through others."""
-    # TEMPORARY: only cycles through chrononaut.locking are refused for now; the
-    # versioning cycles (_concurrency/_model/_history, _bulk/_capture) are being
-    # broken on another branch. Widen to ``assert _cycles(_graph()) == []`` then.
-    cycles = [c for c in _cycles(_graph()) if any(m.startswith("chrononaut.locking") for m in c)]
-    assert cycles == []
+    assert _cycles(_graph()) == []
 
 
 def test_locking_does_not_import_versioning() -> None:

@@ -44,7 +44,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from chrononaut.errors import ActivityImportError
 from chrononaut.maintenance._cast import cast_value
 from chrononaut.maintenance._models import base_pk_columns, live_pk_columns, versioned_models
-from chrononaut.versioning._model import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
+from chrononaut.versioning._meta import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
 
 __all__ = [
     "ACTIVITY_TABLE",

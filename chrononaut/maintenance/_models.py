@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapper, registry
 
 from chrononaut.errors import ChrononautException
-from chrononaut.versioning._model import VersionMeta, meta_of
+from chrononaut.versioning._meta import VersionMeta, meta_of
 
 __all__ = [
     "base_pk_columns",

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from chrononaut.maintenance._models import base_pk_columns, versioned_models
-from chrononaut.versioning._model import VERSION_KEY, VersionMeta, meta_of
+from chrononaut.versioning._meta import VERSION_KEY, VersionMeta, meta_of
 
 __all__ = ["MAX_BATCH_SIZE", "MAX_KEEP_LAST", "PruneSummary", "count_history_rows", "prune"]
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from chrononaut.errors import _NO_USER, ChrononautException
 from chrononaut.maintenance._cast import cast_value
 from chrononaut.maintenance._models import base_pk_columns
-from chrononaut.versioning._model import VERSION_KEY, VersionMeta, meta_of
+from chrononaut.versioning._meta import VERSION_KEY, VersionMeta, meta_of
 
 __all__ = ["Change", "Timeline", "parse_key", "timeline"]
 

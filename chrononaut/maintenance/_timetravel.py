@@ -29,7 +29,7 @@ from chrononaut.maintenance._models import (
     versioned_models,
 )
 from chrononaut.versioning._as_of import as_of
-from chrononaut.versioning._model import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
+from chrononaut.versioning._meta import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
 
 __all__ = [
     "COMMANDS",

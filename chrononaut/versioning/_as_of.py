@@ -26,11 +26,11 @@ from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.util import AliasedClass
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from chrononaut.versioning._history import _as_utc
+from chrononaut.versioning._meta import as_utc as _as_utc
 from chrononaut.versioning._tables import VALID_FROM_KEY, VERSION_KEY, history_range
 
 if TYPE_CHECKING:
-    from chrononaut.versioning._model import TableMap, VersionMeta
+    from chrononaut.versioning._meta import TableMap, VersionMeta
 
 __all__ = ["as_of", "version_at"]
 
@@ -38,7 +38,7 @@ _TZ = sa.DateTime(timezone=True)
 
 
 def _meta(model: object) -> VersionMeta:
-    from chrononaut.versioning._model import meta_of
+    from chrononaut.versioning._meta import meta_of
 
     meta = meta_of(model) if isinstance(model, type) else None
     if meta is None:
@@ -132,7 +132,7 @@ def _descendant_tables(meta: VersionMeta) -> list[tuple[VersionMeta, TableMap]]:
     """History tables of joined-table subclasses below ``meta``'s class (with the
     subclass that owns each): ``as_of(Base, at)`` loads their columns too, so a
     subclass record of a still-current version needs no later load."""
-    from chrononaut.versioning._model import meta_of
+    from chrononaut.versioning._meta import meta_of
 
     known = {tmap.history for tmap in meta.tables}
     found: list[tuple[VersionMeta, TableMap]] = []
@@ -149,7 +149,7 @@ def _descendant_tables(meta: VersionMeta) -> list[tuple[VersionMeta, TableMap]]:
 
 def _polymorphic(meta: VersionMeta) -> list[Mapper[Any]]:
     """History mappers of the joined-table subclasses below ``meta``'s class."""
-    from chrononaut.versioning._model import meta_of
+    from chrononaut.versioning._meta import meta_of
 
     tables = {tmap.history for _, tmap in _descendant_tables(meta)}
     mappers: list[Mapper[Any]] = []

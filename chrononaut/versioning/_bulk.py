@@ -27,10 +27,10 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 from chrononaut._context import versioning_suppressed
 from chrononaut.errors import ChrononautException, StaleWriteError
-from chrononaut.versioning._capture import _Batch, _now, _require_context
 from chrononaut.versioning._change_info import ChangeInfoBuilder, Settings, consume_appended
 from chrononaut.versioning._concurrency import _expected, forget_expected_version, stale_write_error
-from chrononaut.versioning._model import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
+from chrononaut.versioning._meta import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
+from chrononaut.versioning._writes import _Batch, _now, _require_context
 
 __all__ = ["run_bulk"]
 

@@ -19,137 +19,25 @@ from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.base import NO_VALUE, PASSIVE_NO_INITIALIZE
 from sqlalchemy.orm.exc import UnmappedColumnError
 from sqlalchemy.orm.state import InstanceState
-from sqlalchemy.sql.compiler import SQLCompiler
 
-from chrononaut._context import extra_info_active, versioning_suppressed
+from chrononaut._context import versioning_suppressed
 from chrononaut.errors import ChrononautException
+from chrononaut.versioning._bulk import run_bulk
 from chrononaut.versioning._change_info import ChangeInfoBuilder, Settings, consume_appended
 from chrononaut.versioning._concurrency import (
     check_expected_version,
     forget_expected_version,
 )
 from chrononaut.versioning._history import LAST_SESSION_KEY
-from chrononaut.versioning._model import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
+from chrononaut.versioning._meta import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
 from chrononaut.versioning._tables import MANAGED_KEYS
+from chrononaut.versioning._writes import _Batch, _execute_lean, _now, _require_context
 
 __all__ = ["Capture"]
 
 PENDING_KEY = "chrononaut.pending_history"
 CANDIDATES_KEY = "chrononaut.flush_candidates"
 _BULK_GUARD = "chrononaut_bulk_internal"
-
-Row = dict[str, Any]
-
-
-class _Batch:
-    """History rows waiting to be inserted, grouped by history table."""
-
-    def __init__(self) -> None:
-        self.rows: dict[sa.Table, list[Row]] = {}
-        self.states: list[InstanceState[Any]] = []
-        self.mapper_for: dict[sa.Table, Any] = {}
-
-    def add(
-        self,
-        meta: VersionMeta,
-        values: dict[str, Any],
-        version: int,
-        changed: dt.datetime,
-        change_info: dict[str, Any],
-        valid_from: dt.datetime | None = None,
-    ) -> None:
-        for tmap in meta.tables:
-            row: Row = {col_key: values[key] for key, col_key in tmap.columns}
-            row[VERSION_KEY] = version
-            if tmap.base:
-                row[VALID_FROM_KEY] = valid_from
-                row["changed"] = changed
-                row["change_info"] = change_info
-            self.rows.setdefault(tmap.history, []).append(row)
-            self.mapper_for.setdefault(tmap.history, meta.mapper)
-
-    def write(self, session: Session) -> None:
-        for table, rows in self.rows.items():
-            # One executemany needs the same keys in every row; subclasses sharing a
-            # history table (single-table inheritance) leave each other's columns NULL.
-            keys = {key for row in rows for key in row}
-            if any(len(row) != len(keys) for row in rows):
-                rows = [{key: row.get(key) for key in keys} for row in rows]
-            connection = session.connection(bind_arguments={"mapper": self.mapper_for[table]})
-            if len(rows) == 1:
-                _execute_lean(connection, table.insert(), rows[0], (table, tuple(rows[0])))
-            else:
-                connection.execute(table.insert(), rows)
-        for state in self.states:
-            consume_appended(state)
-            forget_expected_version(state)
-
-    def __bool__(self) -> bool:
-        return bool(self.rows)
-
-
-# Per dialect (one per engine), dropped with it: engines come and go in tests.
-_lean_cache: weakref.WeakKeyDictionary[Any, dict[Any, tuple[str, list[tuple[str, Any]]]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _execute_lean(
-    connection: sa.Connection,
-    statement: sa.ClauseElement,
-    params: dict[str, Any],
-    cache_key: Any = None,
-) -> sa.CursorResult[Any]:
-    """Execute a statement of ours on ``connection``, skipping Core's per-call work.
-
-    On the per-request path a Core execution costs about as much Python time as
-    the round trip itself. The SQL is compiled once per statement, dialect and
-    ``schema_translate_map`` of the connection (with the translated names
-    rendered in), together with the bind processors of its parameters; each call
-    then converts the values and sends the SQL with ``exec_driver_sql`` on the
-    same connection, so engine events, ``echo`` and the connection's execution
-    options apply as they do to any statement.
-    """
-    dialect = connection.dialect
-    cache = _lean_cache.get(dialect)
-    if cache is None:
-        cache = _lean_cache[dialect] = {}
-    translate = connection.get_execution_options().get("schema_translate_map")
-    translate_key = tuple(sorted(translate.items(), key=repr)) if translate else None
-    key = (statement if cache_key is None else cache_key, translate_key)
-    entry = cache.get(key)
-    if entry is None:
-        column_keys = list(params) if isinstance(statement, sa.Insert) else None
-        compile_kwargs: dict[str, Any] = {}
-        if translate:
-            compile_kwargs = {"schema_translate_map": translate, "render_schema_translate": True}
-        compiled = statement.compile(dialect=dialect, column_keys=column_keys, **compile_kwargs)
-        assert isinstance(compiled, SQLCompiler)
-        processors = [
-            (name, bind.type.dialect_impl(dialect).bind_processor(dialect))
-            for name, bind in compiled.binds.items()
-        ]
-        entry = (str(compiled), processors)
-        cache[key] = entry
-    sql, processors = entry
-    values = {
-        name: (process(params[name]) if process is not None else params[name])
-        for name, process in processors
-    }
-    return connection.exec_driver_sql(sql, values)
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _require_context(settings: Settings) -> None:
-    if settings.require_extra_change_info() and not extra_info_active():
-        raise ChrononautException(
-            "CHRONONAUT_REQUIRE_EXTRA_CHANGE_INFO is set: wrap this change in "
-            "chrononaut.extra_change_info(...) or chrononaut.rationale(...)"
-        )
-
 
 def _fast_eligible(meta: VersionMeta, committed: dict[str, Any], dict_: dict[str, Any]) -> bool:
     """Whether a dirty record's change can go through the one-statement path."""
@@ -948,6 +836,5 @@ class Capture:
     # -- ORM bulk statements -----------------------------------------------------
 
     def do_orm_execute(self, orm_execute_state: ORMExecuteState) -> Any:
-        from chrononaut.versioning._bulk import run_bulk
 
         return run_bulk(self.settings, orm_execute_state)

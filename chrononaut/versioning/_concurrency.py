@@ -23,7 +23,7 @@ from chrononaut.errors import _NO_USER, ChrononautException, StaleWriteError
 from chrononaut.versioning._tables import VERSION_KEY
 
 if TYPE_CHECKING:
-    from chrononaut.versioning._model import VersionMeta
+    from chrononaut.versioning._meta import VersionMeta
 
 __all__ = [
     "OptimisticMixin",
@@ -40,7 +40,7 @@ _expected: weakref.WeakKeyDictionary[InstanceState[Any], int] = weakref.WeakKeyD
 
 
 def meta_of(cls: type[Any]) -> VersionMeta | None:
-    from chrononaut.versioning._model import meta_of as _meta_of
+    from chrononaut.versioning._meta import meta_of as _meta_of
 
     return _meta_of(cls)
 

@@ -9,9 +9,10 @@ from sqlalchemy.orm import Query, Session, object_session
 from sqlalchemy.orm.attributes import instance_state
 
 from chrononaut.errors import ChrononautException
+from chrononaut.versioning._meta import as_utc as _as_utc
 
 if TYPE_CHECKING:
-    from chrononaut.versioning._model import HistoryRecord, VersionMeta
+    from chrononaut.versioning._meta import HistoryRecord, VersionMeta
 
 __all__ = ["LAST_SESSION_KEY", "HistoryReadMixin"]
 
@@ -19,20 +20,11 @@ __all__ = ["LAST_SESSION_KEY", "HistoryReadMixin"]
 LAST_SESSION_KEY = "chrononaut._session"
 
 
-def _as_utc(value: object, name: str) -> dt.datetime:
-    if not isinstance(value, dt.datetime):
-        raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None:
-        # Naive datetimes are taken as UTC, the way history stores time.
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value
-
-
 class HistoryReadMixin:
     """History read API, mixed into :class:`~chrononaut.Versioned`."""
 
     def _chrononaut_meta(self) -> VersionMeta:
-        from chrononaut.versioning._model import meta_of
+        from chrononaut.versioning._meta import meta_of
 
         meta = meta_of(type(self))
         if meta is None:  # pragma: no cover - Versioned classes always have one
@@ -166,7 +158,7 @@ class HistoryReadMixin:
         return self._history_query(session).order_by(None).order_by(version.desc()).first()
 
     def _check_own_history(self, record: object, name: str) -> HistoryRecord:
-        from chrononaut.versioning._model import HistoryRecord
+        from chrononaut.versioning._meta import HistoryRecord
 
         meta = self._chrononaut_meta()
         if not isinstance(record, HistoryRecord):
@@ -258,7 +250,7 @@ class HistoryReadMixin:
         :raises ChrononautException: when this record has no such version.
         """
         meta = self._chrononaut_meta()
-        from chrononaut.versioning._model import HistoryRecord
+        from chrononaut.versioning._meta import HistoryRecord
 
         if isinstance(version, HistoryRecord):
             record = self._check_own_history(version, "version")

@@ -1,0 +1,212 @@
+"""What Chrononaut knows about each ``Versioned`` class — the one internal facade
+the rest of the package reads (capture, bulk statements, reading, time travel,
+concurrency, maintenance) — and the base class of the generated history classes.
+
+It imports nothing of the other versioning modules but the SQL builders, so any
+of them can import it without a cycle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapper
+
+from chrononaut.errors import ChrononautException, HiddenAttributeError, UntrackedAttributeError
+from chrononaut.versioning import _statements as statements
+from chrononaut.versioning._tables import VALID_FROM_KEY, VERSION_KEY
+
+__all__ = [
+    "META_ATTRIBUTE",
+    "VALID_FROM_KEY",
+    "VERSION_KEY",
+    "HistoryRecord",
+    "TableMap",
+    "VersionMeta",
+    "as_utc",
+    "history_class",
+    "meta_of",
+]
+
+#: The class attribute (in the class's own ``__dict__``) holding its VersionMeta.
+META_ATTRIBUTE = "__chrononaut_meta__"
+
+
+def as_utc(value: object, name: str) -> dt.datetime:
+    """``value`` as an aware datetime; naive ones are taken as UTC."""
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None:
+        # Naive datetimes are taken as UTC, the way history stores time.
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+@dataclass
+class TableMap:
+    """How one source table's columns land in its history table."""
+
+    history: sa.Table
+    #: (attribute key on the model, column key in the history table)
+    columns: list[tuple[str, str]] = field(default_factory=list)
+    #: attribute keys of the primary-key columns, in history-table order
+    pk: list[tuple[str, str]] = field(default_factory=list)
+    base: bool = False
+
+
+@dataclass(eq=False)
+class VersionMeta:
+    """What Chrononaut knows about one ``Versioned`` class (computed once)."""
+
+    mapper: Mapper[Any]
+    tracked: tuple[str, ...]
+    hidden: frozenset[str]
+    untracked: frozenset[str]
+    tables: list[TableMap]
+    pk_keys: tuple[str, ...]
+    history_mapper: Mapper[Any]
+    #: the ``version`` column (on the root table of the hierarchy)
+    version_column: sa.Column[Any]
+    #: attribute key -> the column it maps to in its own table
+    columns: dict[str, sa.Column[Any]]
+
+    @property
+    def watched(self) -> frozenset[str]:
+        """Attribute keys whose change makes a new version."""
+        return self._watched
+
+    def __post_init__(self) -> None:
+        self._watched = frozenset(self.tracked) | self.hidden
+        self._fast_statements: dict[tuple[tuple[str, ...], bool, bool], sa.Update] = {}
+        self._onupdate = False
+        self._onupdate_checked = -1
+
+    def fast_path_possible(self) -> bool:
+        """Whether updates of this class may use the one-statement path.
+
+        Not for joined inheritance (several tables), tables with ``onupdate`` /
+        ``server_onupdate`` columns (SQLAlchemy computes those), or mappers with
+        ``before_update`` / ``after_update`` listeners (they expect SQLAlchemy's
+        UPDATE). Listeners can be added at any time, so this is checked per flush.
+        """
+        if len(self.tables) != 1 or self._has_onupdate:
+            return False
+        dispatch = self.mapper.dispatch
+        return not (dispatch.before_update or dispatch.after_update)
+
+    @property
+    def _has_onupdate(self) -> bool:
+        # Single-table subclasses may add columns later: recount when the table grows.
+        table = self.version_column.table
+        count = len(table.c)
+        if self._onupdate_checked != count:
+            self._onupdate = any(
+                c.onupdate is not None or c.server_onupdate is not None for c in table.c
+            )
+            self._onupdate_checked = count
+        return self._onupdate
+
+    def fast_update_statement(
+        self, keys: tuple[str, ...], many: bool, shared_info: bool = False
+    ) -> sa.Update:
+        """The one-statement UPDATE + history INSERT for records setting ``keys``.
+
+        ``many=False``: one record, parameters ``k<i>`` (primary key), ``v`` (old
+        version), ``s<i>`` (new values), ``ci`` (change_info) and ``changed``.
+        ``many=True``: the same names carry arrays, one element per record, that
+        ``unnest`` turns into rows; the SQL text does not depend on the number of
+        records, so it is compiled (and, with psycopg 3, prepared) once.
+        ``shared_info=True`` (with ``many``): ``ci`` is one document for all records.
+        Built once per (keys, many, shared_info) and reused.
+        """
+        cache_key = (keys, many, shared_info)
+        statement = self._fast_statements.get(cache_key)
+        if statement is None:
+            statement = statements.fast_update(self, keys, many, shared_info)
+            self._fast_statements[cache_key] = statement
+        return statement
+
+    def arrays_supported(self, keys: tuple[str, ...]) -> bool:
+        """Whether the columns of ``keys`` (and the key) can travel as arrays."""
+        names = (*self.pk_keys, *keys)
+        return not any(isinstance(self.columns[k].type, sa.ARRAY) for k in names)
+
+
+class HistoryRecord:
+    """Base of the generated history classes: read-only snapshots of a record.
+
+    Every history record has the tracked attributes of its model plus
+    ``version`` (the version this snapshot was), ``changed`` (when it stopped
+    being current, aware UTC) and ``change_info`` (who, why; SPEC §3).
+    Reading a hidden attribute raises :class:`~chrononaut.HiddenAttributeError`,
+    an untracked one :class:`~chrononaut.UntrackedAttributeError`.
+    """
+
+    __chrononaut_model__: ClassVar[type[Any]]
+    __chrononaut_hidden_keys__: ClassVar[frozenset[str]] = frozenset()
+    __chrononaut_untracked_keys__: ClassVar[frozenset[str]] = frozenset()
+
+    version: int
+    valid_from: Any
+    changed: Any
+    change_info: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        cls = type(self)
+        if name in cls.__chrononaut_hidden_keys__:
+            raise HiddenAttributeError(
+                f"{name!r} is hidden (__chrononaut_hidden__ of "
+                f"{cls.__chrononaut_model__.__name__}): its values are never stored in "
+                f"history; read the live record instead"
+            )
+        if name in cls.__chrononaut_untracked_keys__:
+            raise UntrackedAttributeError(
+                f"{name!r} is untracked (__chrononaut_untracked__ of "
+                f"{cls.__chrononaut_model__.__name__}): history does not record it; read "
+                f"the live record instead"
+            )
+        raise AttributeError(f"{cls.__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_sa_"):
+            object.__setattr__(self, name, value)
+            return
+        raise ChrononautException(
+            f"{type(self).__name__} records are read-only history; change the live "
+            f"{type(self).__chrononaut_model__.__name__} record instead (restore() copies "
+            f"a version back)"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise ChrononautException(
+            f"{type(self).__name__} records are read-only history; change the live "
+            f"{type(self).__chrononaut_model__.__name__} record instead (restore() copies "
+            f"a version back)"
+        )
+
+    def __repr__(self) -> str:
+        model = type(self).__chrononaut_model__.__name__
+        return f"<{model} history version={self.__dict__.get('version')!r}>"
+
+
+def meta_of(cls: type[Any]) -> VersionMeta | None:
+    """The :class:`VersionMeta` of a Versioned class (``None`` for other classes)."""
+    meta = cls.__dict__.get(META_ATTRIBUTE)
+    return meta if isinstance(meta, VersionMeta) else None
+
+
+def history_class(model: type[Any]) -> type[HistoryRecord]:
+    """The mapped history class of a ``Versioned`` model.
+
+    :param model: a Versioned model class (or a record of one).
+    :raises TypeError: when ``model`` is not Versioned.
+    """
+    cls = model if isinstance(model, type) else type(model)
+    meta = meta_of(cls)
+    if meta is None:
+        raise TypeError(f"{cls.__name__} is not a mapped Versioned model")
+    history: type[HistoryRecord] = meta.history_mapper.class_
+    return history
