@@ -67,10 +67,13 @@ def _refuse_version_assignment(statement: Any, meta: VersionMeta, params: Any) -
     """SPEC §2: ``version`` is Chrononaut's; a bulk ``SET`` or upsert ``set_`` of it
     is refused before any statement."""
     keys: list[Any] = list(getattr(statement, "_values", None) or ())
+    # SQLAlchemy 2.0 keeps ``ordered_values()`` apart from ``_values``; 2.1 does not.
+    keys.extend(key for key, _ in getattr(statement, "_ordered_values", None) or ())
     if isinstance(params, dict) and isinstance(statement, sa.Update):
         keys.extend(params)  # one parameter dict: SQLAlchemy SETs its keys
     post = getattr(statement, "_post_values_clause", None)
-    keys.extend(getattr(post, "update_values_to_set", None) or ())
+    if post is not None and hasattr(post, "update_values_to_set"):
+        keys.extend(key for key, _ in _set_items(post))
     if isinstance(params, list) and isinstance(statement, sa.Update):
         # UPDATE by primary key: ``version`` in a parameter set is a version check,
         # ``valid_from`` an assignment.
@@ -92,6 +95,33 @@ def _refuse_version_assignment(statement: Any, meta: VersionMeta, params: Any) -
                 f"{meta.mapper.class_.__name__}.{VALID_FROM_KEY} is set by Chrononaut "
                 "(when a change bumps the version): remove it from the statement's values"
             )
+
+
+def _set_items(post: Any) -> list[tuple[Any, Any]]:
+    """An upsert's ``set_`` as (key, value) pairs (SQLAlchemy 2.1 keeps a dict,
+    2.0 a list of pairs)."""
+    values = post.update_values_to_set
+    return list(values.items()) if isinstance(values, dict) else list(values)
+
+
+def _column_name(element: Any) -> str | None:
+    """The column name of a conflict-target element: a name, a ``Column``, or (as
+    SQLAlchemy 2.0 keeps them uncoerced) an ORM attribute; ``None`` for others."""
+    if isinstance(element, str):
+        return element
+    clause = getattr(element, "__clause_element__", None)
+    if clause is not None:
+        element = clause()
+    return element.name if isinstance(element, sa.Column) else None
+
+
+def _ordered(statement: Any) -> bool:
+    """Whether an UPDATE sets its values with ``ordered_values()`` (SQLAlchemy 2.1
+    flags it; 2.0 keeps such values in ``_ordered_values``)."""
+    return bool(
+        getattr(statement, "_maintain_values_ordering", False)
+        or getattr(statement, "_ordered_values", None)
+    )
 
 
 def _ended(changed_at: dt.datetime, began: dt.datetime | None) -> dt.datetime:
@@ -477,7 +507,7 @@ def _one_statement_possible(state: ORMExecuteState, meta: VersionMeta) -> bool:
         return False  # with_loader_criteria(): SQLAlchemy adds WHERE terms we don't see
     clauses: list[Any] = [statement.whereclause]
     if isinstance(statement, sa.Update):
-        if statement._maintain_values_ordering or not statement._values:
+        if _ordered(statement) or not statement._values:
             return False
         pk_names = {column.name for column in _pk_columns(meta)}
         if any(getattr(key, "name", key) in pk_names for key in statement._values):
@@ -848,7 +878,7 @@ class _Upsert(_OneStatement):
         rows = self._rows(statement)
         names = list(rows[0])
         set_ = {
-            getattr(key, "name", key): value for key, value in post.update_values_to_set.items()
+            getattr(key, "name", key): value for key, value in _set_items(post)
         }
         if set(set_) & {*pk_names, *target}:
             raise ChrononautException(
@@ -991,15 +1021,15 @@ class _Upsert(_OneStatement):
             ),
             else_=live_valid_from,
         )
-        # ``ext`` replaces the statement's ON CONFLICT clause with this one.
-        main = statement.ext(
-            OnConflictDoUpdate(
-                constraint=post.constraint_target,
-                index_elements=post.inferred_target_elements,
-                index_where=post.inferred_target_whereclause,
-                set_=new_set,
-                where=post.update_whereclause,
-            )
+        # A copy of the statement with this ON CONFLICT clause instead of the user's
+        # (SQLAlchemy 2.1's ``ext()`` would do; 2.0 has no public way).
+        main = statement._generate()
+        main._post_values_clause = OnConflictDoUpdate(
+            constraint=post.constraint_target,
+            index_elements=post.inferred_target_elements,
+            index_where=post.inferred_target_whereclause,
+            set_=new_set,
+            where=post.update_whereclause,
         )
         main = main.add_cte(proposed_rows).add_cte(old)
         if extra is not None:
@@ -1045,10 +1075,10 @@ class _Upsert(_OneStatement):
                     and all(isinstance(e, sa.Column) for e in index.expressions)
                 ):
                     return [e.name for e in index.expressions]  # type: ignore[union-attr]
-        elif post.inferred_target_elements and all(
-            isinstance(e, sa.Column) for e in post.inferred_target_elements
-        ):
-            return [e.name for e in post.inferred_target_elements]  # type: ignore[union-attr]
+        elif post.inferred_target_elements:
+            names = [_column_name(e) for e in post.inferred_target_elements]
+            if all(name is not None for name in names):
+                return [name for name in names if name is not None]
         raise ChrononautException(
             f"an upsert of the Versioned model {self.cls.__name__} needs a conflict target "
             "of plain columns (index_elements=[...] or a named unique constraint)"
