@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from flask.cli import with_appcontext
 
 from chrononaut._app import current_extension
+from chrononaut._cli_errors import cli_errors
 from chrononaut._lease_table import LEASE_TABLE, lease_table
 from chrononaut._leases import live_leases
 
@@ -60,6 +61,7 @@ def _iso(value: Any) -> str:
     "--bind", default=None, help="Flask-SQLAlchemy bind key (default: the main database)."
 )
 @with_appcontext
+@cli_errors
 def leases_command(as_json: bool, release: bool, batch_size: int, bind: str | None) -> None:
     """List the live edit leases: which record, who holds it, since and until when."""
     ext = current_extension()
