@@ -9,6 +9,8 @@ import click
 import sqlalchemy as sa
 from flask.cli import with_appcontext
 
+from chrononaut._app import current_extension
+from chrononaut._cli_errors import cli_errors
 from chrononaut._lease_table import LEASE_TABLE, lease_table
 from chrononaut._leases import live_leases
 
@@ -59,14 +61,16 @@ def _iso(value: Any) -> str:
     "--bind", default=None, help="Flask-SQLAlchemy bind key (default: the main database)."
 )
 @with_appcontext
+@cli_errors
 def leases_command(as_json: bool, release: bool, batch_size: int, bind: str | None) -> None:
     """List the live edit leases: which record, who holds it, since and until when."""
-    from flask import current_app
-
-    ext = current_app.extensions.get("sqlalchemy")
+    ext = current_extension()
     if ext is None:
         raise click.ClickException("this app has no Flask-SQLAlchemy extension")
-    engine = ext.engines[bind]
+    try:
+        engine = ext.engines[bind]
+    except KeyError:
+        raise click.ClickException(f"no database bind {bind!r}") from None
     if not sa.inspect(engine).has_table(LEASE_TABLE):
         raise click.ClickException(
             f"no {LEASE_TABLE} table: define a model with __chrononaut_leases__ = True "

@@ -425,7 +425,10 @@ class _Scenario:
             plan_row = _field_row(html, "plan")
             check("your change" in plan_row, "the plan is not marked as alice's change")
             limit_row = _field_row(html, "credit_limit")
-            check("someone else" in limit_row, "the credit limit is not marked as bob's change")
+            check(
+                _contains(limit_row, f"changed by {BOB.display_name}"),
+                "the credit limit is not marked as bob's change",
+            )
             retry = {
                 name: _form_field(html, name)
                 for name in ("csrf_token", "version", "name", "contact_email", "credit_limit")

@@ -17,10 +17,10 @@ from typing import Any
 
 import click
 import sqlalchemy as sa
-from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy.orm import registry
 
+from chrononaut._app import current_extension
 from chrononaut.errors import ChrononautException
 from chrononaut.maintenance._models import (
     base_pk_columns,
@@ -300,7 +300,7 @@ def _instant(ctx: click.Context, param: click.Parameter, value: str) -> dt.datet
 
 
 def _extension() -> Any:
-    ext = current_app.extensions.get("sqlalchemy")
+    ext = current_extension()
     if ext is None:
         raise click.ClickException("this app has no Flask-SQLAlchemy extension")
     return ext
