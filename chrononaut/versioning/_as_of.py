@@ -296,13 +296,40 @@ def _compile_as_of(element: _AsOfUnion, compiler: Any, **kw: Any) -> str:
     return rendered
 
 
+class _AsOfSubquery(sa.Subquery):
+    """The union's subquery, finding its column for a history column by a lookup
+    made once per class.
+
+    Every ``as_of()`` call makes a fresh aliased entity over a fresh subquery (each
+    stands for its own instant, and two may meet in one join); SQLAlchemy's
+    search of a new subquery's columns by lineage cost more than the one-key
+    query's round trip. The columns are light ``column()`` objects, and
+    ``corresponding_column`` answers from the positions of the history columns.
+    """
+
+    inherit_cache = True
+    chrononaut_positions: dict[Any, int]
+
+    def corresponding_column(self, column: Any, require_embedded: bool = False) -> Any:
+        position = self.chrononaut_positions.get(column)
+        if position is not None:
+            return self.c[position]
+        return super().corresponding_column(column, require_embedded)
+
+
 def _source(meta: VersionMeta, at: object) -> sa.Subquery:
-    labelled = meta.__dict__.get("_chrononaut_as_of_labels")
     history_columns, _ = _columns_cached(meta)
-    if labelled is None or len(labelled) != len(history_columns):
-        labelled = [c.label(f"c{i}") for i, c in enumerate(history_columns)]
-        meta.__dict__["_chrononaut_as_of_labels"] = labelled
-    return _AsOfUnion(meta, _at(at)).columns(*labelled).subquery()
+    cached = meta.__dict__.get("_chrononaut_as_of_labels")
+    if cached is None or len(cached[0]) != len(history_columns):
+        light = [sa.column(f"c{i}", c.type) for i, c in enumerate(history_columns)]
+        positions = {c: i for i, c in enumerate(history_columns)}
+        cached = (light, positions)
+        meta.__dict__["_chrononaut_as_of_labels"] = cached
+    light, positions = cached
+    textual = _AsOfUnion(meta, _at(at)).columns(*light)
+    subquery = _AsOfSubquery._construct(textual)
+    subquery.chrononaut_positions = positions
+    return subquery
 
 
 def _columns_cached(meta: VersionMeta) -> tuple[list[sa.Column[Any]], list[Any]]:
