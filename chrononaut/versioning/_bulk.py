@@ -1046,9 +1046,14 @@ class _Upsert(_OneStatement):
                 ):
                     return [e.name for e in index.expressions]  # type: ignore[union-attr]
         elif post.inferred_target_elements and all(
-            isinstance(e, sa.Column) for e in post.inferred_target_elements
+            isinstance(e, sa.Column) or (isinstance(e, str) and e in table.c)
+            for e in post.inferred_target_elements
         ):
-            return [e.name for e in post.inferred_target_elements]  # type: ignore[union-attr]
+            # index_elements may name columns by string, as SQLAlchemy's docs do.
+            return [
+                e if isinstance(e, str) else e.name  # type: ignore[union-attr]
+                for e in post.inferred_target_elements
+            ]
         raise ChrononautException(
             f"an upsert of the Versioned model {self.cls.__name__} needs a conflict target "
             "of plain columns (index_elements=[...] or a named unique constraint)"
