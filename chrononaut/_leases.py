@@ -826,11 +826,17 @@ class _Listeners:
         return result
 
 
-def _bulk_pks(state: ORMExecuteState, target: _Target) -> list[tuple[Any, ...]] | None:
-    """Primary keys named by the statement's parameters or values, else ``None``."""
+def _bulk_pks(
+    state: ORMExecuteState, target: _Target, columns: list[sa.Column[Any]] | None = None
+) -> list[tuple[Any, ...]] | None:
+    """Primary keys (or ``columns``) named by the statement's parameters or values.
+
+    ``None`` when they can't be told.
+    """
     mapper = target.mapper
-    keys = [mapper.get_property_by_column(col).key for col in target.pk_columns]
-    names = [col.key for col in target.pk_columns]
+    columns = target.pk_columns if columns is None else columns
+    keys = [mapper.get_property_by_column(col).key for col in columns]
+    names = [col.key for col in columns]
     params = state.parameters
     rows: list[Mapping[Any, Any]] = []
     if isinstance(params, list) and params and all(isinstance(p, Mapping) for p in params):
@@ -900,28 +906,40 @@ def _check_bulk(
     session = state.session
     statement = state.statement
     if state.is_insert:
-        if not isinstance(getattr(statement, "_post_values_clause", None), OnConflictDoUpdate):
+        post = getattr(statement, "_post_values_clause", None)
+        if not isinstance(post, OnConflictDoUpdate):
             return []  # a plain INSERT changes no existing record
-        pks = _bulk_pks(state, target)
-        if not pks:
-            return []
-        where: Any = _pk_in(target, pks)
+        if _untracked_only(target, _upsert_set_keys(post)):
+            return []  # an update branch of untracked columns only is not refused
+        conflict = _conflict_columns(post, getattr(statement, "table", None))
+        if conflict is not None and {c.key for c in conflict} != {c.key for c in target.pk_columns}:
+            # The rows the update branch takes are those matching the conflict
+            # target, whatever primary keys the proposed rows carry.
+            values = _bulk_pks(state, target, conflict)
+            if not values:
+                return []
+            where: Any = (
+                conflict[0].in_([v[0] for v in values])
+                if len(conflict) == 1
+                else sa.tuple_(*conflict).in_(values)
+            )
+        else:
+            pks = _bulk_pks(state, target)
+            if not pks:
+                return []
+            where = _pk_in(target, pks)
     else:
+        by_pk = isinstance(state.parameters, list)
         if state.is_update:
             keys = _set_keys(state)
-            if keys is not None:
-                columns = {p.key for p in target.mapper.column_attrs} | {
-                    c.key for c in target.table.c
-                }
-                watched = target.watched | {
-                    c.key
-                    for p in target.mapper.column_attrs
-                    if p.key in target.watched
-                    for c in p.columns
-                }
-                if keys <= columns and not keys & watched:
-                    return []  # untracked-only changes are not refused
-        pks = _bulk_pks(state, target) if isinstance(state.parameters, list) else None
+            if keys is not None and by_pk:
+                # An UPDATE by primary key names the key in each parameter set as
+                # its WHERE, not as a change.
+                keys -= {target.mapper.get_property_by_column(c).key for c in target.pk_columns}
+                keys -= {c.key for c in target.pk_columns}
+            if _untracked_only(target, keys):
+                return []  # untracked-only changes are not refused
+        pks = _bulk_pks(state, target) if by_pk else None
         if pks:
             where = _pk_in(target, pks)
         else:
@@ -980,6 +998,59 @@ def _check_bulk(
                 )
             )
     return fixes
+
+
+def _untracked_only(target: _Target, keys: set[str] | None) -> bool:
+    """Whether ``keys`` (attribute or column keys) are all known and none is watched."""
+    if keys is None:
+        return False
+    columns = {p.key for p in target.mapper.column_attrs} | {c.key for c in target.table.c}
+    columns |= {c.key for p in target.mapper.column_attrs for c in p.columns}
+    watched = target.watched | {
+        c.key for p in target.mapper.column_attrs if p.key in target.watched for c in p.columns
+    }
+    return keys <= columns and not keys & watched
+
+
+def _upsert_set_keys(post: OnConflictDoUpdate) -> set[str] | None:
+    """The keys an upsert's ``set_`` names, ``None`` when unknown."""
+    values: Any = post.update_values_to_set
+    # A dict on SQLAlchemy 2.1, a list of pairs on 2.0.
+    items = values.items() if isinstance(values, Mapping) else values
+    found: set[str] = set()
+    for column, _ in items:
+        name = column if isinstance(column, str) else getattr(column, "key", None)
+        if not isinstance(name, str):
+            return None
+        found.add(name)
+    return found
+
+
+def _conflict_columns(post: OnConflictDoUpdate, table: Any) -> list[sa.Column[Any]] | None:
+    """The columns of an upsert's conflict target, ``None`` when not plain columns."""
+    if not isinstance(table, sa.Table):
+        return None
+    if post.constraint_target is not None:
+        name = post.constraint_target
+        for constraint in table.constraints:
+            if isinstance(constraint, sa.PrimaryKeyConstraint) and name in (
+                constraint.name,
+                f"{table.name}_pkey",
+            ):
+                return list(constraint.columns)
+            if isinstance(constraint, sa.UniqueConstraint) and constraint.name == name:
+                return list(constraint.columns)
+        for column in table.c:
+            if column.unique and name == f"{table.name}_{column.name}_key":
+                return [column]
+        return None
+    columns: list[sa.Column[Any]] = []
+    for element in post.inferred_target_elements or ():
+        key = element if isinstance(element, str) else getattr(element, "name", None)
+        if not isinstance(key, str) or key not in table.c:
+            return None
+        columns.append(table.c[key])
+    return columns or None
 
 
 def _pk_in(target: _Target, pks: list[tuple[Any, ...]]) -> sa.ColumnElement[bool]:

@@ -1051,7 +1051,7 @@ class _Upsert(_OneStatement):
         ):
             # index_elements may name columns by string, as SQLAlchemy's docs do.
             return [
-                e if isinstance(e, str) else e.name  # type: ignore[union-attr]
+                e if isinstance(e, str) else e.name
                 for e in post.inferred_target_elements
             ]
         raise ChrononautException(
