@@ -37,7 +37,7 @@ def teams(db: VersionedSQLAlchemy) -> tuple[Any, Any]:
         id = sa.Column(sa.Integer, primary_key=True)
         name = sa.Column(sa.String(20))
         pin = sa.Column(sa.String(8))
-        team_id = sa.Column(sa.ForeignKey("int_team.id"))
+        team_id = sa.Column(sa.Integer, sa.ForeignKey("int_team.id"))
         team = db.relationship(Team, back_populates="players")
 
     db.create_all()
@@ -63,7 +63,9 @@ def test_as_of_after_collection_move(db: VersionedSQLAlchemy, teams: tuple[Any, 
     assert (_team_at(db, Player, t1), _team_at(db, Player, t2)) == (1, 2)
 
 
-def test_as_of_after_many_to_one_to_pending(db: VersionedSQLAlchemy, teams: tuple[Any, Any]) -> None:
+def test_as_of_after_many_to_one_to_pending(
+    db: VersionedSQLAlchemy, teams: tuple[Any, Any]
+) -> None:
     """Assigning a pending team is seen by ``as_of``; before, the old team."""
     Team, Player = teams
     t1 = _now()
@@ -76,7 +78,7 @@ def test_as_of_after_many_to_one_to_pending(db: VersionedSQLAlchemy, teams: tupl
 
 def test_as_of_after_upsert(db: VersionedSQLAlchemy, teams: tuple[Any, Any]) -> None:
     """An upsert's update branch ends the old range; ``as_of`` sees both values."""
-    Team, Player = teams
+    Team, _ = teams
     t1 = _now()
     stmt = pg_insert(Team).values(id=1, name="up")
     db.session.execute(
@@ -174,9 +176,7 @@ def test_version_at_deleted_with_session(db: VersionedSQLAlchemy, teams: tuple[A
     reason="session= refuses Flask-SQLAlchemy's scoped db.session with TypeError "
     "(versioning/_history.py _chrononaut_session checks isinstance Session only)",
 )
-def test_version_at_accepts_scoped_session(
-    db: VersionedSQLAlchemy, teams: tuple[Any, Any]
-) -> None:
+def test_version_at_accepts_scoped_session(db: VersionedSQLAlchemy, teams: tuple[Any, Any]) -> None:
     """``session=db.session`` (a scoped_session) reads a deleted record's history."""
     Team, _ = teams
     other = db.session.session_factory()
