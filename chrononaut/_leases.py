@@ -43,7 +43,7 @@ from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.state import InstanceState
 
-from chrononaut._context import resolve_actor
+from chrononaut._context import resolve_actor, versioning_suppressed
 from chrononaut._lease_table import LEASE_TABLE, lease_table
 from chrononaut.errors import ChrononautException, Lease, RecordLeasedError
 
@@ -774,6 +774,9 @@ class _Listeners:
 
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
         groups: list[_Pending] | None = session.info.pop(_FLUSH_KEY, None)
+        if not _any_leased:
+            return
+        groups = _add_late(session, flush_context, groups or [])
         if not groups:
             return
         info: dict[InstanceState[Any], dict[str, Any]] = session.info.get(_INFO_KEY) or {}
@@ -824,6 +827,58 @@ class _Listeners:
         conn = state.session.connection(bind_arguments={"mapper": target.mapper})
         _record_lease_in_history(conn, target.mapper.class_, fixes)
         return result
+
+
+def _add_late(
+    session: Session, flush_context: UOWTransaction, groups: list[_Pending]
+) -> list[_Pending]:
+    """``groups`` plus the leased records the flush changed that ``before_flush``
+    could not see: foreign keys set from relationships (``member.club = other``, a
+    move between collections) and children deleted as orphans. The unit of work
+    set those columns during the flush; their history is still unreset here."""
+    seen = {id(state) for pending in groups for (_, _, state) in pending.keys.values() if state}
+    by_table = {id(pending.target.table): pending for pending in groups}
+    actors: dict[type[Any], str | None] = {}
+    for state, (deleted, listonly) in list(flush_context.states.items()):
+        if listonly or state.key is None or id(state) in seen:
+            continue
+        target = _leased(state.mapper)
+        if target is None:
+            continue
+        if not deleted and not _watched_change(state, target.watched):
+            continue
+        cls = state.class_
+        if cls not in actors:
+            actors[cls] = resolve_actor(cls).user_id
+        pending = by_table.get(id(target.table))
+        if pending is None:
+            conn = session.connection(bind_arguments={"mapper": state.mapper})
+            pending = by_table[id(target.table)] = _Pending(
+                target, actors[cls], conn, target.table_name(conn), {}, []
+            )
+            groups.append(pending)
+        key = _record_key(_pk(state))
+        pending.keys[key] = (_pk(state), cls, state)
+        pending.versions[id(state)] = _late_version(state, deleted)
+        if deleted:
+            pending.deleted.append(key)
+    return groups
+
+
+def _late_version(state: InstanceState[Any], deleted: bool) -> int | None:
+    """The version of the history row this flush wrote for ``state`` (after the
+    writes), ``None`` when it wrote none."""
+    old = state.committed_state.get("version", NO_VALUE)
+    if isinstance(old, int):
+        return old
+    current = state.dict.get("version")
+    if not isinstance(current, int):
+        return None
+    if deleted:
+        return current  # a delete's row has the version the record had
+    if versioning_suppressed():
+        return None
+    return current - 1  # the change was bumped to a new version in this flush
 
 
 def _bulk_pks(
