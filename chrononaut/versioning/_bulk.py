@@ -46,10 +46,12 @@ def run_bulk(settings: Settings, orm_execute_state: ORMExecuteState) -> Any:
     )
     if not (state.is_update or state.is_delete or upsert):
         return None
-    if state.execution_options.get(_BULK_GUARD) or versioning_suppressed():
+    if state.execution_options.get(_BULK_GUARD):
         return None
     mapper = state.bind_arguments.get("mapper")
     meta = meta_of(mapper.class_) if mapper is not None else None
+    if versioning_suppressed():
+        return _suppressed_by_key(state, meta) if meta is not None else None
     if meta is None:
         return None
     _refuse_version_assignment(statement, meta, state.parameters)
@@ -61,6 +63,46 @@ def run_bulk(settings: Settings, orm_execute_state: ORMExecuteState) -> Any:
     if _one_statement_possible(state, meta):
         return _OneStatement(settings, state, meta).run()
     return _BulkStatement(settings, state, meta).run()
+
+
+def _suppressed_by_key(state: ORMExecuteState, meta: VersionMeta) -> Any:
+    """An ORM bulk UPDATE by primary key under ``suppress_versioning()``.
+
+    Parameter sets without ``version`` are not version-checked (SPEC §2), but
+    SQLAlchemy's UPDATE by primary key needs one for its WHERE: give it each row's
+    version, read locked, which it then keeps (nothing is bumped).
+    """
+    params = state.parameters
+    if not (
+        state.is_update
+        and isinstance(params, list)
+        and params
+        and all(isinstance(p, dict) for p in params)
+        and any(VERSION_KEY not in p for p in params)
+    ):
+        return None
+    cls = meta.mapper.class_
+    try:
+        pks = [tuple(p[k] for k in meta.pk_keys) for p in params]
+    except KeyError:
+        return None  # SQLAlchemy says what is missing
+    columns = [getattr(cls, key) for key in meta.pk_keys]
+    n = len(columns)
+    where = columns[0].in_([pk[0] for pk in pks]) if n == 1 else sa.tuple_(*columns).in_(pks)
+    locked = (
+        sa.select(*columns, getattr(cls, VERSION_KEY))
+        .where(where)
+        .with_for_update(of=meta.version_column.table)
+        .execution_options(**{_BULK_GUARD: True})
+    )
+    versions = {tuple(row[:n]): row[n] for row in state.session.execute(locked)}
+    filled = [
+        dict(p)
+        if VERSION_KEY in p
+        else {**p, VERSION_KEY: versions.get(tuple(p[k] for k in meta.pk_keys), -1)}
+        for p in params
+    ]
+    return state.invoke_statement(params=filled)
 
 
 def _refuse_version_assignment(statement: Any, meta: VersionMeta, params: Any) -> None:
@@ -1050,10 +1092,7 @@ class _Upsert(_OneStatement):
             for e in post.inferred_target_elements
         ):
             # index_elements may name columns by string, as SQLAlchemy's docs do.
-            return [
-                e if isinstance(e, str) else e.name
-                for e in post.inferred_target_elements
-            ]
+            return [e if isinstance(e, str) else e.name for e in post.inferred_target_elements]
         raise ChrononautException(
             f"an upsert of the Versioned model {self.cls.__name__} needs a conflict target "
             "of plain columns (index_elements=[...] or a named unique constraint)"
