@@ -12,6 +12,7 @@ from chrononaut import (
     Versioned,
     VersionedSQLAlchemy,
     acting_as,
+    append_change_info,
     suppress_versioning,
 )
 
@@ -152,3 +153,20 @@ def test_holder_orphan_delete_deletes_lease(db: VersionedSQLAlchemy) -> None:
         db.session.commit()
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM chrononaut_lease")).scalar() == 0
+
+
+def test_holder_move_under_lock_with_appended_info(db: VersionedSQLAlchemy) -> None:
+    """A holder's move inside lock() carries lock and lease; appended info goes once."""
+    Club, Member = _models(db, backref=False)
+    member = cast(Any, db.session.get(Member, 1))
+    one, two = cast(Any, db.session.get(Club, 1)), cast(Any, db.session.get(Club, 2))
+    with acting_as("alice"):
+        append_change_info(member, why="move")
+        with member.lock():
+            one.members.remove(member)
+            two.members.append(member)  # autoflushes the removal: two rows
+    infos = [v.change_info for v in member.versions()]
+    assert [("lock" in i, "lease" in i, i.get("extra")) for i in infos] == [
+        (True, True, {"why": "move"}),
+        (True, True, None),
+    ]
