@@ -71,7 +71,9 @@ def leases_command(as_json: bool, release: bool, batch_size: int, bind: str | No
         engine = ext.engines[bind]
     except KeyError:
         raise click.ClickException(f"no database bind {bind!r}") from None
-    if not sa.inspect(engine).has_table(LEASE_TABLE):
+    # The lease table is where the engine's schema_translate_map puts it.
+    translate = engine.get_execution_options().get("schema_translate_map") or {}
+    if not sa.inspect(engine).has_table(LEASE_TABLE, schema=translate.get(None)):
         raise click.ClickException(
             f"no {LEASE_TABLE} table: define a model with __chrononaut_leases__ = True "
             f"and create its tables (db.create_all() or a migration)"

@@ -43,7 +43,7 @@ from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.state import InstanceState
 
-from chrononaut._context import resolve_actor
+from chrononaut._context import resolve_actor, versioning_suppressed
 from chrononaut._lease_table import LEASE_TABLE, lease_table
 from chrononaut.errors import ChrononautException, Lease, RecordLeasedError
 
@@ -774,6 +774,9 @@ class _Listeners:
 
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
         groups: list[_Pending] | None = session.info.pop(_FLUSH_KEY, None)
+        if not _any_leased:
+            return
+        groups = _add_late(session, flush_context, groups or [])
         if not groups:
             return
         info: dict[InstanceState[Any], dict[str, Any]] = session.info.get(_INFO_KEY) or {}
@@ -826,11 +829,69 @@ class _Listeners:
         return result
 
 
-def _bulk_pks(state: ORMExecuteState, target: _Target) -> list[tuple[Any, ...]] | None:
-    """Primary keys named by the statement's parameters or values, else ``None``."""
+def _add_late(
+    session: Session, flush_context: UOWTransaction, groups: list[_Pending]
+) -> list[_Pending]:
+    """``groups`` plus the leased records the flush changed that ``before_flush``
+    could not see: foreign keys set from relationships (``member.club = other``, a
+    move between collections) and children deleted as orphans. The unit of work
+    set those columns during the flush; their history is still unreset here."""
+    seen = {id(state) for pending in groups for (_, _, state) in pending.keys.values() if state}
+    by_table = {id(pending.target.table): pending for pending in groups}
+    actors: dict[type[Any], str | None] = {}
+    for state, (deleted, listonly) in list(flush_context.states.items()):
+        if listonly or state.key is None or id(state) in seen:
+            continue
+        target = _leased(state.mapper)
+        if target is None:
+            continue
+        if not deleted and not _watched_change(state, target.watched):
+            continue
+        cls = state.class_
+        if cls not in actors:
+            actors[cls] = resolve_actor(cls).user_id
+        pending = by_table.get(id(target.table))
+        if pending is None:
+            conn = session.connection(bind_arguments={"mapper": state.mapper})
+            pending = by_table[id(target.table)] = _Pending(
+                target, actors[cls], conn, target.table_name(conn), {}, []
+            )
+            groups.append(pending)
+        key = _record_key(_pk(state))
+        pending.keys[key] = (_pk(state), cls, state)
+        pending.versions[id(state)] = _late_version(state, deleted)
+        if deleted:
+            pending.deleted.append(key)
+    return groups
+
+
+def _late_version(state: InstanceState[Any], deleted: bool) -> int | None:
+    """The version of the history row this flush wrote for ``state`` (after the
+    writes), ``None`` when it wrote none."""
+    old = state.committed_state.get("version", NO_VALUE)
+    if isinstance(old, int):
+        return old
+    current = state.dict.get("version")
+    if not isinstance(current, int):
+        return None
+    if deleted:
+        return current  # a delete's row has the version the record had
+    if versioning_suppressed():
+        return None
+    return current - 1  # the change was bumped to a new version in this flush
+
+
+def _bulk_pks(
+    state: ORMExecuteState, target: _Target, columns: list[sa.Column[Any]] | None = None
+) -> list[tuple[Any, ...]] | None:
+    """Primary keys (or ``columns``) named by the statement's parameters or values.
+
+    ``None`` when they can't be told.
+    """
     mapper = target.mapper
-    keys = [mapper.get_property_by_column(col).key for col in target.pk_columns]
-    names = [col.key for col in target.pk_columns]
+    columns = target.pk_columns if columns is None else columns
+    keys = [mapper.get_property_by_column(col).key for col in columns]
+    names = [col.key for col in columns]
     params = state.parameters
     rows: list[Mapping[Any, Any]] = []
     if isinstance(params, list) and params and all(isinstance(p, Mapping) for p in params):
@@ -900,28 +961,40 @@ def _check_bulk(
     session = state.session
     statement = state.statement
     if state.is_insert:
-        if not isinstance(getattr(statement, "_post_values_clause", None), OnConflictDoUpdate):
+        post = getattr(statement, "_post_values_clause", None)
+        if not isinstance(post, OnConflictDoUpdate):
             return []  # a plain INSERT changes no existing record
-        pks = _bulk_pks(state, target)
-        if not pks:
-            return []
-        where: Any = _pk_in(target, pks)
+        if _untracked_only(target, _upsert_set_keys(post)):
+            return []  # an update branch of untracked columns only is not refused
+        conflict = _conflict_columns(post, getattr(statement, "table", None))
+        if conflict is not None and {c.key for c in conflict} != {c.key for c in target.pk_columns}:
+            # The rows the update branch takes are those matching the conflict
+            # target, whatever primary keys the proposed rows carry.
+            values = _bulk_pks(state, target, conflict)
+            if not values:
+                return []
+            where: Any = (
+                conflict[0].in_([v[0] for v in values])
+                if len(conflict) == 1
+                else sa.tuple_(*conflict).in_(values)
+            )
+        else:
+            pks = _bulk_pks(state, target)
+            if not pks:
+                return []
+            where = _pk_in(target, pks)
     else:
+        by_pk = isinstance(state.parameters, list)
         if state.is_update:
             keys = _set_keys(state)
-            if keys is not None:
-                columns = {p.key for p in target.mapper.column_attrs} | {
-                    c.key for c in target.table.c
-                }
-                watched = target.watched | {
-                    c.key
-                    for p in target.mapper.column_attrs
-                    if p.key in target.watched
-                    for c in p.columns
-                }
-                if keys <= columns and not keys & watched:
-                    return []  # untracked-only changes are not refused
-        pks = _bulk_pks(state, target) if isinstance(state.parameters, list) else None
+            if keys is not None and by_pk:
+                # An UPDATE by primary key names the key in each parameter set as
+                # its WHERE, not as a change.
+                keys -= {target.mapper.get_property_by_column(c).key for c in target.pk_columns}
+                keys -= {c.key for c in target.pk_columns}
+            if _untracked_only(target, keys):
+                return []  # untracked-only changes are not refused
+        pks = _bulk_pks(state, target) if by_pk else None
         if pks:
             where = _pk_in(target, pks)
         else:
@@ -980,6 +1053,59 @@ def _check_bulk(
                 )
             )
     return fixes
+
+
+def _untracked_only(target: _Target, keys: set[str] | None) -> bool:
+    """Whether ``keys`` (attribute or column keys) are all known and none is watched."""
+    if keys is None:
+        return False
+    columns = {p.key for p in target.mapper.column_attrs} | {c.key for c in target.table.c}
+    columns |= {c.key for p in target.mapper.column_attrs for c in p.columns}
+    watched = target.watched | {
+        c.key for p in target.mapper.column_attrs if p.key in target.watched for c in p.columns
+    }
+    return keys <= columns and not keys & watched
+
+
+def _upsert_set_keys(post: OnConflictDoUpdate) -> set[str] | None:
+    """The keys an upsert's ``set_`` names, ``None`` when unknown."""
+    values: Any = post.update_values_to_set
+    # A dict on SQLAlchemy 2.1, a list of pairs on 2.0.
+    items = values.items() if isinstance(values, Mapping) else values
+    found: set[str] = set()
+    for column, _ in items:
+        name = column if isinstance(column, str) else getattr(column, "key", None)
+        if not isinstance(name, str):
+            return None
+        found.add(name)
+    return found
+
+
+def _conflict_columns(post: OnConflictDoUpdate, table: Any) -> list[sa.Column[Any]] | None:
+    """The columns of an upsert's conflict target, ``None`` when not plain columns."""
+    if not isinstance(table, sa.Table):
+        return None
+    if post.constraint_target is not None:
+        name = post.constraint_target
+        for constraint in table.constraints:
+            if isinstance(constraint, sa.PrimaryKeyConstraint) and name in (
+                constraint.name,
+                f"{table.name}_pkey",
+            ):
+                return list(constraint.columns)
+            if isinstance(constraint, sa.UniqueConstraint) and constraint.name == name:
+                return list(constraint.columns)
+        for column in table.c:
+            if column.unique and name == f"{table.name}_{column.name}_key":
+                return [column]
+        return None
+    columns: list[sa.Column[Any]] = []
+    for element in post.inferred_target_elements or ():
+        key = element if isinstance(element, str) else getattr(element, "name", None)
+        if not isinstance(key, str) or key not in table.c:
+            return None
+        columns.append(table.c[key])
+    return columns or None
 
 
 def _pk_in(target: _Target, pks: list[tuple[Any, ...]]) -> sa.ColumnElement[bool]:

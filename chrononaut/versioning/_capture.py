@@ -632,6 +632,11 @@ class Capture:
             dirty = list(dirty)
             seen = {id(o) for o in dirty}
             dirty.extend(obj for obj, _ in related.values() if id(obj) not in seen)
+        if orphans:
+            # An orphan is also dirty (its backref cleared the key): its delete
+            # writes its one history row, not an update as well.
+            doomed = {id(o) for o in orphans}
+            dirty = [o for o in dirty if id(o) not in doomed]
 
         # Changed and deleted records; the stored values the session lacks are read
         # for all of them at once, one SELECT per class (never one per record).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from sqlalchemy.orm import Query, Session, object_session
+from sqlalchemy.orm import Query, Session, object_session, scoped_session
 from sqlalchemy.orm.attributes import instance_state
 
 from chrononaut.errors import ChrononautException
@@ -31,8 +31,11 @@ class HistoryReadMixin:
             raise ChrononautException(f"{type(self).__name__} is not a mapped Versioned model")
         return meta
 
-    def _chrononaut_session(self, session: Session | None = None) -> Session:
+    def _chrononaut_session(self, session: Session | scoped_session[Any] | None = None) -> Session:
         if session is not None:
+            if isinstance(session, scoped_session):
+                # Flask-SQLAlchemy's db.session: the session of the current scope.
+                session = session()
             if not isinstance(session, Session):
                 raise TypeError(f"session must be a Session, not {type(session).__name__}")
             return session
@@ -49,7 +52,7 @@ class HistoryReadMixin:
             )
         return found
 
-    def _history_query(self, session: Session | None = None) -> Query[Any]:
+    def _history_query(self, session: Session | scoped_session[Any] | None = None) -> Query[Any]:
         meta = self._chrononaut_meta()
         state = instance_state(self)
         if state.key is None:
@@ -76,7 +79,7 @@ class HistoryReadMixin:
         after: dt.datetime | None = ...,
         return_query: Literal[False] = ...,
         *,
-        session: Session | None = ...,
+        session: Session | scoped_session[Any] | None = ...,
     ) -> list[Any]: ...
 
     @overload
@@ -86,7 +89,7 @@ class HistoryReadMixin:
         after: dt.datetime | None = ...,
         *,
         return_query: Literal[True],
-        session: Session | None = ...,
+        session: Session | scoped_session[Any] | None = ...,
     ) -> Query[Any]: ...
 
     def versions(
@@ -95,7 +98,7 @@ class HistoryReadMixin:
         after: dt.datetime | None = None,
         return_query: bool = False,
         *,
-        session: Session | None = None,
+        session: Session | scoped_session[Any] | None = None,
     ) -> list[Any] | Query[Any]:
         """This record's history records, oldest first.
 
@@ -118,7 +121,9 @@ class HistoryReadMixin:
             query = query.filter(changed >= _as_utc(after, "after"))
         return query if return_query else query.all()
 
-    def version_at(self, at: dt.datetime, *, session: Session | None = None) -> Any:
+    def version_at(
+        self, at: dt.datetime, *, session: Session | scoped_session[Any] | None = None
+    ) -> Any:
         """The version of this record that was current at ``at``.
 
         That is the history record whose range ``[valid_from, changed)`` contains
@@ -137,7 +142,9 @@ class HistoryReadMixin:
 
         return version_at(self, _as_utc(at, "at"), session)
 
-    def has_changed_since(self, since: dt.datetime, *, session: Session | None = None) -> bool:
+    def has_changed_since(
+        self, since: dt.datetime, *, session: Session | scoped_session[Any] | None = None
+    ) -> bool:
         """Whether a tracked or hidden change was made after ``since``.
 
         :param since: the moment to compare with (naive datetimes are taken as UTC).
@@ -148,7 +155,7 @@ class HistoryReadMixin:
         query = self._history_query(session).filter(changed > _as_utc(since, "since"))
         return bool(self._chrononaut_session(session).query(query.exists()).scalar())
 
-    def previous_version(self, *, session: Session | None = None) -> Any:
+    def previous_version(self, *, session: Session | scoped_session[Any] | None = None) -> Any:
         """The newest history record, or ``None`` when the record never changed.
 
         :param session: the session to read with; by default the record's own, else
@@ -188,7 +195,7 @@ class HistoryReadMixin:
         to: Any = None,
         include_hidden: bool = False,
         *,
-        session: Session | None = None,
+        session: Session | scoped_session[Any] | None = None,
     ) -> dict[str, tuple[Any, Any]]:
         """The tracked attributes that differ between two versions of this record.
 
@@ -238,7 +245,9 @@ class HistoryReadMixin:
                 result[name] = (None, None)
         return result
 
-    def restore(self, version: int | Any, *, session: Session | None = None) -> None:
+    def restore(
+        self, version: int | Any, *, session: Session | scoped_session[Any] | None = None
+    ) -> None:
         """Set the tracked columns to their values in ``version``.
 
         A normal change: it writes history when flushed. Hidden and untracked
