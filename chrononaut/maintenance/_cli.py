@@ -18,25 +18,14 @@ from flask.cli import with_appcontext
 from chrononaut._cli_errors import cli_errors
 from chrononaut.errors import ChrononautException
 from chrononaut.maintenance import _activity, _retention, _timeline
-from chrononaut.maintenance._models import find_model, parse_duration, versioned_models
+from chrononaut.maintenance._models import (
+    cli_extension,
+    cli_models,
+    find_model,
+    parse_duration,
+)
 
 __all__ = ["COMMANDS", "history_command", "import_activity_command", "prune_command"]
-
-
-def _extension() -> Any:
-    from chrononaut._app import current_extension
-
-    ext = current_extension()
-    if ext is None:
-        raise click.ClickException("this app has no Flask-SQLAlchemy extension")
-    return ext
-
-
-def _models(ext: Any) -> list[type[Any]]:
-    models = versioned_models(ext.Model.registry)
-    if not models:
-        raise click.ClickException("this app has no Versioned models")
-    return models
 
 
 def _engine(ext: Any, bind: str | None) -> sa.Engine:
@@ -99,8 +88,8 @@ def import_activity_command(
     when history tables already hold rows for keys in the activity table, unless
     --merge is given.
     """
-    ext = _extension()
-    models = _models(ext)
+    ext = cli_extension()
+    models = cli_models(ext)
     engine = _engine(ext, bind)
     try:
         total = _activity.count_keys(engine, table=table, schema=schema)
@@ -163,8 +152,8 @@ def prune_command(
     """
     if older_than is None and keep_last is None:
         raise click.UsageError("give --older-than, --keep-last or both")
-    ext = _extension()
-    selected = _select(_models(ext), models)
+    ext = cli_extension()
+    selected = _select(cli_models(ext), models)
     engine = _engine(ext, bind)
     total = _retention.count_history_rows(engine, selected)
     with click.progressbar(length=total, label="Pruning", file=sys.stderr) as bar:
@@ -190,9 +179,9 @@ def prune_command(
 def history_command(model: str, key: tuple[str, ...], as_json: bool) -> None:
     """Print the timeline of the MODEL record with primary key KEY (one value per
     key column): version, when, who, why and the changed fields (old -> new)."""
-    ext = _extension()
+    ext = cli_extension()
     try:
-        cls = find_model(_models(ext), model)
+        cls = find_model(cli_models(ext), model)
         pk = _timeline.parse_key(cls, key)
     except ChrononautException as exc:
         raise click.ClickException(str(exc)) from exc

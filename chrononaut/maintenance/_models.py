@@ -15,6 +15,8 @@ from chrononaut.versioning._meta import VersionMeta, meta_of
 
 __all__ = [
     "base_pk_columns",
+    "cli_extension",
+    "cli_models",
     "find_model",
     "live_pk_columns",
     "parse_duration",
@@ -100,3 +102,25 @@ def parse_duration(text: str) -> dt.timedelta:
     for number, unit in parts:
         total += dt.timedelta(**{_UNITS[unit.lower()]: int(number)})
     return total
+
+
+def cli_extension() -> Any:
+    """The current app's database extension, for a ``flask chrononaut`` command."""
+    import click
+
+    from chrononaut._app import current_extension
+
+    ext = current_extension()
+    if ext is None:
+        raise click.ClickException("this app has no Flask-SQLAlchemy extension")
+    return ext
+
+
+def cli_models(ext: Any) -> list[type[Any]]:
+    """The Versioned models of ``ext``, for a ``flask chrononaut`` command."""
+    import click
+
+    models = versioned_models(ext.Model.registry)
+    if not models:
+        raise click.ClickException("this app has no Versioned models")
+    return models

@@ -20,10 +20,11 @@ import sqlalchemy as sa
 from flask.cli import with_appcontext
 from sqlalchemy.orm import registry
 
-from chrononaut._app import current_extension
 from chrononaut.errors import ChrononautException
 from chrononaut.maintenance._models import (
     base_pk_columns,
+    cli_extension,
+    cli_models,
     find_model,
     live_pk_columns,
     versioned_models,
@@ -299,20 +300,6 @@ def _instant(ctx: click.Context, param: click.Parameter, value: str) -> dt.datet
         raise click.BadParameter(str(exc)) from exc
 
 
-def _extension() -> Any:
-    ext = current_extension()
-    if ext is None:
-        raise click.ClickException("this app has no Flask-SQLAlchemy extension")
-    return ext
-
-
-def _models(ext: Any) -> list[type[Any]]:
-    models = versioned_models(ext.Model.registry)
-    if not models:
-        raise click.ClickException("this app has no Versioned models")
-    return models
-
-
 @click.command("as-of")
 @click.argument("model")
 @click.argument("when", callback=_instant, metavar="WHEN")
@@ -324,9 +311,9 @@ def _models(ext: Any) -> list[type[Any]]:
 def as_of_command(model: str, when: dt.datetime, as_json: bool, limit: int | None) -> None:
     """Print MODEL's table (class or table name) as it was at WHEN (ISO 8601, naive
     times are UTC, or 'now'): every row that existed then, with its values then."""
-    ext = _extension()
+    ext = cli_extension()
     try:
-        cls = find_model(_models(ext), model)
+        cls = find_model(cli_models(ext), model)
     except ChrononautException as exc:
         raise click.ClickException(str(exc)) from exc
     session = ext.session
@@ -365,8 +352,8 @@ def as_of_command(model: str, when: dt.datetime, as_json: bool, limit: int | Non
 def backfill_valid_from_command(batch_size: int, dry_run: bool, bind: str | None) -> None:
     """Set valid_from of history rows written before it existed (from the previous
     row's changed), so time travel reads them through its range index."""
-    ext = _extension()
-    models = _models(ext)
+    ext = cli_extension()
+    models = cli_models(ext)
     try:
         engine: sa.Engine = ext.engines[bind]
     except KeyError:
