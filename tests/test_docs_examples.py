@@ -34,7 +34,6 @@ yet is listed in ``PENDING``.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import os
@@ -44,12 +43,12 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from chrononaut.testing import temporary_database
+from tests.docs_index import documented_objects
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -348,43 +347,12 @@ def test_quickstart_example_runs(database_url: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _resolve(name: str) -> Any:
-    parts = name.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj: Any = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(name)
-
-
-def _documented_objects() -> list[tuple[str, Any]]:
-    """Every object an ``.. auto*::`` directive of the docs renders."""
-    found = []
-    for page in sorted(DOCS.glob("*.rst")):
-        module = "chrononaut"
-        for line in page.read_text(encoding="utf-8").splitlines():
-            current = re.match(r"^\.\. (?:current)?module:: ([\w.]+)", line)
-            if current:
-                module = current.group(1)
-                continue
-            auto = re.match(r"^\s*\.\. auto\w+:: ([\w.]+)", line)
-            if auto:
-                name = auto.group(1)
-                full = name if name.startswith("chrononaut") else f"{module}.{name}"
-                found.append((full, _resolve(full)))
-    return found
-
-
 def test_rendered_docs_do_not_cite_the_spec() -> None:
     """Pages and the docstrings they render say what happens, not "SPEC §…"."""
     pages = [p.name for p in DOCS.glob("*.rst") if "SPEC" in p.read_text(encoding="utf-8")]
     assert pages == []
     citing = set()
-    for name, obj in _documented_objects():
+    for name, obj in documented_objects():
         texts = [inspect.getdoc(obj) or ""]
         if inspect.isclass(obj):
             texts += [v.__doc__ for v in vars(obj).values() if isinstance(v.__doc__, str)]

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy.orm.exc import StaleDataError
 
 import chrononaut
+from tests.docs_index import documented_objects
 
 SPEC_NAMES = {
     "VersionedSQLAlchemy",
@@ -116,28 +117,9 @@ def test_lock_errors_not_stale_errors() -> None:
     assert not issubclass(chrononaut.StaleWriteError, chrononaut.LockError)
 
 
-def _autodoc_names() -> set[str]:
-    """Full names of everything an ``.. auto*::`` directive of docs/*.rst renders."""
-    import re
-    from pathlib import Path
-
-    names = set()
-    for page in (Path(__file__).resolve().parent.parent / "docs").glob("*.rst"):
-        module = "chrononaut"
-        for line in page.read_text(encoding="utf-8").splitlines():
-            current = re.match(r"^\.\. (?:current)?module:: ([\w.]+)", line)
-            if current:
-                module = current.group(1)
-            auto = re.match(r"^\s*\.\. auto\w+:: ([\w.]+)", line)
-            if auto:
-                name = auto.group(1)
-                names.add(name if name.startswith("chrononaut") else f"{module}.{name}")
-    return names
-
-
 def test_package_names_in_api_reference() -> None:
     """Every name of ``chrononaut.__all__`` is rendered by the docs."""
-    documented = _autodoc_names()
+    documented = {name for name, _ in documented_objects()}
     missing = [n for n in chrononaut.__all__ if f"chrononaut.{n}" not in documented]
     assert missing == []
 
@@ -146,6 +128,6 @@ def test_testing_names_in_api_reference() -> None:
     """Every name of ``chrononaut.testing.__all__`` is rendered by the docs."""
     import chrononaut.testing
 
-    documented = _autodoc_names()
+    documented = {name for name, _ in documented_objects()}
     missing = [n for n in chrononaut.testing.__all__ if f"chrononaut.testing.{n}" not in documented]
     assert missing == []

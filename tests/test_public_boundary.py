@@ -7,9 +7,10 @@ from __future__ import annotations
 import importlib
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from tests.docs_index import documented_objects
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "chrononaut"
@@ -46,39 +47,6 @@ def _modules() -> set[str]:
     return found
 
 
-def _resolve(name: str) -> Any:
-    parts = name.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj: Any = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(name)
-
-
-def _documented() -> list[Any]:
-    """Every object an ``.. auto*::`` directive of the docs renders."""
-    objects = []
-    for page in sorted(DOCS.glob("*.rst")):
-        module = "chrononaut"
-        for line in page.read_text(encoding="utf-8").splitlines():
-            current = re.match(r"^\.\. (?:current)?module:: ([\w.]+)", line)
-            if current:
-                module = current.group(1)
-                continue
-            auto = re.match(r"^\s*\.\. auto(\w+):: ([\w.]+)", line)
-            if auto:
-                kind, name = auto.groups()
-                full = name if name.startswith("chrononaut") else f"{module}.{name}"
-                if kind == "module":
-                    module = full
-                objects.append((full, _resolve(full)))
-    return objects
-
-
 def test_every_module_is_public_or_private() -> None:
     """A module without an underscore in its dotted name is a listed public module."""
     public = {m for m in _modules() if not any(p.startswith("_") for p in m.split("."))}
@@ -107,7 +75,7 @@ def test_public_module_all_is_sorted_and_importable(name: str) -> None:
 def test_public_names_are_documented(name: str) -> None:
     """Every name a public module exports is rendered somewhere in the docs."""
     module = importlib.import_module(name)
-    documented = _documented()
+    documented = documented_objects()
     names = {full for full, _ in documented}
     ids = {id(obj) for _, obj in documented}
     missing = [

@@ -11,35 +11,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
 
 from chrononaut import Versioned, VersionedSQLAlchemy, versioned_session
-
-
-@pytest.fixture()
-def small_app(database_url: str) -> Iterator[Flask]:
-    """A Flask app whose engine has ``pool_size=1, max_overflow=0`` (2 s pool timeout)."""
-    app = Flask(__name__)
-    app.config.update(
-        TESTING=True,
-        SQLALCHEMY_DATABASE_URI=database_url,
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 2},
-    )
-    with app.app_context():
-        yield app
-
-
-@pytest.fixture()
-def small_db(small_app: Flask) -> Iterator[VersionedSQLAlchemy]:
-    """``VersionedSQLAlchemy`` on the pool of one; tables dropped afterwards."""
-    db = VersionedSQLAlchemy(small_app)
-    try:
-        yield db
-    finally:
-        db.session.remove()
-        db.drop_all()
-        db.engine.dispose()
 
 
 @pytest.fixture()
@@ -77,39 +51,3 @@ def elsewhere(database_url: str) -> Iterator[Callable[[], Session]]:
     for session in made:
         session.close()
     engine.dispose()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Register the ``pgbouncer`` marker (``--strict-markers``)."""
-    config.addinivalue_line(
-        "markers",
-        "pgbouncer: runs through a real PgBouncer; needs the pgbouncer binary "
-        "(required when CI=true)",
-    )
-
-
-@pytest.fixture(scope="session")
-def pgbouncer(database_url: str) -> Iterator[Any]:
-    """A PgBouncer in transaction pooling mode in front of the test database.
-
-    Without the binary the tests are skipped locally, and fail in CI (``CI=true``),
-    where .ci/run installs it.
-    """
-    import os
-
-    from . import pgbouncer_support
-
-    binary = pgbouncer_support.find_binary()
-    if binary is None:
-        message = (
-            "PgBouncer is not installed (apt-get install -y pgbouncer); "
-            "the pooler tests are required in CI"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    bouncer = pgbouncer_support.start(binary, sa.make_url(database_url))
-    try:
-        yield bouncer
-    finally:
-        bouncer.stop()
