@@ -30,7 +30,7 @@ from chrononaut.errors import ChrononautException, StaleWriteError
 from chrononaut.versioning._change_info import ChangeInfoBuilder, Settings, consume_appended
 from chrononaut.versioning._concurrency import _expected, forget_expected_version, stale_write_error
 from chrononaut.versioning._meta import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
-from chrononaut.versioning._writes import _Batch, _now, _require_context
+from chrononaut.versioning._writes import _Batch, _now, _require_context, next_version
 
 __all__ = ["run_bulk"]
 
@@ -130,21 +130,7 @@ def _insert_continuing(state: ORMExecuteState, meta: VersionMeta) -> Any:
 def _continued_values(statement: Any, meta: VersionMeta) -> Any:
     """``statement`` (an INSERT with ``values(...)`` rows) with ``version`` set to
     the key's next version for each row that names its key, or ``None``."""
-    base = meta.tables[0]
-    history = base.history
     version_name = meta.version_column.name
-
-    def next_version(pk: tuple[Any, ...]) -> Any:
-        criteria = [
-            history.c[col_key] == sa.literal(value, type_=history.c[col_key].type)
-            for (_, col_key), value in zip(base.pk, pk, strict=True)
-        ]
-        return (
-            sa.select(sa.func.coalesce(sa.func.max(history.c.version) + 1, 0))
-            .where(*criteria)
-            .scalar_subquery()
-        )
-
     multi = getattr(statement, "_multi_values", None)
     if multi:
         changed = False
@@ -154,7 +140,7 @@ def _continued_values(statement: Any, meta: VersionMeta) -> Any:
             for row in group:
                 pk = _row_key(row, meta)
                 if pk is not None:
-                    row = {**row, version_name: next_version(pk)}
+                    row = {**row, version_name: next_version(meta, pk)}
                     changed = True
                 rows.append(row)
             groups.append(rows)
@@ -168,7 +154,7 @@ def _continued_values(statement: Any, meta: VersionMeta) -> Any:
         pk = _row_key(dict(values), meta)
         if pk is None:
             return None
-        return statement.values({version_name: next_version(pk)})
+        return statement.values({version_name: next_version(meta, pk)})
     return None
 
 

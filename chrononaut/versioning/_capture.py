@@ -31,13 +31,20 @@ from chrononaut.versioning._concurrency import (
 from chrononaut.versioning._history import LAST_SESSION_KEY
 from chrononaut.versioning._meta import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
 from chrononaut.versioning._tables import MANAGED_KEYS
-from chrononaut.versioning._writes import _Batch, _execute_lean, _now, _require_context
+from chrononaut.versioning._writes import (
+    _Batch,
+    _execute_lean,
+    _now,
+    _require_context,
+    next_version,
+)
 
 __all__ = ["Capture"]
 
 PENDING_KEY = "chrononaut.pending_history"
 CANDIDATES_KEY = "chrononaut.flush_candidates"
 _BULK_GUARD = "chrononaut_bulk_internal"
+
 
 def _fast_eligible(meta: VersionMeta, committed: dict[str, Any], dict_: dict[str, Any]) -> bool:
     """Whether a dirty record's change can go through the one-statement path."""
@@ -819,18 +826,7 @@ class Capture:
         values = [dict_.get(key) for key in meta.pk_keys]
         if any(value is None for value in values):
             return
-        base = meta.tables[0]
-        history = base.history
-        criteria = [
-            history.c[col_key] == sa.literal(value, type_=history.c[col_key].type)
-            for (_, col_key), value in zip(base.pk, values, strict=True)
-        ]
-        next_version = (
-            sa.select(sa.func.coalesce(sa.func.max(history.c.version) + 1, 0))
-            .where(*criteria)
-            .scalar_subquery()
-        )
-        setattr(obj, VERSION_KEY, next_version)
+        setattr(obj, VERSION_KEY, next_version(meta, tuple(values)))
 
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
         batch = session.info.pop(PENDING_KEY, None)

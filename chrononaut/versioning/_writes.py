@@ -18,7 +18,7 @@ from chrononaut.versioning._change_info import Settings, consume_appended
 from chrononaut.versioning._concurrency import forget_expected_version
 from chrononaut.versioning._meta import VALID_FROM_KEY, VERSION_KEY, VersionMeta
 
-__all__ = ["_Batch", "_execute_lean", "_now", "_require_context"]
+__all__ = ["_Batch", "_execute_lean", "_now", "_require_context", "next_version"]
 
 Row = dict[str, Any]
 
@@ -133,3 +133,17 @@ def _require_context(settings: Settings) -> None:
         )
 
 
+def next_version(meta: VersionMeta, pk: tuple[Any, ...]) -> Any:
+    """SQL for the version a row inserted with primary key ``pk`` starts at: after
+    the key's newest history row (a key deleted earlier continues its sequence), or 0."""
+    base = meta.tables[0]
+    history = base.history
+    criteria = [
+        history.c[col_key] == sa.literal(value, type_=history.c[col_key].type)
+        for (_, col_key), value in zip(base.pk, pk, strict=True)
+    ]
+    return (
+        sa.select(sa.func.coalesce(sa.func.max(history.c.version) + 1, 0))
+        .where(*criteria)
+        .scalar_subquery()
+    )
