@@ -30,7 +30,7 @@ from chrononaut.errors import ChrononautException, StaleWriteError
 from chrononaut.versioning._change_info import ChangeInfoBuilder, Settings, consume_appended
 from chrononaut.versioning._concurrency import _expected, forget_expected_version, stale_write_error
 from chrononaut.versioning._meta import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
-from chrononaut.versioning._writes import _Batch, _now, _require_context, next_version
+from chrononaut.versioning._writes import _Batch, _now, _require_context, ends_at, next_version
 
 __all__ = ["run_bulk"]
 
@@ -259,12 +259,6 @@ def _ordered(statement: Any) -> bool:
     )
 
 
-def _ended(changed_at: dt.datetime, began: dt.datetime | None) -> dt.datetime:
-    """When a version that began at ``began`` ends if changed at ``changed_at``:
-    never before it began (clocks of two writers may disagree)."""
-    return changed_at if began is None or began <= changed_at else began
-
-
 def _sync_mode(state: ORMExecuteState) -> Any:
     """The ``synchronize_session`` the caller chose (SQLAlchemy's default: "auto")."""
     mode = state.execution_options.get("synchronize_session")
@@ -447,7 +441,7 @@ class _BulkStatement:
                 info = builder.build(self.cls, obj_state, deleted=True)
                 began = values[VALID_FROM_KEY]
                 batch.add(
-                    meta, row_values, values[VERSION_KEY], _ended(changed_at, began), info, began
+                    meta, row_values, values[VERSION_KEY], ends_at(changed_at, began), info, began
                 )
             batch.write(self.session)
             return result
@@ -475,7 +469,9 @@ class _BulkStatement:
             hidden = [k for k in changed if k in meta.hidden]
             info = builder.build(self.cls, obj_state, hidden_changed=hidden)
             began = values[VALID_FROM_KEY]
-            batch.add(meta, row_values, values[VERSION_KEY], _ended(changed_at, began), info, began)
+            batch.add(
+                meta, row_values, values[VERSION_KEY], ends_at(changed_at, began), info, began
+            )
             if obj_state is not None:
                 batch.states.append(obj_state)
         if bumped:
@@ -509,7 +505,7 @@ class _BulkStatement:
                     set_committed_value(
                         obj_state.obj(),
                         VALID_FROM_KEY,
-                        _ended(changed_at, old[pk][VALID_FROM_KEY]),
+                        ends_at(changed_at, old[pk][VALID_FROM_KEY]),
                     )
         return result
 

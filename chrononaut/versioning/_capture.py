@@ -36,6 +36,7 @@ from chrononaut.versioning._writes import (
     _execute_lean,
     _now,
     _require_context,
+    ends_at,
     next_version,
 )
 
@@ -171,7 +172,7 @@ class _FastUpdates:
         # The statement set valid_from = greatest(changed, valid_from), the same
         # computation as here from the value the version check vouches for.
         if VALID_FROM_KEY in dict_:
-            set_committed_value(obj, VALID_FROM_KEY, _ends_at(changed_at, dict_[VALID_FROM_KEY]))
+            set_committed_value(obj, VALID_FROM_KEY, ends_at(changed_at, dict_[VALID_FROM_KEY]))
         else:
             state._expire_attributes(dict_, [VALID_FROM_KEY])
         consume_appended(state)
@@ -257,14 +258,6 @@ def _old_valid_from(
     if VALID_FROM_KEY in known:
         return known[VALID_FROM_KEY]  # type: ignore[no-any-return]
     return getattr(obj, VALID_FROM_KEY)  # type: ignore[no-any-return]
-
-
-def _ends_at(clock: dt.datetime, valid_from: dt.datetime | None) -> dt.datetime:
-    """``changed`` of the version that began at ``valid_from``: never before it, so
-    ranges never run backwards."""
-    if valid_from is not None and valid_from > clock:
-        return valid_from
-    return clock
 
 
 @dataclass(frozen=True)
@@ -799,7 +792,7 @@ class Capture:
             else:
                 info = change_info().build(type(obj), state, hidden_changed=changed_hidden)
             began = _old_valid_from(obj, state, known)
-            ended = _ends_at(changed_at, began)
+            ended = ends_at(changed_at, began)
             values = _stored_values(obj, meta, known)
             batch.add(meta, values, old_version, ended, info, valid_from=began)
             batch.states.append(state)

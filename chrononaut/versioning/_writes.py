@@ -18,7 +18,7 @@ from chrononaut.versioning._change_info import Settings, consume_appended
 from chrononaut.versioning._concurrency import forget_expected_version
 from chrononaut.versioning._meta import VALID_FROM_KEY, VERSION_KEY, VersionMeta
 
-__all__ = ["_Batch", "_execute_lean", "_now", "_require_context", "next_version"]
+__all__ = ["_Batch", "_execute_lean", "_now", "_require_context", "ends_at", "next_version"]
 
 Row = dict[str, Any]
 
@@ -147,3 +147,11 @@ def next_version(meta: VersionMeta, pk: tuple[Any, ...]) -> Any:
         .where(*criteria)
         .scalar_subquery()
     )
+
+
+def ends_at(clock: dt.datetime, valid_from: dt.datetime | None) -> dt.datetime:
+    """``changed`` of the version that began at ``valid_from``: never before it, so
+    ranges never run backwards."""
+    if valid_from is not None and valid_from > clock:
+        return valid_from
+    return clock
