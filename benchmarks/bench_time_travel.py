@@ -12,8 +12,13 @@ and interleaved round by round (see ``benchmarks/README.md``):
     ORM cost: a ``UNION ALL`` of the history rows whose range contains ``at`` and
     the live rows that began at or before it, without any handling of legacy
     (``NULL`` ``valid_from``) rows. ``gist`` asks with ``tstzrange(...) @> at``
-    (the history table's GiST index), ``btree`` with ``valid_from <= at AND
+    (the GiST index of ``--range-index``), ``btree`` with ``valid_from <= at AND
     changed > at`` (whatever plan PostgreSQL prefers for that).
+
+The history rows are seeded in the order their versions ended, as an application
+writes them. ``--range-index`` builds the model with ``__chrononaut_range_index__ =
+True`` (a GiST index over each history row's range, on top of the default btree on
+``changed``).
 
 Cases: the whole table at an instant in the middle of the history (every row from
 the history table), at an instant after the last change (every row from the live
@@ -59,12 +64,13 @@ AFTER = BASE + dt.timedelta(days=VERSIONS + 10)
 TARGET = 1.25
 
 
-def build_model(suffix: str) -> tuple[type[Any], type[Any]]:
+def build_model(suffix: str, range_index: bool = False) -> tuple[type[Any], type[Any]]:
     class Base(DeclarativeBase):
         pass
 
     class Account(Base, Versioned):
         __tablename__ = f"tt_account_{suffix}"
+        __chrononaut_range_index__ = range_index
         id: Mapped[int] = mapped_column(primary_key=True)
         owner: Mapped[str] = mapped_column(sa.Text)
         balance: Mapped[int] = mapped_column(sa.Integer)
@@ -93,7 +99,9 @@ def seed(engine: sa.Engine, model: Any) -> None:
                 f"  :base + v * interval '1 day' + k * interval '1 second', "
                 f"  :base + (v + 1) * interval '1 day' + k * interval '1 second', "
                 f'  \'{{"user_id": null, "remote_addr": null}}\'::jsonb '
-                f"FROM generate_series(1, :n) AS k, generate_series(0, :v - 1) AS v"
+                f"FROM generate_series(0, :v - 1) AS v, generate_series(1, :n) AS k "
+                # In the order the versions ended, as a history table is written.
+                f"ORDER BY v, k"
             ),
             {"base": BASE, "n": LIVE, "v": VERSIONS},
         )
@@ -249,6 +257,11 @@ def main() -> int:
     parser.add_argument(
         "--live", type=int, default=LIVE, help="live rows (history: 100 versions each)"
     )
+    parser.add_argument(
+        "--range-index",
+        action="store_true",
+        help="the model sets __chrononaut_range_index__ = True (GiST index over the range)",
+    )
     args = parser.parse_args()
     LIVE = args.live
     wanted = args.drivers.split(",")
@@ -257,7 +270,8 @@ def main() -> int:
         f"  {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, Python "
         f"{platform.python_version()}, SQLAlchemy {sa.__version__}"
     )
-    base, model = build_model(unique_suffix())
+    base, model = build_model(unique_suffix(), range_index=args.range_index)
+    print(f"  __chrononaut_range_index__ = {args.range_index}")
     with scratch_database(database_url()) as (scratch_url, where):
         print(f"  tables in {where}")
         urls = {k: v for k, v in driver_urls(scratch_url).items() if k in wanted}

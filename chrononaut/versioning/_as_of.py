@@ -3,8 +3,9 @@
 Every history row covers ``[valid_from, changed)``; a live row covers
 ``[valid_from, ∞)``. The table as of ``at`` is therefore the history rows whose
 range contains ``at`` plus the live rows whose current version began at or before
-``at`` — one ``UNION ALL`` that PostgreSQL answers from the history table's GiST
-index over the range (whole table) or its ``(key, changed)`` btree (one key).
+``at`` — one ``UNION ALL`` that PostgreSQL answers from the history table's btree
+on ``changed`` (or its optional GiST index over the range) for the whole table, or
+its ``(key, changed)`` btree for one key.
 
 A ``NULL`` ``valid_from`` (rows written before the column existed) means "began
 where the key's previous history row ended": those rows take a branch of their
@@ -27,7 +28,12 @@ from sqlalchemy.orm.util import AliasedClass
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from chrononaut.versioning._meta import as_utc as _as_utc
-from chrononaut.versioning._tables import VALID_FROM_KEY, VERSION_KEY, history_range
+from chrononaut.versioning._tables import (
+    RANGE_INDEX_KEY,
+    VALID_FROM_KEY,
+    VERSION_KEY,
+    history_range,
+)
 
 if TYPE_CHECKING:
     from chrononaut.versioning._meta import TableMap, VersionMeta
@@ -205,45 +211,55 @@ def _union(meta: VersionMeta, at_param: sa.BindParameter[Any]) -> sa.CompoundSel
 
     valid_from = history.c[VALID_FROM_KEY]
     changed = history.c.changed
-    # Versions with a known start: the range contains at. changed > at is implied
-    # by it and lets a one-key query range-scan the (key, changed) btree.
-    known = history_select(
-        valid_from.isnot(None),
-        # The cast: with an untyped literal PostgreSQL would read a range.
-        history_range(history).op("@>")(sa.cast(at_param, _TZ)),
-        changed > at_param,
-    )
+    if history.info.get(RANGE_INDEX_KEY):
+        # Exactly the GiST index's expression (the cast: with an untyped literal
+        # PostgreSQL would read a range). A NULL lower bound is unbounded below:
+        # legacy rows are kept out of this branch explicitly.
+        began: Any = sa.and_(
+            valid_from.isnot(None), history_range(history).op("@>")(sa.cast(at_param, _TZ))
+        )
+    else:
+        began = valid_from <= at_param
+    # Versions with a known start: the plain conditions a hand-written query has,
+    # so PostgreSQL picks the same plan (the (key, changed) btree for one key, the
+    # btree on changed or the GiST index for the whole table).
+    known = history_select(began, changed > at_param)
     # Legacy versions (NULL valid_from) began where the key's previous version
-    # ended: they contain at when no earlier version of the key ended after it.
+    # ended. Their branch reads the partial index that holds only them; the
+    # previous end is a scalar subquery PostgreSQL runs only for legacy rows
+    # (cheaper to plan than an anti-join, which matters for one-key queries).
     earlier = history.alias("chrononaut_earlier")
-    legacy = history_select(
-        valid_from.is_(None),
-        changed > at_param,
-        ~sa.exists().where(
+    previous_end = (
+        sa.select(sa.func.max(earlier.c.changed))
+        .where(
             *_key_match(earlier, history, base),
             earlier.c[VERSION_KEY] < history.c[VERSION_KEY],
-            earlier.c.changed > at_param,
-        ),
+        )
+        .scalar_subquery()
+    )
+    legacy = history_select(
+        valid_from.is_(None), changed > at_param, _no_later_than(previous_end, at_param)
     )
     live_valid_from = meta.version_column.table.c[VALID_FROM_KEY]
     later = history.alias("chrononaut_later")
     live_keys = [meta.columns[key] for key, _ in base.pk]
+    last_end = (
+        sa.select(sa.func.max(later.c.changed))
+        .where(
+            *[
+                later.c[col_key] == column
+                for (_, col_key), column in zip(base.pk, live_keys, strict=True)
+            ]
+        )
+        .scalar_subquery()
+    )
     live = (
         sa.select(*[c.label(n) for c, n in zip(live_columns, labels, strict=True)])
         .select_from(live_from)
         .where(
             sa.or_(
                 live_valid_from <= at_param,
-                sa.and_(
-                    live_valid_from.is_(None),
-                    ~sa.exists().where(
-                        *[
-                            later.c[col_key] == column
-                            for (_, col_key), column in zip(base.pk, live_keys, strict=True)
-                        ],
-                        later.c.changed > at_param,
-                    ),
-                ),
+                sa.and_(live_valid_from.is_(None), _no_later_than(last_end, at_param)),
             )
         )
     )
@@ -255,6 +271,14 @@ def _union(meta: VersionMeta, at_param: sa.BindParameter[Any]) -> sa.CompoundSel
     if live_criterion is not None:
         live = live.where(live_criterion)
     return sa.union_all(known, legacy, live)
+
+
+def _no_later_than(end: Any, at_param: sa.BindParameter[Any]) -> Any:
+    """``end <= at``, true also when there is no ``end`` (no earlier version: the
+    legacy version began at the beginning)."""
+    return (
+        sa.func.coalesce(end, sa.literal_column("'-infinity'::timestamptz"), type_=_TZ) <= at_param
+    )
 
 
 _tokens = itertools.count(1)

@@ -169,8 +169,14 @@ def _configure(mapper: Mapper[Any]) -> None:
         mapper.version_id_col = local.c[VERSION_KEY]
         mapper.version_id_generator = False
         name = tables.history_table_name(local.name, getattr(cls, "__chrononaut_tablename__", None))
+        range_index = getattr(cls, "__chrononaut_range_index__", False)
+        if not isinstance(range_index, bool):
+            raise ChrononautException(
+                f"{cls.__name__}.__chrononaut_range_index__ must be True or False, "
+                f"not {range_index!r}"
+            )
         history = tables.build_history_table(
-            local, exclude=excluded_columns(local), name=name, base=True
+            local, exclude=excluded_columns(local), name=name, base=True, range_index=range_index
         )
         base_map = column_map(local, history)
         base_map.base = True
@@ -321,11 +327,16 @@ class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin, LeaseMixin):
       values are never stored.
     - ``__chrononaut_untracked__``: columns ignored by history entirely.
     - ``__chrononaut_tablename__``: the history table's name.
+    - ``__chrononaut_range_index__``: ``True`` adds a GiST index over each history
+      row's ``[valid_from, changed)`` for whole-table :func:`~chrononaut.as_of`
+      queries far in the past (every history row written costs more; set on the
+      root class of a hierarchy).
     """
 
     __chrononaut_hidden__: ClassVar[Sequence[str]] = ()
     __chrononaut_untracked__: ClassVar[Sequence[str]] = ()
     __chrononaut_tablename__: ClassVar[str | None] = None
+    __chrononaut_range_index__: ClassVar[bool] = False
     __history_mapper__: ClassVar[Mapper[Any]]
 
     @declared_attr

@@ -19,6 +19,7 @@ __all__ = [
     "GENERATED_COLUMNS",
     "INFO_KEY",
     "MANAGED_KEYS",
+    "RANGE_INDEX_KEY",
     "VALID_FROM_KEY",
     "VERSION_KEY",
     "add_history_columns",
@@ -40,6 +41,9 @@ VALID_FROM_KEY = "valid_from"
 #: Attribute keys of the columns Chrononaut sets on versioned rows itself; an
 #: application's own assignment to one of them is refused.
 MANAGED_KEYS: tuple[str, ...] = (VERSION_KEY, VALID_FROM_KEY)
+
+#: ``Table.info`` key set on a base history table built with its GiST range index.
+RANGE_INDEX_KEY = "chrononaut_range_index"
 
 #: Names of the columns a base history table adds to the copied ones.
 GENERATED_COLUMNS = (VERSION_KEY, VALID_FROM_KEY, "changed", "change_info")
@@ -121,6 +125,7 @@ def build_history_table(
     name: str | None = None,
     metadata: sa.MetaData | None = None,
     base: bool = True,
+    range_index: bool = False,
 ) -> sa.Table:
     """Build the history table of ``table``.
 
@@ -133,7 +138,12 @@ def build_history_table(
     :param base: whether this is the root table of a hierarchy. Only the root's
         history table carries ``changed`` and ``change_info``; a joined-inheritance
         subclass's history table joins to it on primary key and version.
+    :param range_index: also build a GiST index over ``[valid_from, changed)``
+        (``ix_<history>_range``) for whole-table :func:`~chrononaut.as_of` queries
+        far in the past; only for a base table.
     """
+    if range_index and not base:
+        raise ChrononautException("range_index applies to the base history table only")
     for generated in GENERATED_COLUMNS:
         if generated in table.c and generated not in exclude:
             raise ChrononautException(
@@ -155,19 +165,24 @@ def build_history_table(
         indexes.append(
             sa.Index(_index_name(name, "changed"), *[c.name for c in key_columns], changed.name)
         )
-        # as_of(): "which rows were current at t" over the whole table is a range
-        # containment test, which a GiST index over [valid_from, changed) answers
-        # without reading the rows that ended before t or began after it.
+        # as_of() over the whole table reads the versions that ended after t
+        # (changed > t): history is appended in the order versions end, so this
+        # btree stays cheap to maintain, and retention's "changed < cutoff" uses
+        # it too. A GiST index over [valid_from, changed) answers "contains t"
+        # without reading the versions that began after t, but costs several
+        # times more per history row written: opt in with range_index.
+        valid_from = next(c for c in added if c.name == VALID_FROM_KEY)
+        indexes.append(sa.Index(_index_name(name, "ended"), changed.name))
+        if range_index:
+            indexes.append(
+                sa.Index(
+                    _index_name(name, "range"),
+                    _range_expression(valid_from, changed),
+                    postgresql_using="gist",
+                )
+            )
         # Legacy rows (NULL valid_from) are found through a partial index that
         # stays empty, and costs nothing, once they are backfilled or absent.
-        valid_from = next(c for c in added if c.name == VALID_FROM_KEY)
-        indexes.append(
-            sa.Index(
-                _index_name(name, "range"),
-                _range_expression(valid_from, changed),
-                postgresql_using="gist",
-            )
-        )
         indexes.append(
             sa.Index(
                 _index_name(name, "legacy"),
@@ -175,7 +190,7 @@ def build_history_table(
                 postgresql_where=valid_from.is_(None),
             )
         )
-    return sa.Table(
+    history = sa.Table(
         name,
         metadata if metadata is not None else table.metadata,
         *columns,
@@ -184,6 +199,9 @@ def build_history_table(
         schema=table.schema,
         comment=f"History of {table.fullname} (written by Chrononaut)",
     )
+    if range_index:
+        history.info[RANGE_INDEX_KEY] = True
+    return history
 
 
 def _range_expression(valid_from: sa.ColumnElement[Any], changed: sa.ColumnElement[Any]) -> Any:
@@ -194,7 +212,7 @@ def _range_expression(valid_from: sa.ColumnElement[Any], changed: sa.ColumnEleme
 
 def history_range(history: sa.FromClause) -> Any:
     """``[valid_from, changed)`` of a base history table's rows, as the expression
-    its GiST index is built on (queries must use exactly this to use the index).
+    its optional GiST index is built on (queries must use exactly this to use it).
 
     :param history: a base history table (or an alias of one).
     """

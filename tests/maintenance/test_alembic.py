@@ -59,7 +59,7 @@ def test_empty_database_gets_both_tables(engine: sa.Engine, prefix: str) -> None
         ("create_table", f"{prefix}article", None),
         ("create_table", f"{prefix}article_history", None),
         ("create_index", f"{prefix}article_history", f"ix_{prefix}article_history_changed"),
-        ("create_index", f"{prefix}article_history", f"ix_{prefix}article_history_range"),
+        ("create_index", f"{prefix}article_history", f"ix_{prefix}article_history_ended"),
         ("create_index", f"{prefix}article_history", f"ix_{prefix}article_history_legacy"),
     }
     assert _columns(engine, f"{prefix}article") == {
@@ -138,7 +138,7 @@ def test_existing_table_with_rows_becomes_versioned(engine: sa.Engine, prefix: s
         ("add_column", f"{prefix}article", "valid_from"),
         ("create_table", f"{prefix}article_history", None),
         ("create_index", f"{prefix}article_history", f"ix_{prefix}article_history_changed"),
-        ("create_index", f"{prefix}article_history", f"ix_{prefix}article_history_range"),
+        ("create_index", f"{prefix}article_history", f"ix_{prefix}article_history_ended"),
         ("create_index", f"{prefix}article_history", f"ix_{prefix}article_history_legacy"),
     }
     added = next(
@@ -183,7 +183,7 @@ def test_flask_models_need_no_setup_step(
         ("create_table", f"{prefix}staff", None),
         ("create_table", f"{prefix}staff_history", None),
         ("create_index", f"{prefix}staff_history", f"ix_{prefix}staff_history_changed"),
-        ("create_index", f"{prefix}staff_history", f"ix_{prefix}staff_history_range"),
+        ("create_index", f"{prefix}staff_history", f"ix_{prefix}staff_history_ended"),
         ("create_index", f"{prefix}staff_history", f"ix_{prefix}staff_history_legacy"),
         ("create_table", f"{prefix}engineer", None),
         ("create_table", f"{prefix}engineer_history", None),

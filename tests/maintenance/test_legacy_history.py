@@ -100,7 +100,7 @@ def test_autogenerate_only_tightens_nullability(engine: sa.Engine, prefix: str) 
         # valid_from (0.5): nullable, so 0.2's rows keep NULL; and its indexes.
         ("add_column", f"{prefix}todos", "valid_from"),
         ("add_column", f"{prefix}todos_history", "valid_from"),
-        ("create_index", f"{prefix}todos_history", f"ix_{prefix}todos_history_range"),
+        ("create_index", f"{prefix}todos_history", f"ix_{prefix}todos_history_ended"),
         ("create_index", f"{prefix}todos_history", f"ix_{prefix}todos_history_legacy"),
     }
     assert diff(engine, model.metadata, prefix) == []

@@ -212,11 +212,12 @@ def _model(prefix: str) -> type[Any]:
 
 
 def _pre_valid_from_schema(engine: sa.Engine, prefix: str, model: Any) -> None:
-    """The tables as Chrononaut 0.4/0.5.dev wrote them: no valid_from, no range index."""
+    """The tables as Chrononaut 0.4/0.5.dev wrote them: no valid_from, no as_of indexes."""
     model.metadata.create_all(engine)
     with engine.begin() as conn:
         for table in (f"{prefix}note", f"{prefix}note_history"):
             conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN valid_from"))
+        conn.execute(sa.text(f"DROP INDEX ix_{prefix}note_history_ended"))
         conn.execute(sa.text(f"INSERT INTO {prefix}note (id, text) VALUES (1, 'a'), (2, 'b')"))
         conn.execute(
             sa.text(
@@ -269,7 +270,7 @@ def test_alembic_adds_valid_from_without_rewrite(engine: sa.Engine, prefix: str)
         assert described(flat) == {
             ("add_column", f"{prefix}note", "valid_from"),
             ("add_column", f"{prefix}note_history", "valid_from"),
-            ("create_index", f"{prefix}note_history", f"ix_{prefix}note_history_range"),
+            ("create_index", f"{prefix}note_history", f"ix_{prefix}note_history_ended"),
             ("create_index", f"{prefix}note_history", f"ix_{prefix}note_history_legacy"),
         }
         history_add = next(

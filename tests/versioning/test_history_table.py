@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.dialects import postgresql
 
-from chrononaut import Versioned, VersionedSQLAlchemy, history_class
+from chrononaut import ChrononautException, Versioned, VersionedSQLAlchemy, history_class
 
 
 def _columns(db: VersionedSQLAlchemy, table: str, schema: str = "public") -> dict[str, Any]:
@@ -272,3 +272,49 @@ def test_own_version_column_refused(db: VersionedSQLAlchemy) -> None:
             __tablename__ = "mine"
             id = db.Column(db.Integer, primary_key=True)
             version = db.Column(db.Integer)
+
+
+def test_history_indexes_by_default(User: Any) -> None:
+    """A base history table has the (key, changed), changed and legacy indexes, no GiST."""
+    table = history_class(User).__table__
+    names = {index.name for index in table.indexes}
+    assert names == {
+        f"ix_{table.name}_changed",
+        f"ix_{table.name}_ended",
+        f"ix_{table.name}_legacy",
+    }
+
+
+def test_range_index_opt_in(db: VersionedSQLAlchemy) -> None:
+    """``__chrononaut_range_index__ = True`` adds the GiST index over the range, created
+    by ``create_all``."""
+
+    class Ledger(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __chrononaut_range_index__ = True
+        id = db.Column(db.Integer, primary_key=True)
+
+    db.create_all()
+    table = history_class(Ledger).__table__
+    found = sa.inspect(db.engine).get_indexes(table.name)
+    assert f"ix_{table.name}_range" in {index["name"] for index in found}
+    with db.engine.connect() as conn:
+        method = conn.execute(
+            sa.text(
+                "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam "
+                "WHERE c.relname = :name"
+            ),
+            {"name": f"ix_{table.name}_range"},
+        ).scalar()
+    assert method == "gist"
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_range_index_must_be_bool(db: VersionedSQLAlchemy, value: Any) -> None:
+    """A ``__chrononaut_range_index__`` that is not a bool is refused at class definition."""
+    with pytest.raises(ChrononautException, match="__chrononaut_range_index__"):
+
+        class Ledger(db.Model, Versioned):  # type: ignore[name-defined,misc]
+            __chrononaut_range_index__ = value
+            id = db.Column(db.Integer, primary_key=True)
+
+        sa.orm.configure_mappers()

@@ -25,12 +25,14 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-@pytest.fixture()
-def Account(db: VersionedSQLAlchemy) -> type[Any]:
-    """An account table with a hidden and an untracked column."""
+@pytest.fixture(params=[False, True], ids=["btree", "range-index"])
+def Account(db: VersionedSQLAlchemy, request: pytest.FixtureRequest) -> type[Any]:
+    """An account table with a hidden and an untracked column, with and without the
+    GiST range index (the two forms of the as_of query)."""
 
     class Account(db.Model, Versioned):  # type: ignore[name-defined,misc]
         __tablename__ = "account"
+        __chrononaut_range_index__ = request.param
         __chrononaut_hidden__ = ["pin"]
         __chrononaut_untracked__ = ["visits"]
         id = db.Column(db.Integer, primary_key=True)
@@ -234,6 +236,24 @@ def test_legacy_rows_with_null_valid_from(
     assert _state(db, as_of(Account, timeline["t1"])) == [(1, "a", 10), (2, "b", 20), (3, "c", 5)]
     assert _state(db, as_of(Account, timeline["t2"])) == [(1, "a", 15), (2, "b", 20), (3, "c", 5)]
     assert _state(db, as_of(Account, timeline["t3"])) == [(1, "a", 15), (3, "c", 7)]
+
+
+def test_legacy_rows_of_a_long_history(db: VersionedSQLAlchemy, Account: Any) -> None:
+    """With NULL ``valid_from`` on every row, each instant of a key's long history
+    yields exactly the version current then (never the later legacy versions too)."""
+    db.session.add(Account(id=1, owner="a", balance=0))
+    db.session.commit()
+    instants = [_now()]
+    for balance in (1, 2, 3):
+        cast(Any, db.session.get(Account, 1)).balance = balance
+        db.session.commit()
+        instants.append(_now())
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE account SET valid_from = NULL"))
+        conn.execute(sa.text("UPDATE account_history SET valid_from = NULL"))
+    db.session.expire_all()
+    for balance, at in enumerate(instants):
+        assert _state(db, as_of(Account, at)) == [(1, "a", balance)], balance
 
 
 def test_legacy_live_row_after_history(

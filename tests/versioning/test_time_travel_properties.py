@@ -27,15 +27,17 @@ class Env:
     Item: Any
 
 
-@pytest.fixture(scope="module")
-def env(database_url: str) -> Iterator[Env]:
-    """One app, db and pair of tables for the whole module."""
+@pytest.fixture(scope="module", params=[False, True], ids=["btree", "range-index"])
+def env(database_url: str, request: pytest.FixtureRequest) -> Iterator[Env]:
+    """One app, db and pair of tables for the whole module (per form of the as_of
+    query: without and with the GiST range index)."""
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url
     db = VersionedSQLAlchemy(app)
 
     class Item(db.Model, Versioned):  # type: ignore[name-defined,misc]
-        __tablename__ = "tt_item"
+        __tablename__ = "tt_item_r" if request.param else "tt_item"
+        __chrononaut_range_index__ = request.param
         __chrononaut_untracked__ = ["hits"]
         id = db.Column(db.Integer, primary_key=True, autoincrement=False)
         value = db.Column(db.String(10))
@@ -74,7 +76,8 @@ def test_as_of_matches_snapshots(env: Env, ops: list[tuple[Any, ...]]) -> None:
     db, Item = env.db, env.Item
     session = db.session
     with db.engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE tt_item, tt_item_history"))
+        name = Item.__table__.name
+        conn.execute(sa.text(f"TRUNCATE {name}, {name}_history"))
     session.expire_all()
     live: dict[int, Any] = {}
     committed: dict[int, str] = {}
