@@ -983,6 +983,9 @@ class _Listeners:
         target = _leased(mapper) if isinstance(mapper, Mapper) else None
         if target is None:
             return None
+        # What an earlier flush or bulk statement recorded is not this statement's:
+        # its holder may have released the lease since.
+        state.session.info.pop(_INFO_KEY, None)
         fixes = _check_bulk(state, target)
         if not fixes:
             return None

@@ -248,3 +248,19 @@ def test_refused_flush_with_own_record_writes_nothing(
         assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0
         titles = conn.execute(sa.text("SELECT title FROM lease_doc ORDER BY id")).scalars().all()
     assert titles == ["t1", "t2", "t3"]
+
+
+def test_bulk_after_release_records_no_lease(
+    db: VersionedSQLAlchemy, Doc: Any, alice_leases: Callable[..., Any]
+) -> None:
+    """A bulk UPDATE after the lease was released records no lease of an earlier flush."""
+    doc = db.session.get(Doc, 1)
+    with acting_as("alice"):
+        lease = cast(Any, doc).lease(commit=False)  # known to the flush below
+        cast(Any, doc).title = "while leased"
+        db.session.commit()
+        cast(Any, doc).release_lease(lease.token)
+        db.session.execute(sa.update(Doc).where(Doc.id == 1).values(title="after"))
+        db.session.commit()
+    assert _recorded(db, Doc, 1)[0] is None
+    assert "lease" in cast(Any, doc).versions()[-2].change_info
