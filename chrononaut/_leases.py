@@ -352,8 +352,10 @@ def _utc_isoformat(column: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
     session's ``TimeZone`` and ``to_jsonb`` also trims trailing zeros.
     """
     utc = sa.func.timezone(_sql_text("UTC"), column, type_=sa.DateTime())
-    micro = sa.func.to_char(utc, _sql_text("US"), type_=sa.Text)
-    fraction = sa.case((micro == _sql_text("000000"), _sql_text("")), else_=_sql_text(".") + micro)
+    # '.000000' is the whole fraction exactly when there are no microseconds.
+    fraction = sa.func.replace(
+        sa.func.to_char(utc, _sql_text(".US")), _sql_text(".000000"), _sql_text(""), type_=sa.Text
+    )
     seconds = sa.func.to_char(utc, _sql_text('YYYY-MM-DD"T"HH24:MI:SS'), type_=sa.Text)
     return seconds + fraction + _sql_text("+00:00")
 
