@@ -9,7 +9,9 @@ session:
   changed records. Under READ COMMITTED a statement that *waited* on a row lock
   still reads other tables with the snapshot it started with, so the check is a
   statement of its own, sent after the write, which sees every lease committed
-  before the write got its row lock;
+  before the write got its row lock. For a holder whose transaction did not know
+  the lease, the same statement adds ``change_info["lease"]`` to the history
+  rows the flush wrote;
 - an ORM bulk UPDATE/DELETE or an upsert: before the statement runs, the target
   rows are locked (``FOR NO KEY UPDATE``) and then checked, in two statements.
 
@@ -822,9 +824,12 @@ def _record_lease_in_history(
     """Add ``change_info["lease"]`` to history rows just written for the holder.
 
     Only for changes made while the transaction did not know the lease before
-    the write (the holder neither took nor renewed it in this transaction): one
-    more statement then. ``fixes``: (primary key by attribute key, the history
-    row's version, the lease).
+    the write (the holder neither took nor renewed it in this transaction), in
+    a statement of its own: after an ORM bulk statement (its history rows are
+    written by the statement, after the check), and in a flush only for keys
+    that cannot travel in arrays (a flush's check does it otherwise).
+    ``fixes``: (primary key by attribute key, the history row's version, the
+    lease).
     """
     meta = _version_meta(cls)
     base = None if meta is None else next((t for t in meta.tables if t.base), None)
