@@ -389,44 +389,61 @@ def _lease_json(leases: Any) -> sa.ColumnElement[Any]:
 _HistorySpec = tuple[sa.Table, tuple[str, ...]]
 
 
+def _typed(name: str, type_: Any) -> sa.Cast[Any]:
+    # Explicit casts: PostgreSQL must not guess the types of these parameters (a
+    # parameter in a subquery's select list would otherwise be text).
+    return sa.cast(sa.bindparam(name, type_=type_), type_)
+
+
 def _typed_array(name: str, type_: Any) -> sa.Cast[Any]:
-    # Explicit casts: PostgreSQL must not guess the types of these parameters.
-    return sa.cast(sa.bindparam(name, type_=ARRAY(type_)), ARRAY(type_))
+    return _typed(name, ARRAY(type_))
 
 
-def _noted_cte(leases: sa.Table, spec: _HistorySpec, j: int) -> Any:
+def _noted_cte(leases: sa.Table, spec: _HistorySpec, j: int, single: bool) -> Any:
     """``UPDATE <history> SET change_info = change_info || {"lease": ...}`` for the
-    history rows (key, version) in the arrays ``chrononaut_n<j>_*`` whose record has
-    a live lease of the acting user and whose change_info has no "lease" yet."""
+    history rows (key, version) named by the parameters ``chrononaut_n<j>_*`` whose
+    record has a live lease of the acting user and whose change_info has no
+    "lease" yet. ``single``: one row, plain parameters (a cheaper plan for the
+    one-record flush of a request); else arrays that ``unnest`` turns into rows."""
     history, key_columns = spec
     held = leases.alias(f"chrononaut_lease_{j}")
-    arrays = [
-        _typed_array(f"chrononaut_n{j}_rk", sa.Text()),
-        *[
-            _typed_array(f"chrononaut_n{j}_k{i}", history.c[k].type)
-            for i, k in enumerate(key_columns)
-        ],
-        _typed_array(f"chrononaut_n{j}_v", sa.Integer()),
-    ]
-    rows = (
-        sa.func.unnest(*arrays)
-        .table_valued(
-            sa.column("rk", sa.Text()),
-            *[sa.column(f"k{i}", history.c[k].type) for i, k in enumerate(key_columns)],
-            sa.column("v", sa.Integer()),
+    types = [history.c[k].type for k in key_columns]
+    if single:
+        # A one-row subquery of plain parameters (PostgreSQL pulls it up: the plan
+        # is that of constants), joined like the unnest so nothing is a cross join.
+        rows: Any = sa.select(
+            _typed(f"chrononaut_n{j}_rk", sa.Text()).label("rk"),
+            *[_typed(f"chrononaut_n{j}_k{i}", t).label(f"k{i}") for i, t in enumerate(types)],
+            _typed(f"chrononaut_n{j}_v", sa.Integer()).label("v"),
+        ).subquery(f"chrononaut_noted_{j}")
+    else:
+        arrays = [
+            _typed_array(f"chrononaut_n{j}_rk", sa.Text()),
+            *[_typed_array(f"chrononaut_n{j}_k{i}", t) for i, t in enumerate(types)],
+            _typed_array(f"chrononaut_n{j}_v", sa.Integer()),
+        ]
+        rows = (
+            sa.func.unnest(*arrays)
+            .table_valued(
+                sa.column("rk", sa.Text()),
+                *[sa.column(f"k{i}", t) for i, t in enumerate(types)],
+                sa.column("v", sa.Integer()),
+            )
+            .render_derived(name=f"chrononaut_noted_{j}")
         )
-        .render_derived(name=f"chrononaut_noted_{j}")
-    )
+    record_key = rows.c.rk
+    keys = [rows.c[f"k{i}"] for i in range(len(types))]
+    version = rows.c.v
     change_info = history.c.change_info
     return (
         sa.update(history)
         .where(
             held.c.table_name == sa.bindparam("t", type_=sa.Text),
-            held.c.record_key == rows.c.rk,
+            held.c.record_key == record_key,
             held.c.expires_at > sa.func.now(),
             held.c.user_id == sa.bindparam("actor", type_=sa.Text),
-            *[history.c[k] == rows.c[f"k{i}"] for i, k in enumerate(key_columns)],
-            history.c.version == rows.c.v,
+            *[history.c[k] == value for k, value in zip(key_columns, keys, strict=True)],
+            history.c.version == version,
             sa.not_(change_info.has_key("lease")),
         )
         .values(
@@ -441,7 +458,9 @@ def _noted_cte(leases: sa.Table, spec: _HistorySpec, j: int) -> Any:
 
 
 @functools.lru_cache(maxsize=64)
-def _noted_check(leases: sa.Table, deleting: bool, histories: tuple[_HistorySpec, ...]) -> Any:
+def _noted_check(
+    leases: sa.Table, deleting: bool, histories: tuple[_HistorySpec, ...], single: bool
+) -> Any:
     """The acting user's check (``check_mine`` / ``check_mine_delete``) that also
     adds ``change_info["lease"]`` to the history rows the flush just wrote for the
     holder, when the transaction did not know the lease before the flush.
@@ -453,7 +472,7 @@ def _noted_check(leases: sa.Table, deleting: bool, histories: tuple[_HistorySpec
     """
     statement = _statements(leases)["check_mine_delete" if deleting else "check_mine"]
     for j, spec in enumerate(histories):
-        statement = statement.add_cte(_noted_cte(leases, spec, j))
+        statement = statement.add_cte(_noted_cte(leases, spec, j, single))
     return statement
 
 
@@ -780,13 +799,18 @@ def _lease_rows(pending: _Pending, keys: list[str], notes: _Notes | None = None)
             params["dkeys"] = pending.deleted
         if notes:
             specs = tuple(notes)
-            stmt = _noted_check(pending.target.leases, bool(pending.deleted), specs)
+            single = all(len(fixes) == 1 for fixes in notes.values())
+            stmt = _noted_check(pending.target.leases, bool(pending.deleted), specs, single)
             for j, spec in enumerate(specs):
                 fixes = notes[spec]
-                params[f"chrononaut_n{j}_rk"] = [rk for rk, _, _ in fixes]
-                for i in range(len(spec[1])):
-                    params[f"chrononaut_n{j}_k{i}"] = [pk[i] for _, pk, _ in fixes]
-                params[f"chrononaut_n{j}_v"] = [v for _, _, v in fixes]
+                columns: list[list[Any]] = [
+                    [rk for rk, _, _ in fixes],
+                    *[[pk[i] for _, pk, _ in fixes] for i in range(len(spec[1]))],
+                    [v for _, _, v in fixes],
+                ]
+                names = ["rk", *[f"k{i}" for i in range(len(spec[1]))], "v"]
+                for name, values in zip(names, columns, strict=True):
+                    params[f"chrononaut_n{j}_{name}"] = values[0] if single else values
         elif pending.deleted:
             stmt = statements["check_mine_delete"]
         else:

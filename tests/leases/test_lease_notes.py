@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
 
-from chrononaut import RecordLeasedError, VersionedSQLAlchemy, acting_as, history_class
+from chrononaut import RecordLeasedError, Versioned, VersionedSQLAlchemy, acting_as, history_class
 from chrononaut._leases import LEASE_TABLE, _from_row
 
 UTC = dt.timezone.utc
@@ -264,3 +265,36 @@ def test_bulk_after_release_records_no_lease(
         db.session.commit()
     assert _recorded(db, Doc, 1)[0] is None
     assert "lease" in cast(Any, doc).versions()[-2].change_info
+
+
+@pytest.mark.parametrize("count", [1, 2], ids=["one-record", "two-records"])
+def test_composite_uuid_key_recorded(
+    db: VersionedSQLAlchemy, new_session: Any, statements: list[str], count: int
+) -> None:
+    """A (text, uuid) key travels typed: the check records the lease for each record."""
+
+    class Sheet(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "lease_sheet"
+        __chrononaut_leases__ = True
+        region = sa.Column(sa.String(10), primary_key=True)
+        uid = sa.Column(sa.Uuid, primary_key=True)
+        title = sa.Column(sa.String(50), nullable=False, default="")
+
+    db.create_all()
+    keys = [("eu", uuid.uuid4()) for _ in range(count)]
+    db.session.add_all([Sheet(region=r, uid=u) for r, u in keys])
+    db.session.commit()
+    other = new_session()
+    with acting_as("alice"):
+        for key in keys:
+            cast(Any, other.get(Sheet, key)).lease()
+    sheets = [db.session.get(Sheet, key) for key in keys]
+    with acting_as("alice"):
+        for sheet in sheets:
+            cast(Any, sheet).title = "saved"
+        statements.clear()
+        db.session.flush()
+        assert len([s for s in statements if LEASE_TABLE in s]) == 1
+        db.session.commit()
+    for sheet in sheets:
+        assert cast(Any, sheet).versions()[-1].change_info["lease"]["user_id"] == "alice"
