@@ -8,13 +8,16 @@ acting user. Variants, measured interleaved in one run (see ``_harness``):
 - ``leased, free``: the leased model, no lease on the row (one check statement
   after the UPDATE);
 - ``leased, holder``: the holder writes; the transaction has not seen the lease
-  yet, so after the check one more statement adds ``change_info["lease"]`` to
+  yet, so the check (still one statement) also adds ``change_info["lease"]`` to
   the history row just written;
 - ``leased, holder+renew``: the web save pattern: ``renew_lease(token,
   commit=False)`` (a statement of its own), then the write, whose flush checks
   the lease once.
 
-Statements per transaction are counted for each variant. Usage::
+Statements per transaction are counted for each variant, and (counts only, not
+timed) for an ORM bulk ``UPDATE`` of one row the session does not hold: of the
+model without leases, of a free leased row and of a row the acting user holds.
+Usage::
 
     python benchmarks/bench_leases.py [--rounds 30] [--ops 50]
 
@@ -30,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -87,8 +91,9 @@ def run_driver(name: str, url: sa.URL, rounds: int, ops: int) -> dict[str, float
         conn.execute(sa.insert(PlainDoc), [{"id": 1, "title": "", "version": 0}])
         conn.execute(
             sa.insert(LeasedDoc),
-            [{"id": 1, "title": "", "version": 0}, {"id": 2, "title": "", "version": 0}],
+            [{"id": i, "title": "", "version": 0} for i in (1, 2, 3, 4)],
         )
+        conn.execute(sa.insert(PlainDoc), [{"id": 2, "title": "", "version": 0}])
     session: Session = factory()
     plain = session.get(PlainDoc, 1)
     free = session.get(LeasedDoc, 1)
@@ -97,6 +102,11 @@ def run_driver(name: str, url: sa.URL, rounds: int, ops: int) -> dict[str, float
     with acting_as("alice"):
         token = held.lease(dt.timedelta(hours=1)).token
     assert token is not None
+    with acting_as("alice"):
+        bulk_held = session.get(LeasedDoc, 3)
+        assert bulk_held is not None
+        bulk_held.lease(dt.timedelta(hours=1))
+        session.expunge(bulk_held)
     counter = [0]
 
     def write(record: object) -> Callable[[], None]:
@@ -123,6 +133,29 @@ def run_driver(name: str, url: sa.URL, rounds: int, ops: int) -> dict[str, float
     }
     print(f"  {name}: statements per transaction")
     for label, op in variants.items():
+        op()  # warm
+        with StatementCounter(engine) as count:
+            op()
+        print(f"    {label:<22} {count.summary()}")
+
+    def bulk(model: type[Any], id_: int) -> Callable[[], None]:
+        def op() -> None:
+            counter[0] += 1
+            with acting_as("alice"):
+                session.execute(
+                    sa.update(model).where(model.id == id_).values(title=f"b{counter[0]}")
+                )
+                session.commit()
+
+        return op
+
+    bulk_variants = {
+        "bulk, plain": bulk(PlainDoc, 2),
+        "bulk, leased, free": bulk(LeasedDoc, 4),
+        "bulk, leased, holder": bulk(LeasedDoc, 3),
+    }
+    print(f"  {name}: statements per bulk UPDATE transaction (rows not in the session)")
+    for label, op in bulk_variants.items():
         op()  # warm
         with StatementCounter(engine) as count:
             op()

@@ -9,7 +9,9 @@ session:
   changed records. Under READ COMMITTED a statement that *waited* on a row lock
   still reads other tables with the snapshot it started with, so the check is a
   statement of its own, sent after the write, which sees every lease committed
-  before the write got its row lock;
+  before the write got its row lock. For a holder whose transaction did not know
+  the lease, the same statement adds ``change_info["lease"]`` to the history
+  rows the flush wrote;
 - an ORM bulk UPDATE/DELETE or an upsert: before the statement runs, the target
   rows are locked (``FOR NO KEY UPDATE``) and then checked, in two statements.
 
@@ -337,6 +339,143 @@ def _statements(leases: sa.Table) -> dict[str, Any]:
     }
 
 
+def _sql_text(value: str) -> sa.ColumnElement[str]:
+    """A constant string as SQL text (no parameter: PostgreSQL must not guess its
+    type in ``jsonb_build_object(VARIADIC "any")``)."""
+    return sa.literal_column("'" + value.replace("'", "''") + "'", sa.Text)
+
+
+def _utc_isoformat(column: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+    """``column`` (timestamptz) as Python's ``value.astimezone(utc).isoformat()``.
+
+    ``2026-12-01T10:05:00.120000+00:00``, and without the fraction when the
+    microseconds are 0 (Python omits it then). ``to_char`` of the UTC wall-clock
+    time, because both ``to_char(timestamptz)`` and ``to_jsonb`` depend on the
+    session's ``TimeZone`` and ``to_jsonb`` also trims trailing zeros.
+    """
+    utc = sa.func.timezone(_sql_text("UTC"), column, type_=sa.DateTime())
+    # '.000000' is the whole fraction exactly when there are no microseconds.
+    fraction = sa.func.replace(
+        sa.func.to_char(utc, _sql_text(".US")), _sql_text(".000000"), _sql_text(""), type_=sa.Text
+    )
+    seconds = sa.func.to_char(utc, _sql_text('YYYY-MM-DD"T"HH24:MI:SS'), type_=sa.Text)
+    return seconds + fraction + _sql_text("+00:00")
+
+
+def _lease_json(leases: Any) -> sa.ColumnElement[Any]:
+    """``_Known.change_info()`` of a lease row, built in SQL.
+
+    ``jsonb_strip_nulls`` drops ``took_over_from`` when it is NULL; the other
+    values are never NULL (NOT NULL columns).
+    """
+    c = leases.c
+    return sa.func.jsonb_strip_nulls(
+        sa.func.jsonb_build_object(
+            _sql_text("user_id"),
+            c.user_id,
+            _sql_text("acquired_at"),
+            _utc_isoformat(c.acquired_at),
+            _sql_text("expires_at"),
+            _utc_isoformat(c.expires_at),
+            _sql_text("took_over_from"),
+            c.took_over_from,
+        ),
+        type_=JSONB,
+    )
+
+
+#: A history table whose rows the check may add ``change_info["lease"]`` to, and
+#: the keys of its primary-key columns (without ``version``), in ``TableMap.pk`` order.
+_HistorySpec = tuple[sa.Table, tuple[str, ...]]
+
+
+def _typed(name: str, type_: Any) -> sa.Cast[Any]:
+    # Explicit casts: PostgreSQL must not guess the types of these parameters (a
+    # parameter in a subquery's select list would otherwise be text).
+    return sa.cast(sa.bindparam(name, type_=type_), type_)
+
+
+def _typed_array(name: str, type_: Any) -> sa.Cast[Any]:
+    return _typed(name, ARRAY(type_))
+
+
+def _noted_cte(leases: sa.Table, spec: _HistorySpec, j: int, single: bool) -> Any:
+    """``UPDATE <history> SET change_info = change_info || {"lease": ...}`` for the
+    history rows (key, version) named by the parameters ``chrononaut_n<j>_*`` whose
+    record has a live lease of the acting user and whose change_info has no
+    "lease" yet. ``single``: one row, plain parameters (a cheaper plan for the
+    one-record flush of a request); else arrays that ``unnest`` turns into rows."""
+    history, key_columns = spec
+    held = leases.alias(f"chrononaut_lease_{j}")
+    types = [history.c[k].type for k in key_columns]
+    if single:
+        # A one-row subquery of plain parameters (PostgreSQL pulls it up: the plan
+        # is that of constants), joined like the unnest so nothing is a cross join.
+        rows: Any = sa.select(
+            _typed(f"chrononaut_n{j}_rk", sa.Text()).label("rk"),
+            *[_typed(f"chrononaut_n{j}_k{i}", t).label(f"k{i}") for i, t in enumerate(types)],
+            _typed(f"chrononaut_n{j}_v", sa.Integer()).label("v"),
+        ).subquery(f"chrononaut_noted_{j}")
+    else:
+        arrays = [
+            _typed_array(f"chrononaut_n{j}_rk", sa.Text()),
+            *[_typed_array(f"chrononaut_n{j}_k{i}", t) for i, t in enumerate(types)],
+            _typed_array(f"chrononaut_n{j}_v", sa.Integer()),
+        ]
+        rows = (
+            sa.func.unnest(*arrays)
+            .table_valued(
+                sa.column("rk", sa.Text()),
+                *[sa.column(f"k{i}", t) for i, t in enumerate(types)],
+                sa.column("v", sa.Integer()),
+            )
+            .render_derived(name=f"chrononaut_noted_{j}")
+        )
+    record_key = rows.c.rk
+    keys = [rows.c[f"k{i}"] for i in range(len(types))]
+    version = rows.c.v
+    change_info = history.c.change_info
+    return (
+        sa.update(history)
+        .where(
+            held.c.table_name == sa.bindparam("t", type_=sa.Text),
+            held.c.record_key == record_key,
+            held.c.expires_at > sa.func.now(),
+            held.c.user_id == sa.bindparam("actor", type_=sa.Text),
+            *[history.c[k] == value for k, value in zip(key_columns, keys, strict=True)],
+            history.c.version == version,
+            sa.not_(change_info.has_key("lease")),
+        )
+        .values(
+            {
+                change_info: change_info.op("||", return_type=JSONB)(
+                    sa.func.jsonb_build_object(_sql_text("lease"), _lease_json(held), type_=JSONB)
+                )
+            }
+        )
+        .cte(f"chrononaut_lease_noted_{j}")
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _noted_check(
+    leases: sa.Table, deleting: bool, histories: tuple[_HistorySpec, ...], single: bool
+) -> Any:
+    """The acting user's check (``check_mine`` / ``check_mine_delete``) that also
+    adds ``change_info["lease"]`` to the history rows the flush just wrote for the
+    holder, when the transaction did not know the lease before the flush.
+
+    One statement, so one snapshot: the CTEs read the lease rows as they were
+    before ``chrononaut_lease_cleared`` clears a takeover, and the history rows
+    record ``took_over_from`` like the lease the check returns. A refused flush
+    raises after this statement and rolls back with everything it wrote.
+    """
+    statement = _statements(leases)["check_mine_delete" if deleting else "check_mine"]
+    for j, spec in enumerate(histories):
+        statement = statement.add_cte(_noted_cte(leases, spec, j, single))
+    return statement
+
+
 def _touch(target: _Target) -> sa.Update:
     """``UPDATE base SET pk = pk WHERE pk = :pk_i RETURNING 1``: a writer's row lock.
 
@@ -640,20 +779,57 @@ def _watched_change(state: InstanceState[Any], watched: frozenset[str]) -> bool:
     return False
 
 
-def _lease_rows(pending: _Pending, keys: list[str]) -> list[Any]:
+#: What the check adds ``change_info["lease"]`` to, per history table: (record
+#: key, primary key values in ``_HistorySpec`` order, history row version).
+_Notes = dict[_HistorySpec, list[tuple[str, tuple[Any, ...], int]]]
+
+
+def _lease_rows(pending: _Pending, keys: list[str], notes: _Notes | None = None) -> list[Any]:
     """The live leases of ``keys``, in one statement that also (for the acting user)
-    clears a recorded takeover and deletes the leases of records being deleted."""
+    clears a recorded takeover, deletes the leases of records being deleted and
+    adds ``change_info["lease"]`` to the history rows in ``notes`` whose record
+    the acting user holds."""
     statements = _statements(pending.target.leases)
     params: dict[str, Any] = {"t": pending.name, "keys": keys}
     if pending.user_id is None:
         stmt = statements["check"]
-    elif pending.deleted:
-        stmt = statements["check_mine_delete"]
-        params.update(dkeys=pending.deleted, actor=pending.user_id)
     else:
-        stmt = statements["check_mine"]
         params["actor"] = pending.user_id
+        if pending.deleted:
+            params["dkeys"] = pending.deleted
+        if notes:
+            specs = tuple(notes)
+            single = all(len(fixes) == 1 for fixes in notes.values())
+            stmt = _noted_check(pending.target.leases, bool(pending.deleted), specs, single)
+            for j, spec in enumerate(specs):
+                fixes = notes[spec]
+                columns: list[list[Any]] = [
+                    [rk for rk, _, _ in fixes],
+                    *[[pk[i] for _, pk, _ in fixes] for i in range(len(spec[1]))],
+                    [v for _, _, v in fixes],
+                ]
+                names = ["rk", *[f"k{i}" for i in range(len(spec[1]))], "v"]
+                for name, values in zip(names, columns, strict=True):
+                    params[f"chrononaut_n{j}_{name}"] = values[0] if single else values
+        elif pending.deleted:
+            stmt = statements["check_mine_delete"]
+        else:
+            stmt = statements["check_mine"]
     return list(pending.conn.execute(stmt, params).all())
+
+
+def _history_spec(cls: type[Any]) -> tuple[_HistorySpec, list[str]] | None:
+    """The history table of ``cls`` that carries change_info, with its key columns
+    (and the attribute keys of their values); ``None`` when it has none or a key
+    column cannot travel in an array (then a statement of its own patches it)."""
+    meta = _version_meta(cls)
+    base = None if meta is None else next((t for t in meta.tables if t.base), None)
+    if base is None:
+        return None
+    history: sa.Table = base.history
+    if any(isinstance(history.c[col].type, sa.ARRAY) for _, col in base.pk):
+        return None
+    return (history, tuple(col for _, col in base.pk)), [attr for attr, _ in base.pk]
 
 
 def _refuse(pending: _Pending, rows: list[Any]) -> None:
@@ -672,9 +848,12 @@ def _record_lease_in_history(
     """Add ``change_info["lease"]`` to history rows just written for the holder.
 
     Only for changes made while the transaction did not know the lease before
-    the write (the holder neither took nor renewed it in this transaction): one
-    more statement then. ``fixes``: (primary key by attribute key, the history
-    row's version, the lease).
+    the write (the holder neither took nor renewed it in this transaction), in
+    a statement of its own: after an ORM bulk statement (its history rows are
+    written by the statement, after the check), and in a flush only for keys
+    that cannot travel in arrays (a flush's check does it otherwise).
+    ``fixes``: (primary key by attribute key, the history row's version, the
+    lease).
     """
     meta = _version_meta(cls)
     base = None if meta is None else next((t for t in meta.tables if t.base), None)
@@ -782,29 +961,47 @@ class _Listeners:
         info: dict[InstanceState[Any], dict[str, Any]] = session.info.get(_INFO_KEY) or {}
         known = _known(session)
         for pending in groups:
+            # The holder's changes whose change_info could not say "lease" (the
+            # transaction did not know it): the check adds it to their history rows.
+            notes: _Notes = {}
+            fallback: dict[type[Any], list[tuple[dict[str, Any], int, _Known]]] = {}
+            unnoted: list[tuple[InstanceState[Any], int]] = []
+            if pending.user_id is not None:
+                deleted = set(pending.deleted)
+                for k, (_, _, state) in pending.keys.items():
+                    version = None if state is None else pending.versions.get(id(state))
+                    if version is None and state is not None and k in deleted:
+                        # Deleted while expired: the flush loaded the version it
+                        # checked, which its history row has.
+                        loaded = state.dict.get("version")
+                        version = loaded if isinstance(loaded, int) else None
+                    if state is None or state in info or version is None:
+                        continue
+                    found_spec = _history_spec(state.class_)
+                    if found_spec is None:
+                        unnoted.append((state, version))
+                        continue
+                    spec, attrs = found_spec
+                    values = tuple(state.dict.get(attr) for attr in attrs)
+                    notes.setdefault(spec, []).append((k, values, version))
             # The UPDATE/DELETE statements of this flush hold the row locks now: a
             # lease committed before they got them is visible to this new statement.
-            rows = _lease_rows(pending, list(pending.keys))
+            rows = _lease_rows(pending, list(pending.keys), notes)
             _refuse(pending, rows)
-            unrecorded: list[tuple[InstanceState[Any], _Known]] = []
+            mine = {row.record_key: row for row in rows}
             for row in rows:
-                found = _from_row(row)
                 # The check cleared a recorded takeover of the holder's lease.
                 known[(pending.name, row.record_key)] = dataclasses.replace(
-                    found, took_over_from=None
+                    _from_row(row), took_over_from=None
                 )
-                state = pending.keys[row.record_key][2]
-                if state is not None and state not in info:
-                    unrecorded.append((state, found))
             for k in pending.deleted:
                 known[(pending.name, k)] = None
-            by_class: dict[type[Any], list[tuple[dict[str, Any], int, _Known]]] = {}
-            for state, found in unrecorded:
-                version = pending.versions.get(id(state))
-                if version is not None:
+            for state, version in unnoted:
+                row = mine.get(_record_key(_pk(state)))
+                if row is not None:
                     pk = {p.key: state.dict.get(p.key) for p in state.mapper.column_attrs}
-                    by_class.setdefault(state.class_, []).append((pk, version, found))
-            for cls, fixes in by_class.items():
+                    fallback.setdefault(state.class_, []).append((pk, version, _from_row(row)))
+            for cls, fixes in fallback.items():
                 _record_lease_in_history(pending.conn, cls, fixes)
 
     def do_orm_execute(self, orm_execute_state: ORMExecuteState) -> Any:
@@ -817,6 +1014,9 @@ class _Listeners:
         target = _leased(mapper) if isinstance(mapper, Mapper) else None
         if target is None:
             return None
+        # What an earlier flush or bulk statement recorded is not this statement's:
+        # its holder may have released the lease since.
+        state.session.info.pop(_INFO_KEY, None)
         fixes = _check_bulk(state, target)
         if not fixes:
             return None
