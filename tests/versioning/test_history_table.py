@@ -276,7 +276,7 @@ def test_own_version_column_refused(db: VersionedSQLAlchemy) -> None:
 
 def test_history_indexes_by_default(User: Any) -> None:
     """A base history table has the (key, changed), changed and legacy indexes, no GiST."""
-    table = history_class(User).__table__
+    table = cast(Any, history_class(User)).__table__
     names = {index.name for index in table.indexes}
     assert names == {
         f"ix_{table.name}_changed",
@@ -294,7 +294,7 @@ def test_range_index_opt_in(db: VersionedSQLAlchemy) -> None:
         id = db.Column(db.Integer, primary_key=True)
 
     db.create_all()
-    table = history_class(Ledger).__table__
+    table = cast(Any, history_class(Ledger)).__table__
     found = sa.inspect(db.engine).get_indexes(table.name)
     assert f"ix_{table.name}_range" in {index["name"] for index in found}
     with db.engine.connect() as conn:
