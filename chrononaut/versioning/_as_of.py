@@ -256,12 +256,9 @@ def _union(meta: VersionMeta, at_param: sa.BindParameter[Any]) -> sa.CompoundSel
     live = (
         sa.select(*[c.label(n) for c, n in zip(live_columns, labels, strict=True)])
         .select_from(live_from)
-        .where(
-            sa.or_(
-                live_valid_from <= at_param,
-                sa.and_(live_valid_from.is_(None), _no_later_than(last_end, at_param)),
-            )
-        )
+        # COALESCE stops at the first non-NULL value: the subquery runs only for a
+        # legacy live row (which began where its last history row ended).
+        .where(_no_later_than(sa.func.coalesce(live_valid_from, last_end), at_param))
     )
     criterion = meta.history_mapper._single_table_criterion
     if criterion is not None:
