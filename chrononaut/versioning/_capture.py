@@ -47,17 +47,29 @@ CANDIDATES_KEY = "chrononaut.flush_candidates"
 _BULK_GUARD = "chrononaut_bulk_internal"
 
 
-def _fast_eligible(meta: VersionMeta, committed: dict[str, Any], dict_: dict[str, Any]) -> bool:
-    """Whether a dirty record's change can go through the one-statement path."""
-    if not meta.fast_path_possible():
+def _fast_eligible(
+    settable: frozenset[str], committed: dict[str, Any], dict_: dict[str, Any]
+) -> bool:
+    """Whether a dirty record's change can go through the one-statement path
+    (``settable``: ``VersionMeta.fast_settable_keys()`` of its class)."""
+    if not settable.issuperset(committed):
+        # Relationship changes and key changes need SQLAlchemy's ordering.
         return False
-    columns = meta.columns
     for key in committed:
-        if key not in columns or key in meta.pk_keys:
-            return False  # relationship changes and key changes need SQLAlchemy's ordering
         if isinstance(dict_.get(key), sa.ClauseElement):
             return False  # SQL expressions are evaluated by SQLAlchemy's UPDATE
     return True
+
+
+class _FastKeys(dict[VersionMeta, frozenset[str]]):
+    """Per flush: each class's keys the one-statement path may set (empty when the
+    path is closed to the class). Listeners can be added between flushes, so this
+    is decided once per flush and class, not once per record nor for good."""
+
+    def __missing__(self, meta: VersionMeta) -> frozenset[str]:
+        keys = meta.fast_settable_keys() if meta.fast_path_possible() else frozenset()
+        self[meta] = keys
+        return keys
 
 
 class _FastUpdates:
@@ -82,6 +94,9 @@ class _FastUpdates:
 
     def __init__(self) -> None:
         self.groups: dict[tuple[Any, tuple[str, ...]], list[tuple[Any, Any, int, Any]]] = {}
+        # committed_state keys as iterated -> the sorted changed keys: most records
+        # of a flush change the same columns
+        self._sorted: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.groups)
@@ -94,7 +109,10 @@ class _FastUpdates:
         old_version: int,
         info: dict[str, Any],
     ) -> None:
-        keys = tuple(sorted(key for key in state.committed_state if key != VERSION_KEY))
+        seen = tuple(state.committed_state)
+        keys = self._sorted.get(seen)
+        if keys is None:
+            keys = self._sorted[seen] = tuple(sorted(key for key in seen if key != VERSION_KEY))
         self.groups.setdefault((meta, keys), []).append((obj, state, old_version, info))
 
     def execute(self, session: Session, changed_at: dt.datetime) -> set[int]:
@@ -146,13 +164,16 @@ class _FastUpdates:
         params: dict[str, Any] = {"changed": changed_at}
         params["v"] = [member[2] for member in chunk]
         infos = [member[3] for member in chunk]
-        shared = all(info == infos[0] for info in infos)
-        params["ci"] = infos[0] if shared else infos
+        first = infos[0]
+        # Rows without parts of their own share one document (ChangeInfoBuilder).
+        shared = all(info is first or info == first for info in infos)
+        params["ci"] = first if shared else infos
         key_values = [_key_of(member[1]) for member in chunk]
         for i in range(len(meta.pk_keys)):
             params[f"k{i}"] = [pk[i] for pk in key_values]
+        dicts = [member[1].dict for member in chunk]
         for i, key in enumerate(keys):
-            params[f"s{i}"] = [member[1].dict.get(key) for member in chunk]
+            params[f"s{i}"] = [dict_.get(key) for dict_ in dicts]
         statement = meta.fast_update_statement(keys, many=True, shared_info=shared)
         return {tuple(row) for row in connection.execute(statement, params)}
 
@@ -166,14 +187,20 @@ class _FastUpdates:
         """Tell the session the record's row now holds its values: no UPDATE left."""
         obj, state, old_version, _ = member
         dict_ = state.dict
+        # What set_committed_value() does for a column attribute (the only kind in
+        # ``keys``: VersionMeta.fast_settable_keys), for all keys at once: store
+        # the value, then one InstanceState._commit() of them (drops their
+        # history, expiry and loader callables; no events).
         for key in keys:
-            set_committed_value(obj, key, dict_.get(key))
-        set_committed_value(obj, VERSION_KEY, old_version + 1)
+            dict_[key] = dict_.get(key)
+        dict_[VERSION_KEY] = old_version + 1
         # The statement set valid_from = greatest(changed, valid_from), the same
         # computation as here from the value the version check vouches for.
         if VALID_FROM_KEY in dict_:
-            set_committed_value(obj, VALID_FROM_KEY, ends_at(changed_at, dict_[VALID_FROM_KEY]))
+            dict_[VALID_FROM_KEY] = ends_at(changed_at, dict_[VALID_FROM_KEY])
+            state._commit(dict_, (*keys, VERSION_KEY, VALID_FROM_KEY))
         else:
+            state._commit(dict_, (*keys, VERSION_KEY))
             state._expire_attributes(dict_, [VALID_FROM_KEY])
         consume_appended(state)
         forget_expected_version(state)
@@ -628,6 +655,7 @@ class Capture:
             fast_path_enabled and only is None and not suppressed and not new and not deleted
         )
         fast = _FastUpdates()
+        fast_keys = _FastKeys()
         if related:
             dirty = list(dirty)
             seen = {id(o) for o in dirty}
@@ -674,7 +702,10 @@ class Capture:
             # The one-statement path copies the history row in the database: it
             # needs no stored values but the changed ones.
             fast_ok = (
-                changes and fast_allowed and via is None and _fast_eligible(meta, committed, dict_)
+                changes
+                and fast_allowed
+                and via is None
+                and _fast_eligible(fast_keys[meta], committed, dict_)
             )
             if fast_ok and version is not None and not unknown:
                 # Everything is known already: straight to the one-statement path.

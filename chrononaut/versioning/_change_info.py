@@ -108,6 +108,8 @@ def drop_rolled_back(session: Session, previous_transaction: Any) -> None:
 
 def peek_appended(state: InstanceState[Any]) -> Mapping[str, Any]:
     """The info waiting for ``state``'s next history row (not consumed)."""
+    if not _pending:
+        return {}  # the usual case, without making a weak reference to look it up
     entries = _pending.get(state)
     if not entries:
         return {}
@@ -119,7 +121,8 @@ def peek_appended(state: InstanceState[Any]) -> Mapping[str, Any]:
 
 def consume_appended(state: InstanceState[Any]) -> None:
     """Forget the waiting info once its history row was written."""
-    _pending.pop(state, None)
+    if _pending:
+        _pending.pop(state, None)
 
 
 #: Functions adding one key to ``change_info`` of a record's history row (edit
@@ -187,7 +190,9 @@ class ChangeInfoBuilder:
     """Builds ``change_info`` for the history rows of one flush or bulk statement.
 
     Context that is the same for every row (actor per model class, extra info) is
-    computed once per flush, not once per row.
+    computed once per flush, not once per row; so is the whole document of a row
+    that has no parts of its own (appended info, a row lock, hidden columns, a
+    lease): those rows share one dict, which callers therefore never modify.
     """
 
     def __init__(self, session: Session, settings: Settings) -> None:
@@ -208,6 +213,8 @@ class ChangeInfoBuilder:
                 extra.update(produced)
         extra.update(current_extra_info())
         self._extra = extra
+        #: class -> the change_info of its updated rows without parts of their own
+        self._plain: dict[type[Any], dict[str, Any]] = {}
 
     def build(
         self,
@@ -217,7 +224,31 @@ class ChangeInfoBuilder:
         hidden_changed: list[str] | None = None,
         deleted: bool = False,
     ) -> dict[str, Any]:
-        """``change_info`` for one history row of a record of class ``cls``."""
+        """``change_info`` for one history row of a record of class ``cls`` (possibly
+        shared with other rows of this flush: read it, don't modify it)."""
+        if state is not None and not hidden_changed and not deleted and not self._own_parts(state):
+            # The usual updated row: the class's one document, built once per flush
+            # (and, being one object, sent once by the one-statement path).
+            plain = self._plain.get(cls)
+            if plain is None:
+                plain = self._plain[cls] = self._document(cls, None, None, False)
+            return plain
+        return self._document(cls, state, hidden_changed, deleted)
+
+    def _own_parts(self, state: InstanceState[Any]) -> bool:
+        """Whether ``state``'s row has parts of its own (appended info, a row lock,
+        a provider's key): the checks ``_document`` makes, without building."""
+        if peek_appended(state) or lock_info_for(self.session, state):
+            return True
+        return any(provider(self.session, state) is not None for provider in _providers)
+
+    def _document(
+        self,
+        cls: type[Any],
+        state: InstanceState[Any] | None,
+        hidden_changed: list[str] | None,
+        deleted: bool,
+    ) -> dict[str, Any]:
         actor = self._actors.get(cls)
         if actor is None:
             actor = self._actors[cls] = resolve_actor(cls)
