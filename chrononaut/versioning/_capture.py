@@ -23,8 +23,14 @@ from sqlalchemy.orm.state import InstanceState
 from chrononaut._context import versioning_suppressed
 from chrononaut.errors import ChrononautException
 from chrononaut.versioning._bulk import run_bulk
-from chrononaut.versioning._change_info import ChangeInfoBuilder, Settings, consume_appended
+from chrononaut.versioning._change_info import (
+    ChangeInfoBuilder,
+    Settings,
+    any_appended,
+    consume_appended,
+)
 from chrononaut.versioning._concurrency import (
+    any_expected_version,
     check_expected_version,
     forget_expected_version,
 )
@@ -97,6 +103,8 @@ class _FastUpdates:
         # committed_state keys as iterated -> the sorted changed keys: most records
         # of a flush change the same columns
         self._sorted: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._appended = True
+        self._expected = True
 
     def __bool__(self) -> bool:
         return bool(self.groups)
@@ -118,6 +126,9 @@ class _FastUpdates:
     def execute(self, session: Session, changed_at: dt.datetime) -> set[int]:
         """Run the statements; return ids of the records written."""
         done: set[int] = set()
+        # Nothing is appended or declared during a flush: looked up once, not per record.
+        self._appended = any_appended()
+        self._expected = any_expected_version()
         for (meta, keys), members in self.groups.items():
             connection = session.connection(bind_arguments={"mapper": meta.mapper})
             if len(members) > 1 and meta.arrays_supported(keys):
@@ -126,11 +137,11 @@ class _FastUpdates:
                     written = self._many(connection, meta, keys, chunk, changed_at)
                     for member in chunk:
                         if _key_of(member[1]) in written:
-                            done.add(self._written(meta, keys, member, changed_at))
+                            done.add(self._written(keys, member, changed_at))
             else:
                 for member in members:
                     if self._one(connection, meta, keys, member, changed_at):
-                        done.add(self._written(meta, keys, member, changed_at))
+                        done.add(self._written(keys, member, changed_at))
         return done
 
     @staticmethod
@@ -175,11 +186,10 @@ class _FastUpdates:
         for i, key in enumerate(keys):
             params[f"s{i}"] = [dict_.get(key) for dict_ in dicts]
         statement = meta.fast_update_statement(keys, many=True, shared_info=shared)
-        return {tuple(row) for row in connection.execute(statement, params)}
+        return {tuple(row) for row in connection.execute(statement, params).all()}
 
-    @staticmethod
     def _written(
-        meta: VersionMeta,
+        self,
         keys: tuple[str, ...],
         member: tuple[Any, Any, int, Any],
         changed_at: dt.datetime,
@@ -202,8 +212,10 @@ class _FastUpdates:
         else:
             state._commit(dict_, (*keys, VERSION_KEY))
             state._expire_attributes(dict_, [VALID_FROM_KEY])
-        consume_appended(state)
-        forget_expected_version(state)
+        if self._appended:
+            consume_appended(state)
+        if self._expected:
+            forget_expected_version(state)
         return id(obj)
 
 
@@ -656,6 +668,7 @@ class Capture:
         )
         fast = _FastUpdates()
         fast_keys = _FastKeys()
+        expected = any_expected_version()
         if related:
             dirty = list(dirty)
             seen = {id(o) for o in dirty}
@@ -680,7 +693,8 @@ class Capture:
             dict_ = state.dict
             if not _MANAGED.isdisjoint(committed):
                 _refuse_managed(obj, committed)
-            _refuse_valid_from(obj, state, committed=True)
+            if VALID_FROM_KEY in committed:
+                _refuse_valid_from(obj, state, committed=True)
             via = related[id(obj)][1] if related and id(obj) in related else None
             watched = meta.watched
             changed_tracked: list[str] = []
@@ -710,7 +724,8 @@ class Capture:
             if fast_ok and version is not None and not unknown:
                 # Everything is known already: straight to the one-statement path.
                 old_version = int(version)
-                check_expected_version(session, obj, state, old_version)
+                if expected:
+                    check_expected_version(session, obj, state, old_version)
                 candidates.append((obj, old_version))
                 info = change_info().build(type(obj), state, hidden_changed=changed_hidden)
                 fast.add(meta, obj, state, old_version, info)

@@ -119,6 +119,12 @@ def peek_appended(state: InstanceState[Any]) -> Mapping[str, Any]:
     return merged
 
 
+def any_appended() -> bool:
+    """Whether any record has info waiting (if not, a flush skips the per-record
+    lookups)."""
+    return bool(_pending)
+
+
 def consume_appended(state: InstanceState[Any]) -> None:
     """Forget the waiting info once its history row was written."""
     if _pending:

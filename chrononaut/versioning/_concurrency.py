@@ -157,6 +157,12 @@ def check_expected_version(
     raise error
 
 
+def any_expected_version() -> bool:
+    """Whether any record has a declared version (if not, a flush skips the
+    per-record lookups)."""
+    return bool(_expected)
+
+
 def forget_expected_version(state: InstanceState[Any]) -> None:
     """Drop the declared version once the write it guarded was flushed."""
     if _expected:
