@@ -14,6 +14,7 @@ from sqlalchemy.orm.state import InstanceState
 from chrononaut._context import Actor, check_json_info, current_extra_info, resolve_actor
 from chrononaut.errors import ChrononautException
 from chrononaut.locking._common import held_row_lock as lock_info_for
+from chrononaut.locking._common import may_hold_row_locks
 
 __all__ = ["ChangeInfoBuilder", "Settings", "StaticSettings", "append_change_info"]
 
@@ -221,6 +222,9 @@ class ChangeInfoBuilder:
         self._extra = extra
         #: class -> the change_info of its updated rows without parts of their own
         self._plain: dict[type[Any], dict[str, Any]] = {}
+        # A builder lives for one flush or bulk statement, during which no info is
+        # appended and no row lock taken: whether any can exist is asked once.
+        self._maybe_own = any_appended() or may_hold_row_locks(session)
 
     def build(
         self,
@@ -244,9 +248,12 @@ class ChangeInfoBuilder:
     def _own_parts(self, state: InstanceState[Any]) -> bool:
         """Whether ``state``'s row has parts of its own (appended info, a row lock,
         a provider's key): the checks ``_document`` makes, without building."""
-        if peek_appended(state) or lock_info_for(self.session, state):
+        if self._maybe_own and (peek_appended(state) or lock_info_for(self.session, state)):
             return True
-        return any(provider(self.session, state) is not None for provider in _providers)
+        for provider in _providers:
+            if provider(self.session, state) is not None:
+                return True
+        return False
 
     def _document(
         self,
