@@ -135,8 +135,8 @@ class _FastUpdates:
                 for start in range(0, len(members), _FAST_CHUNK):
                     chunk = members[start : start + _FAST_CHUNK]
                     written = self._many(connection, meta, keys, chunk, changed_at)
-                    for member in chunk:
-                        if _key_of(member[1]) in written:
+                    for member, was_written in zip(chunk, written, strict=True):
+                        if was_written:
                             done.add(self._written(keys, member, changed_at))
             else:
                 for member in members:
@@ -171,7 +171,8 @@ class _FastUpdates:
         keys: tuple[str, ...],
         chunk: list[tuple[Any, Any, int, Any]],
         changed_at: dt.datetime,
-    ) -> set[tuple[Any, ...]]:
+    ) -> list[bool]:
+        """Run one statement for ``chunk``; whether each member's row was written."""
         params: dict[str, Any] = {"changed": changed_at}
         params["v"] = [member[2] for member in chunk]
         infos = [member[3] for member in chunk]
@@ -186,7 +187,8 @@ class _FastUpdates:
         for i, key in enumerate(keys):
             params[f"s{i}"] = [dict_.get(key) for dict_ in dicts]
         statement = meta.fast_update_statement(keys, many=True, shared_info=shared)
-        return {tuple(row) for row in connection.execute(statement, params).all()}
+        written = {tuple(row) for row in connection.execute(statement, params).all()}
+        return [key in written for key in key_values]
 
     def _written(
         self,
