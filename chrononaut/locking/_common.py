@@ -265,6 +265,12 @@ def record_row_lock(
     }
 
 
+def may_hold_row_locks(session: Session) -> bool:
+    """Whether ``session`` may hold row locks taken through Chrononaut (if not,
+    :func:`held_row_lock` is ``None`` for every record)."""
+    return session.info.get(LOCKS_KEY) is not None
+
+
 def held_row_lock(session: Session, state: InstanceState[Any]) -> dict[str, Any] | None:
     """The lock info of ``state``'s row if this transaction locked it through Chrononaut."""
     locks: TxnLocks | None = session.info.get(LOCKS_KEY)

@@ -23,8 +23,14 @@ from sqlalchemy.orm.state import InstanceState
 from chrononaut._context import versioning_suppressed
 from chrononaut.errors import ChrononautException
 from chrononaut.versioning._bulk import run_bulk
-from chrononaut.versioning._change_info import ChangeInfoBuilder, Settings, consume_appended
+from chrononaut.versioning._change_info import (
+    ChangeInfoBuilder,
+    Settings,
+    any_appended,
+    consume_appended,
+)
 from chrononaut.versioning._concurrency import (
+    any_expected_version,
     check_expected_version,
     forget_expected_version,
 )
@@ -47,17 +53,29 @@ CANDIDATES_KEY = "chrononaut.flush_candidates"
 _BULK_GUARD = "chrononaut_bulk_internal"
 
 
-def _fast_eligible(meta: VersionMeta, committed: dict[str, Any], dict_: dict[str, Any]) -> bool:
-    """Whether a dirty record's change can go through the one-statement path."""
-    if not meta.fast_path_possible():
+def _fast_eligible(
+    settable: frozenset[str], committed: dict[str, Any], dict_: dict[str, Any]
+) -> bool:
+    """Whether a dirty record's change can go through the one-statement path
+    (``settable``: ``VersionMeta.fast_settable_keys()`` of its class)."""
+    if not settable.issuperset(committed):
+        # Relationship changes and key changes need SQLAlchemy's ordering.
         return False
-    columns = meta.columns
     for key in committed:
-        if key not in columns or key in meta.pk_keys:
-            return False  # relationship changes and key changes need SQLAlchemy's ordering
         if isinstance(dict_.get(key), sa.ClauseElement):
             return False  # SQL expressions are evaluated by SQLAlchemy's UPDATE
     return True
+
+
+class _FastKeys(dict[VersionMeta, frozenset[str]]):
+    """Per flush: each class's keys the one-statement path may set (empty when the
+    path is closed to the class). Listeners can be added between flushes, so this
+    is decided once per flush and class, not once per record nor for good."""
+
+    def __missing__(self, meta: VersionMeta) -> frozenset[str]:
+        keys = meta.fast_settable_keys() if meta.fast_path_possible() else frozenset()
+        self[meta] = keys
+        return keys
 
 
 class _FastUpdates:
@@ -82,6 +100,11 @@ class _FastUpdates:
 
     def __init__(self) -> None:
         self.groups: dict[tuple[Any, tuple[str, ...]], list[tuple[Any, Any, int, Any]]] = {}
+        # committed_state keys as iterated -> the sorted changed keys: most records
+        # of a flush change the same columns
+        self._sorted: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._appended = True
+        self._expected = True
 
     def __bool__(self) -> bool:
         return bool(self.groups)
@@ -94,25 +117,31 @@ class _FastUpdates:
         old_version: int,
         info: dict[str, Any],
     ) -> None:
-        keys = tuple(sorted(key for key in state.committed_state if key != VERSION_KEY))
+        seen = tuple(state.committed_state)
+        keys = self._sorted.get(seen)
+        if keys is None:
+            keys = self._sorted[seen] = tuple(sorted(key for key in seen if key != VERSION_KEY))
         self.groups.setdefault((meta, keys), []).append((obj, state, old_version, info))
 
     def execute(self, session: Session, changed_at: dt.datetime) -> set[int]:
         """Run the statements; return ids of the records written."""
         done: set[int] = set()
+        # Nothing is appended or declared during a flush: looked up once, not per record.
+        self._appended = any_appended()
+        self._expected = any_expected_version()
         for (meta, keys), members in self.groups.items():
             connection = session.connection(bind_arguments={"mapper": meta.mapper})
             if len(members) > 1 and meta.arrays_supported(keys):
                 for start in range(0, len(members), _FAST_CHUNK):
                     chunk = members[start : start + _FAST_CHUNK]
                     written = self._many(connection, meta, keys, chunk, changed_at)
-                    for member in chunk:
-                        if _key_of(member[1]) in written:
-                            done.add(self._written(meta, keys, member, changed_at))
+                    for member, was_written in zip(chunk, written, strict=True):
+                        if was_written:
+                            done.add(self._written(keys, member, changed_at))
             else:
                 for member in members:
                     if self._one(connection, meta, keys, member, changed_at):
-                        done.add(self._written(meta, keys, member, changed_at))
+                        done.add(self._written(keys, member, changed_at))
         return done
 
     @staticmethod
@@ -142,23 +171,27 @@ class _FastUpdates:
         keys: tuple[str, ...],
         chunk: list[tuple[Any, Any, int, Any]],
         changed_at: dt.datetime,
-    ) -> set[tuple[Any, ...]]:
+    ) -> list[bool]:
+        """Run one statement for ``chunk``; whether each member's row was written."""
         params: dict[str, Any] = {"changed": changed_at}
         params["v"] = [member[2] for member in chunk]
         infos = [member[3] for member in chunk]
-        shared = all(info == infos[0] for info in infos)
-        params["ci"] = infos[0] if shared else infos
+        first = infos[0]
+        # Rows without parts of their own share one document (ChangeInfoBuilder).
+        shared = all(info is first or info == first for info in infos)
+        params["ci"] = first if shared else infos
         key_values = [_key_of(member[1]) for member in chunk]
         for i in range(len(meta.pk_keys)):
             params[f"k{i}"] = [pk[i] for pk in key_values]
+        dicts = [member[1].dict for member in chunk]
         for i, key in enumerate(keys):
-            params[f"s{i}"] = [member[1].dict.get(key) for member in chunk]
+            params[f"s{i}"] = [dict_.get(key) for dict_ in dicts]
         statement = meta.fast_update_statement(keys, many=True, shared_info=shared)
-        return {tuple(row) for row in connection.execute(statement, params)}
+        written = {tuple(row) for row in connection.execute(statement, params).all()}
+        return [key in written for key in key_values]
 
-    @staticmethod
     def _written(
-        meta: VersionMeta,
+        self,
         keys: tuple[str, ...],
         member: tuple[Any, Any, int, Any],
         changed_at: dt.datetime,
@@ -166,17 +199,25 @@ class _FastUpdates:
         """Tell the session the record's row now holds its values: no UPDATE left."""
         obj, state, old_version, _ = member
         dict_ = state.dict
+        # What set_committed_value() does for a column attribute (the only kind in
+        # ``keys``: VersionMeta.fast_settable_keys), for all keys at once: store
+        # the value, then one InstanceState._commit() of them (drops their
+        # history, expiry and loader callables; no events).
         for key in keys:
-            set_committed_value(obj, key, dict_.get(key))
-        set_committed_value(obj, VERSION_KEY, old_version + 1)
+            dict_[key] = dict_.get(key)
+        dict_[VERSION_KEY] = old_version + 1
         # The statement set valid_from = greatest(changed, valid_from), the same
         # computation as here from the value the version check vouches for.
         if VALID_FROM_KEY in dict_:
-            set_committed_value(obj, VALID_FROM_KEY, ends_at(changed_at, dict_[VALID_FROM_KEY]))
+            dict_[VALID_FROM_KEY] = ends_at(changed_at, dict_[VALID_FROM_KEY])
+            state._commit(dict_, (*keys, VERSION_KEY, VALID_FROM_KEY))
         else:
+            state._commit(dict_, (*keys, VERSION_KEY))
             state._expire_attributes(dict_, [VALID_FROM_KEY])
-        consume_appended(state)
-        forget_expected_version(state)
+        if self._appended:
+            consume_appended(state)
+        if self._expected:
+            forget_expected_version(state)
         return id(obj)
 
 
@@ -628,6 +669,8 @@ class Capture:
             fast_path_enabled and only is None and not suppressed and not new and not deleted
         )
         fast = _FastUpdates()
+        fast_keys = _FastKeys()
+        expected = any_expected_version()
         if related:
             dirty = list(dirty)
             seen = {id(o) for o in dirty}
@@ -652,7 +695,8 @@ class Capture:
             dict_ = state.dict
             if not _MANAGED.isdisjoint(committed):
                 _refuse_managed(obj, committed)
-            _refuse_valid_from(obj, state, committed=True)
+            if VALID_FROM_KEY in committed:
+                _refuse_valid_from(obj, state, committed=True)
             via = related[id(obj)][1] if related and id(obj) in related else None
             watched = meta.watched
             changed_tracked: list[str] = []
@@ -674,12 +718,16 @@ class Capture:
             # The one-statement path copies the history row in the database: it
             # needs no stored values but the changed ones.
             fast_ok = (
-                changes and fast_allowed and via is None and _fast_eligible(meta, committed, dict_)
+                changes
+                and fast_allowed
+                and via is None
+                and _fast_eligible(fast_keys[meta], committed, dict_)
             )
             if fast_ok and version is not None and not unknown:
                 # Everything is known already: straight to the one-statement path.
                 old_version = int(version)
-                check_expected_version(session, obj, state, old_version)
+                if expected:
+                    check_expected_version(session, obj, state, old_version)
                 candidates.append((obj, old_version))
                 info = change_info().build(type(obj), state, hidden_changed=changed_hidden)
                 fast.add(meta, obj, state, old_version, info)

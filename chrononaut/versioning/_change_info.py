@@ -14,6 +14,7 @@ from sqlalchemy.orm.state import InstanceState
 from chrononaut._context import Actor, check_json_info, current_extra_info, resolve_actor
 from chrononaut.errors import ChrononautException
 from chrononaut.locking._common import held_row_lock as lock_info_for
+from chrononaut.locking._common import may_hold_row_locks
 
 __all__ = ["ChangeInfoBuilder", "Settings", "StaticSettings", "append_change_info"]
 
@@ -108,6 +109,8 @@ def drop_rolled_back(session: Session, previous_transaction: Any) -> None:
 
 def peek_appended(state: InstanceState[Any]) -> Mapping[str, Any]:
     """The info waiting for ``state``'s next history row (not consumed)."""
+    if not _pending:
+        return {}  # the usual case, without making a weak reference to look it up
     entries = _pending.get(state)
     if not entries:
         return {}
@@ -117,9 +120,16 @@ def peek_appended(state: InstanceState[Any]) -> Mapping[str, Any]:
     return merged
 
 
+def any_appended() -> bool:
+    """Whether any record has info waiting (if not, a flush skips the per-record
+    lookups)."""
+    return bool(_pending)
+
+
 def consume_appended(state: InstanceState[Any]) -> None:
     """Forget the waiting info once its history row was written."""
-    _pending.pop(state, None)
+    if _pending:
+        _pending.pop(state, None)
 
 
 #: Functions adding one key to ``change_info`` of a record's history row (edit
@@ -187,7 +197,9 @@ class ChangeInfoBuilder:
     """Builds ``change_info`` for the history rows of one flush or bulk statement.
 
     Context that is the same for every row (actor per model class, extra info) is
-    computed once per flush, not once per row.
+    computed once per flush, not once per row; so is the whole document of a row
+    that has no parts of its own (appended info, a row lock, hidden columns, a
+    lease): those rows share one dict, which callers therefore never modify.
     """
 
     def __init__(self, session: Session, settings: Settings) -> None:
@@ -208,6 +220,11 @@ class ChangeInfoBuilder:
                 extra.update(produced)
         extra.update(current_extra_info())
         self._extra = extra
+        #: class -> the change_info of its updated rows without parts of their own
+        self._plain: dict[type[Any], dict[str, Any]] = {}
+        # A builder lives for one flush or bulk statement, during which no info is
+        # appended and no row lock taken: whether any can exist is asked once.
+        self._maybe_own = any_appended() or may_hold_row_locks(session)
 
     def build(
         self,
@@ -217,7 +234,34 @@ class ChangeInfoBuilder:
         hidden_changed: list[str] | None = None,
         deleted: bool = False,
     ) -> dict[str, Any]:
-        """``change_info`` for one history row of a record of class ``cls``."""
+        """``change_info`` for one history row of a record of class ``cls`` (possibly
+        shared with other rows of this flush: read it, don't modify it)."""
+        if state is not None and not hidden_changed and not deleted and not self._own_parts(state):
+            # The usual updated row: the class's one document, built once per flush
+            # (and, being one object, sent once by the one-statement path).
+            plain = self._plain.get(cls)
+            if plain is None:
+                plain = self._plain[cls] = self._document(cls, None, None, False)
+            return plain
+        return self._document(cls, state, hidden_changed, deleted)
+
+    def _own_parts(self, state: InstanceState[Any]) -> bool:
+        """Whether ``state``'s row has parts of its own (appended info, a row lock,
+        a provider's key): the checks ``_document`` makes, without building."""
+        if self._maybe_own and (peek_appended(state) or lock_info_for(self.session, state)):
+            return True
+        for provider in _providers:
+            if provider(self.session, state) is not None:
+                return True
+        return False
+
+    def _document(
+        self,
+        cls: type[Any],
+        state: InstanceState[Any] | None,
+        hidden_changed: list[str] | None,
+        deleted: bool,
+    ) -> dict[str, Any]:
         actor = self._actors.get(cls)
         if actor is None:
             actor = self._actors[cls] = resolve_actor(cls)

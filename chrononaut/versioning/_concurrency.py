@@ -137,6 +137,8 @@ def check_expected_version(
 ) -> None:
     """Refuse to flush ``obj`` when a version declared with ``expect_version`` differs
     from the version the write is based on. Called by history capture per flush."""
+    if not _expected:
+        return  # the usual case, without making a weak reference to look it up
     expected = _expected.get(state)
     if expected is None or expected == version:
         return
@@ -155,9 +157,16 @@ def check_expected_version(
     raise error
 
 
+def any_expected_version() -> bool:
+    """Whether any record has a declared version (if not, a flush skips the
+    per-record lookups)."""
+    return bool(_expected)
+
+
 def forget_expected_version(state: InstanceState[Any]) -> None:
     """Drop the declared version once the write it guarded was flushed."""
-    _expected.pop(state, None)
+    if _expected:
+        _expected.pop(state, None)
 
 
 def drop_expected_versions(session: Session, previous_transaction: Any) -> None:

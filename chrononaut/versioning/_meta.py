@@ -83,6 +83,7 @@ class VersionMeta:
         self._fast_statements: dict[tuple[tuple[str, ...], bool, bool], sa.Update] = {}
         self._onupdate = False
         self._onupdate_checked = -1
+        self._settable: frozenset[str] | None = None
 
     def fast_path_possible(self) -> bool:
         """Whether updates of this class may use the one-statement path.
@@ -96,6 +97,28 @@ class VersionMeta:
             return False
         dispatch = self.mapper.dispatch
         return not (dispatch.before_update or dispatch.after_update)
+
+    def fast_settable_keys(self) -> frozenset[str]:
+        """Attribute keys a one-statement UPDATE may set and then mark committed.
+
+        Column attributes of plain scalar values, not of the primary key: for
+        those, what ``set_committed_value()`` does is storing the value and
+        committing the key, which the one-statement path does for several keys
+        at once. Computed once (the columns of a class do not change).
+        """
+        if self._settable is None:
+            manager = self.mapper.class_manager
+            keys = set()
+            for key in self.columns:
+                if key in self.pk_keys or key not in manager:
+                    continue
+                impl = manager[key].impl
+                if getattr(impl, "collection", True) is False and not getattr(
+                    impl, "uses_objects", True
+                ):
+                    keys.add(key)
+            self._settable = frozenset(keys)
+        return self._settable
 
     @property
     def _has_onupdate(self) -> bool:

@@ -321,6 +321,19 @@ def test_append_change_info_only_that_record(db: VersionedSQLAlchemy, make_user:
     assert bob.previous_version().change_info == PLAIN
 
 
+def test_append_change_info_amid_plain_rows(db: VersionedSQLAlchemy, make_user: Any) -> None:
+    """Rows of one flush share the plain document only when they have no info of their own."""
+    users = [make_user(name=f"u{i}") for i in range(4)]
+    append_change_info(users[1], source="import")
+    with extra_change_info(ticket="T-2"):
+        for user in users:
+            user.name += "x"
+        db.session.commit()
+    infos = [user.previous_version().change_info for user in users]
+    assert infos[1] == {**PLAIN, "extra": {"ticket": "T-2", "source": "import"}}
+    assert infos[0] == infos[2] == infos[3] == {**PLAIN, "extra": {"ticket": "T-2"}}
+
+
 def test_append_change_info_waits_for_change(db: VersionedSQLAlchemy, make_user: Any) -> None:
     """Info appended before an untracked-only change waits for the next history row."""
     user = make_user()
