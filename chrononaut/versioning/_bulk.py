@@ -716,6 +716,85 @@ def _compile_locked_rows_join(element: _LockedRowsJoin, compiler: Any, **kw: Any
     return str(compiler.process(element.clause, **kw))
 
 
+def _returning_form_possible(statement: Any) -> bool:
+    """Whether a DELETE can be sent as ``WITH chrononaut_d AS (DELETE ... RETURNING
+    ...) INSERT INTO <history> ...``: not when it has CTEs of its own (a WITH
+    holding a data-modifying statement must be the outermost one). Whether it
+    returns rows is only known when it compiles: see :class:`_DeleteIntoHistory`."""
+    if statement._independent_ctes:
+        return False
+    where = statement.whereclause
+    if where is None:
+        return True
+    return not any(isinstance(element, sa.CTE) for element in visitors.iterate(where))
+
+
+class _DeleteIntoHistory(sa.Delete):
+    """A versioned ORM bulk DELETE that writes its history rows from its RETURNING.
+
+    Rendered as::
+
+        WITH chrononaut_d AS (DELETE FROM t WHERE <user's WHERE>
+                              RETURNING <key>, version, <tracked>, valid_from)
+        INSERT INTO t_history (...)
+        SELECT d.<key>, d.<tracked>, d.valid_from, d.version, <changed>, <change_info>
+        FROM chrononaut_d d [LEFT JOIN (<exceptional rows>) chrononaut_x ON key]
+
+    A DELETE's RETURNING gives each row as it was when deleted (also after waiting
+    on a concurrent writer at READ COMMITTED), so no lock-first SELECT and no join
+    back are needed. The statement's row count is the INSERT's: one history row
+    per deleted row, so it equals the rows deleted (a pinned ``(key, version)``
+    DELETE relies on it). SQLAlchemy still compiles and executes it as the ORM
+    DELETE it is (the WHERE, a single-table subclass's discriminator and
+    ``synchronize_session`` "evaluate"/False work as for the user's statement).
+
+    A DELETE that must return rows (the user's ``returning(...)``, or the keys
+    ``synchronize_session="fetch"`` reads back, also when "auto" falls back to it)
+    is compiled as ``_chrononaut_fallback`` instead, the lock-first statement of
+    :class:`_OneStatement`: its rows are the DELETE's own.
+    """
+
+    inherit_cache = True
+    _chrononaut_returned: tuple[Any, ...]
+    _chrononaut_history: Any
+    _chrononaut_fallback: Any
+    # Part of the cache key: statements that differ only in these (exceptional
+    # rows, the fallback's CTEs) must not share a compiled form.
+    _traverse_internals = [
+        *sa.Delete._traverse_internals,
+        ("_chrononaut_returned", InternalTraversal.dp_clauseelement_tuple),
+        ("_chrononaut_history", InternalTraversal.dp_clauseelement),
+        ("_chrononaut_fallback", InternalTraversal.dp_clauseelement),
+    ]
+
+
+@compiles(_DeleteIntoHistory)
+def _compile_delete_into_history(element: _DeleteIntoHistory, compiler: Any, **kw: Any) -> str:
+    # The ORM adds RETURNING of the keys for "fetch" when it compiles the DELETE
+    # (the resolved strategy is in the statement's annotations by then).
+    returns_rows = bool(element._returning) or (
+        compiler._annotations.get("synchronize_session") == "fetch"
+    )
+    if returns_rows or compiler.stack or kw.get("visiting_cte") is not None:
+        return str(compiler.process(element._chrononaut_fallback, **kw))
+    text = str(compiler.visit_delete(element, **kw))
+    if compiler.implicit_returning or compiler.returning:
+        raise ChrononautException("internal error: a history-writing DELETE returned rows")
+    quote = compiler.preparer.quote
+    returning = ", ".join(
+        f"{quote(label.element.name)} AS {quote(label.name)}"
+        for label in element._chrononaut_returned
+    )
+    # Rendered as a statement nested in this one, like an INSERT in a WITH: it
+    # must not become the compiled statement's own (its flags, its RETURNING).
+    compiler.stack.append({"correlate_froms": set(), "asfrom_froms": set(), "selectable": element})
+    try:
+        history = str(compiler.process(element._chrononaut_history, **kw))
+    finally:
+        compiler.stack.pop(-1)
+    return f"WITH chrononaut_d AS ({text} RETURNING {returning}) {history}"
+
+
 def _pk_columns(meta: VersionMeta) -> list[sa.Column[Any]]:
     table = meta.version_column.table
     return [table.c[col_key] for _, col_key in meta.tables[0].pk]
@@ -816,11 +895,13 @@ class _OneStatement:
         old = old_rows.with_for_update(of=table).cte("chrononaut_o")
 
         changed = sa.bindparam("chrononaut_changed", changed_at, type_=sa.DateTime(timezone=True))
-        info: Any = sa.bindparam("chrononaut_ci", shared, type_=JSONB())
+        info_shared = sa.bindparam("chrononaut_ci", shared, type_=JSONB())
+        info: Any = info_shared
         source: Any = old
-        extra = None
+        extra = extra_rows = None
         if exceptional:
-            extra = self._exceptional_rows(exceptional)
+            extra_rows = self._exceptional_rows(exceptional)
+            extra = extra_rows.cte("chrononaut_x")
             source = old.outerjoin(
                 extra,
                 sa.and_(*[old.c[f"k{i}"] == extra.c[f"k{i}"] for i in range(len(pk_columns))]),
@@ -838,20 +919,22 @@ class _OneStatement:
                 ),
                 else_=info,
             )
-        copied: list[Any] = []
+        # The history columns in order, by their label in chrononaut_o.
+        copied_from: list[str] = []
         targets: list[Any] = []
         j = 0
         for (_, column), (_, col_key) in zip(tracked, tmap.columns, strict=True):
             targets.append(history.c[col_key])
             if column.name in pk_names:
-                copied.append(old.c[f"k{[c.name for c in pk_columns].index(column.name)}"])
+                copied_from.append(f"k{[c.name for c in pk_columns].index(column.name)}")
             else:
-                copied.append(old.c[f"t{j}"])
+                copied_from.append(f"t{j}")
                 j += 1
+        targets.append(history.c[VALID_FROM_KEY])
+        copied_from.append("vf")
+        copied = [old.c[label] for label in copied_from]
         # The old version ends where the new one begins; never before it began.
         ended = sa.func.greatest(changed, old.c.vf, type_=sa.DateTime(timezone=True))
-        targets.append(history.c[VALID_FROM_KEY])
-        copied.append(old.c.vf)
         rows = sa.select(*copied, old.c.v, ended, sa.type_coerce(info, JSONB())).select_from(source)
         if not delete:
             rows = rows.where(old.c.chg)
@@ -879,6 +962,10 @@ class _OneStatement:
         if extra is not None:
             main = main.add_cte(extra)
         main = main.add_cte(history_rows)
+        if delete and _returning_form_possible(statement):
+            main = self._returning_form(
+                statement, main, copied_from, targets, changed, info_shared, extra_rows
+            )
 
         result = state.invoke_statement(statement=main)
         if _pinned_row(statement.whereclause, meta) is not None:
@@ -895,6 +982,65 @@ class _OneStatement:
         if exceptional:
             self._written(exceptional, changed_at)
         return result
+
+    def _returning_form(
+        self,
+        statement: Any,
+        fallback: Any,
+        copied_from: list[str],
+        targets: list[Any],
+        changed: Any,
+        info: Any,
+        extra_rows: Any,
+    ) -> Any:
+        """The user's DELETE as a :class:`_DeleteIntoHistory`: the deleted rows, as
+        its ``RETURNING`` gives them, copied into the history table (``fallback``:
+        the lock-first statement, sent instead when the DELETE must return rows)."""
+        meta = self.meta
+        table = meta.version_column.table
+        pk_columns = _pk_columns(meta)
+        pk_names = {column.name for column in pk_columns}
+        history = meta.tables[0].history
+        # What chrononaut_o selects, under the same labels (see run()).
+        returned: list[Any] = [column.label(f"k{i}") for i, column in enumerate(pk_columns)]
+        returned.append(table.c[meta.version_column.key].label("v"))
+        non_key = [
+            table.c[col_key]
+            for _, col_key in meta.tables[0].columns
+            if table.c[col_key].name not in pk_names
+        ]
+        returned.extend(column.label(f"t{j}") for j, column in enumerate(non_key))
+        returned.append(table.c[VALID_FROM_KEY].label("vf"))
+        # A name only (a TableClause: no schema, so schema_translate_map leaves it).
+        deleted = sa.table(
+            "chrononaut_d", *[sa.column(label.name, label.element.type) for label in returned]
+        )
+        source: Any = deleted
+        if extra_rows is not None:
+            # A derived table, not a CTE: this INSERT is rendered after the
+            # DELETE's own WITH would be.
+            extra = extra_rows.subquery("chrononaut_x")
+            source = deleted.outerjoin(
+                extra,
+                sa.and_(*[deleted.c[f"k{i}"] == extra.c[f"k{i}"] for i in range(len(pk_columns))]),
+            )
+            info = sa.func.coalesce(extra.c.ci, info, type_=JSONB())
+        ended = sa.func.greatest(changed, deleted.c.vf, type_=sa.DateTime(timezone=True))
+        rows = sa.select(
+            *[deleted.c[label] for label in copied_from],
+            deleted.c.v,
+            ended,
+            sa.type_coerce(info, JSONB()),
+        ).select_from(source)
+        history_rows = _NestedInsert(history).from_select(
+            [*targets, history.c.version, history.c.changed, history.c.change_info], rows
+        )
+        main = _DeleteIntoHistory.__new__(_DeleteIntoHistory)
+        main.__dict__ = statement._generate().__dict__
+        main._chrononaut_returned = tuple(returned)
+        main._chrononaut_history = history_rows
+        main._chrononaut_fallback = fallback
+        return main
 
     def _exceptional(
         self, builder: ChangeInfoBuilder, shared: dict[str, Any], delete: bool
@@ -933,7 +1079,7 @@ class _OneStatement:
             *[sa.column(f"k{i}", c.type) for i, c in enumerate(pk_columns)],
             sa.column("ci", JSONB()),
         )
-        return sa.select(*rows.render_derived(name="x").c).cte("chrononaut_x")
+        return sa.select(*rows.render_derived(name="x").c)
 
     def _written(
         self,
@@ -1087,7 +1233,7 @@ class _Upsert(_OneStatement):
         )
         extra = None
         if exceptional:
-            extra = self._exceptional_rows(exceptional)
+            extra = self._exceptional_rows(exceptional).cte("chrononaut_x")
             source = source.outerjoin(
                 extra,
                 sa.and_(*[old.c[f"k{i}"] == extra.c[f"k{i}"] for i in range(len(pk_columns))]),

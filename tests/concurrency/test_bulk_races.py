@@ -194,3 +194,79 @@ def test_upsert_after_concurrent_commit_is_captured(db: VersionedSQLAlchemy, Cou
         assert conn.execute(sa.text("SELECT n, version FROM counter WHERE id = 1")).one() == (9, 1)
         rows = conn.execute(sa.text("SELECT version, n FROM counter_history")).all()
     assert [tuple(r) for r in rows] == [(0, 0)]
+
+
+def _flush_until_deleted(
+    factory: Any, Counter: Any, committed: dict[int, int], errors: list[Any]
+) -> None:
+    """ORM read-modify-write cycles on every row until a concurrent DELETE removed it
+    (retried on StaleWriteError); ``committed`` counts each row's committed increments."""
+    try:
+        alive = set(range(1, ROWS + 1))
+        for _ in range(ROUNDS * 4):
+            for row_id in sorted(alive):
+                while True:
+                    session: Session = factory()
+                    try:
+                        counter: Any = session.get(Counter, row_id)
+                        if counter is None:
+                            alive.discard(row_id)
+                            break
+                        counter.n = counter.n + 1
+                        session.commit()
+                        committed[row_id] += 1
+                        break
+                    except StaleWriteError:
+                        session.rollback()
+                    finally:
+                        session.close()
+            if not alive:
+                return
+    except BaseException as exc:
+        errors.append(exc)
+
+
+@pytest.mark.parametrize("mode", ["auto", "fetch"])
+def test_bulk_delete_racing_flushes(
+    db: VersionedSQLAlchemy, Counter: Any, app: Flask, mode: str
+) -> None:
+    """A bulk DELETE amid ORM flushes on the same rows: every committed increment is in
+    history, versions contiguous, the last row the deleted state ("auto": the DELETE
+    ... RETURNING form; "fetch": the lock-first form)."""
+    _seed(db, Counter)
+    factory = db.session.session_factory
+    errors: list[BaseException] = []
+    committed = {row_id: 0 for row_id in range(1, ROWS + 1)}
+
+    def delete_all() -> None:
+        try:
+            while sum(committed.values()) < ROWS * 3:
+                time.sleep(0.005)
+            with factory() as session:
+                statement = sa.delete(Counter).where(Counter.id <= ROWS)
+                session.execute(statement.execution_options(synchronize_session=mode))
+                session.commit()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        _in_app(app, _flush_until_deleted, factory, Counter, committed, errors),
+        _in_app(app, delete_all),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM counter")).scalar() == 0
+        history = conn.execute(
+            sa.text("SELECT id, version, n, change_info FROM counter_history ORDER BY id, version")
+        ).all()
+    for row_id in range(1, ROWS + 1):
+        mine = [(v, n) for i, v, n, _ in history if i == row_id]
+        # one row per version, each holding that version's value; the last is the
+        # final state, holding every committed increment
+        assert mine == [(v, v) for v in range(committed[row_id] + 1)]
+        infos = [info for i, _, _, info in history if i == row_id]
+        assert [info.get("deleted") for info in infos] == [None] * committed[row_id] + [True]
