@@ -828,12 +828,13 @@ class _OneStatement:
         FROM chrononaut_o o WHERE <user's WHERE> AND t.<key> = o.<key>
         [RETURNING <user's columns>]
 
-    (DELETE: ``DELETE FROM t USING chrononaut_o ...``, every row gets a history
-    row.) Hidden columns are compared inside the database; only their names come
+    (DELETE: ``DELETE FROM t USING chrononaut_o ...``, every row gets a history row;
+    a DELETE that returns no rows is sent as the cheaper :class:`_DeleteIntoHistory`
+    instead.) Hidden columns are compared inside the database; only their names come
     out, into change_info. change_info shared by all rows is sent once;
     ``chrononaut_x`` (an ``unnest`` of two small arrays) carries the rows whose
-    change_info differs: records of the identity map locked in this session or
-    with ``append_change_info`` notes.
+    change_info differs: records of the identity map locked in this session or with
+    ``append_change_info`` notes.
     """
 
     def __init__(self, settings: Settings, state: ORMExecuteState, meta: VersionMeta) -> None:

@@ -14,8 +14,13 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from chrononaut import StaleWriteError, Versioned, VersionedSQLAlchemy, append_change_info
-from chrononaut import versioned_session
+from chrononaut import (
+    StaleWriteError,
+    Versioned,
+    VersionedSQLAlchemy,
+    append_change_info,
+    versioned_session,
+)
 
 PLAIN = {"user_id": None, "remote_addr": None}
 DELETED = {**PLAIN, "deleted": True}
