@@ -292,3 +292,16 @@ def test_schema_translate_map(database_url: str) -> None:
         with plain.begin() as conn:
             conn.execute(sa.text("DROP SCHEMA IF EXISTS tenant_d CASCADE"))
         plain.dispose()
+
+
+def test_compiled_form_follows_sync_mode(db: VersionedSQLAlchemy, trio: Any, User: Any) -> None:
+    """The same DELETE run with "evaluate", then "fetch", then False gets the form each needs."""
+    forms = []
+    for row_id, mode in [(1, "evaluate"), (2, "fetch"), (3, False)]:
+        statement = sa.delete(User).where(User.id == row_id)
+        with sent(db.engine) as seen:
+            db.session.execute(statement.execution_options(synchronize_session=mode))
+        forms.append(seen[0].startswith(RETURNING_FORM))
+    assert forms == [True, False, True]
+    db.session.commit()
+    assert _live(db) == []
