@@ -336,6 +336,8 @@ def _statements(leases: sa.Table) -> dict[str, Any]:
         "check": check,
         "check_mine": check.add_cte(cleared),
         "check_mine_delete": check.add_cte(cleared).add_cte(gone),
+        "cleared": cleared,
+        "gone": gone,
     }
 
 
@@ -351,15 +353,14 @@ def _utc_isoformat(column: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
     ``2026-12-01T10:05:00.120000+00:00``, and without the fraction when the
     microseconds are 0 (Python omits it then). ``to_char`` of the UTC wall-clock
     time, because both ``to_char(timestamptz)`` and ``to_jsonb`` depend on the
-    session's ``TimeZone`` and ``to_jsonb`` also trims trailing zeros.
+    session's ``TimeZone`` and ``to_jsonb`` also trims trailing zeros. One
+    ``to_char`` and one ``replace``: psycopg2 sends every check unprepared, and
+    each call and ``||`` is resolved again each time.
     """
     utc = sa.func.timezone(_sql_text("UTC"), column, type_=sa.DateTime())
+    text = sa.func.to_char(utc, _sql_text('YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), type_=sa.Text)
     # '.000000' is the whole fraction exactly when there are no microseconds.
-    fraction = sa.func.replace(
-        sa.func.to_char(utc, _sql_text(".US")), _sql_text(".000000"), _sql_text(""), type_=sa.Text
-    )
-    seconds = sa.func.to_char(utc, _sql_text('YYYY-MM-DD"T"HH24:MI:SS'), type_=sa.Text)
-    return seconds + fraction + _sql_text("+00:00")
+    return sa.func.replace(text, _sql_text(".000000+"), _sql_text("+"), type_=sa.Text)
 
 
 def _lease_json(leases: Any) -> sa.ColumnElement[Any]:
@@ -399,14 +400,19 @@ def _typed_array(name: str, type_: Any) -> sa.Cast[Any]:
     return _typed(name, ARRAY(type_))
 
 
-def _noted_cte(leases: sa.Table, spec: _HistorySpec, j: int, single: bool) -> Any:
-    """``UPDATE <history> SET change_info = change_info || {"lease": ...}`` for the
-    history rows (key, version) named by the parameters ``chrononaut_n<j>_*`` whose
-    record has a live lease of the acting user and whose change_info has no
-    "lease" yet. ``single``: one row, plain parameters (a cheaper plan for the
-    one-record flush of a request); else arrays that ``unnest`` turns into rows."""
+def _noted_cte(found: Any, spec: _HistorySpec, j: int, single: bool) -> Any:
+    """``UPDATE <history> SET change_info["lease"] = ...`` for the history rows
+    (key, version) named by the parameters ``chrononaut_n<j>_*`` whose record has
+    a lease of the acting user among the check's rows ``found`` and whose
+    change_info has no "lease" yet.
+
+    ``single``: one row, plain parameters (a cheaper plan for the one-record
+    flush of a request); else arrays that ``unnest`` turns into rows. Joining
+    ``found`` rather than the lease table again keeps the plan small: psycopg2
+    sends the check unprepared, and this CTE is planned and started for every
+    check of a free record too.
+    """
     history, key_columns = spec
-    held = leases.alias(f"chrononaut_lease_{j}")
     types = [history.c[k].type for k in key_columns]
     if single:
         # A one-row subquery of plain parameters (PostgreSQL pulls it up: the plan
@@ -438,18 +444,16 @@ def _noted_cte(leases: sa.Table, spec: _HistorySpec, j: int, single: bool) -> An
     return (
         sa.update(history)
         .where(
-            held.c.table_name == sa.bindparam("t", type_=sa.Text),
-            held.c.record_key == record_key,
-            held.c.expires_at > sa.func.now(),
-            held.c.user_id == sa.bindparam("actor", type_=sa.Text),
+            found.c.user_id == sa.bindparam("actor", type_=sa.Text),
+            found.c.record_key == record_key,
             *[history.c[k] == value for k, value in zip(key_columns, keys, strict=True)],
             history.c.version == version,
             sa.not_(change_info.has_key("lease")),
         )
         .values(
             {
-                change_info: change_info.op("||", return_type=JSONB)(
-                    sa.func.jsonb_build_object(_sql_text("lease"), _lease_json(held), type_=JSONB)
+                change_info: sa.func.jsonb_set(
+                    change_info, _sql_text("{lease}"), _lease_json(found), type_=JSONB
                 )
             }
         )
@@ -465,14 +469,20 @@ def _noted_check(
     adds ``change_info["lease"]`` to the history rows the flush just wrote for the
     holder, when the transaction did not know the lease before the flush.
 
+    The check's SELECT is a CTE (``chrononaut_lease_found``) that the main query
+    returns and the history ``UPDATE`` joins: the lease table is read once.
     One statement, so one snapshot: the CTEs read the lease rows as they were
     before ``chrononaut_lease_cleared`` clears a takeover, and the history rows
     record ``took_over_from`` like the lease the check returns. A refused flush
     raises after this statement and rolls back with everything it wrote.
     """
-    statement = _statements(leases)["check_mine_delete" if deleting else "check_mine"]
+    statements = _statements(leases)
+    found = statements["check"].cte("chrononaut_lease_found")
+    statement = sa.select(*found.c).add_cte(statements["cleared"])
+    if deleting:
+        statement = statement.add_cte(statements["gone"])
     for j, spec in enumerate(histories):
-        statement = statement.add_cte(_noted_cte(leases, spec, j, single))
+        statement = statement.add_cte(_noted_cte(found, spec, j, single))
     return statement
 
 
