@@ -16,8 +16,10 @@ import pytest
 import sqlalchemy as sa
 
 from chrononaut import StaleWriteError, Versioned, VersionedSQLAlchemy, acting_as
+from chrononaut.versioning import _capture as capture
 
-#: statements a successful flush of one changed record sends, per model
+#: statements a successful flush of one changed record sends, per model (Note's
+#: one-statement path; the suite also runs with it turned off: then 2)
 _FLUSH_STATEMENTS = {"Note": 1, "Stamped": 2, "Dog": 3}
 
 
@@ -170,7 +172,10 @@ def test_successful_flush_sends_no_extra_statement(
     statements.clear()
     record.title = "d"
     db.session.flush()
-    assert len(statements) == _FLUSH_STATEMENTS[model.__name__]
+    expected = _FLUSH_STATEMENTS[model.__name__]
+    if model.__name__ == "Note" and not capture.fast_path_enabled:
+        expected = 2
+    assert len(statements) == expected
     db.session.rollback()
 
 
