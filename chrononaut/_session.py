@@ -74,6 +74,9 @@ def _explain_stale_writes(cls: type[Session]) -> None:
             raise explain_stale_write(self, candidates, exc) from exc
         finally:
             end_flushing(token)
+            # Left only when the rollback itself failed (another error propagates):
+            # it must not be taken for a later flush's explanation.
+            self.info.pop(EXPLAINED_KEY, None)
 
     flush.__doc__ = original.__doc__
     flush.__wrapped__ = original  # type: ignore[attr-defined]
