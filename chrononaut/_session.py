@@ -69,7 +69,9 @@ def _explain_stale_writes(cls: type[Session]) -> None:
 
             explained = self.info.pop(EXPLAINED_KEY, None)
             candidates = self.info.pop(CANDIDATES_KEY, None) or []
-            if isinstance(explained, StaleWriteError):
+            if isinstance(explained, Exception):
+                # The explanation read before the rollback, or the error of that
+                # read when it lost the connection (nothing left to read on).
                 raise explained from exc
             raise explain_stale_write(self, candidates, exc) from exc
         finally:

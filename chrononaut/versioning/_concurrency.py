@@ -54,7 +54,8 @@ __all__ = [
 #: ``session.info`` key: ``(record, version the session had)`` for each versioned
 #: record the running flush updates or deletes (set by history capture).
 CANDIDATES_KEY = "chrononaut.flush_candidates"
-#: ``session.info`` key: the StaleWriteError built before a failed flush's rollback.
+#: ``session.info`` key: the StaleWriteError built before a failed flush's rollback
+#: (or the error that lost the connection while building it).
 EXPLAINED_KEY = "chrononaut.stale_explained"
 
 
@@ -494,9 +495,13 @@ def _explain_before_rollback(connection: sa.Connection) -> None:
             if (bind.engine if isinstance(bind, sa.Connection) else bind) is not engine:
                 continue  # another bind's connection: explained when it rolls back
             error = stale_write_error(connection, obj, expected)
-        except sa.exc.SQLAlchemyError:
-            # Never let the explanation stop the rollback; the flush wrapper reads
-            # again after it (the fallback it always had).
+        except sa.exc.SQLAlchemyError as failed:
+            # Never let the explanation stop the rollback. The flush wrapper reads
+            # again after it (the fallback it always had) unless the connection is
+            # gone (a terminated backend): then it raises this error, as a read
+            # after the rollback would have.
+            if connection.invalidated or connection.closed:
+                session.info[EXPLAINED_KEY] = failed
             return
         if error is not None:
             session.info[EXPLAINED_KEY] = error

@@ -9,6 +9,7 @@ an ``onupdate`` column, and ``Dog``, a joined-inheritance subclass).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -225,3 +226,37 @@ def test_stale_copy_in_savepoint(db: VersionedSQLAlchemy, model: Any) -> None:
     db.session.rollback()
     assert (caught.value.expected_version, caught.value.current_version) == (0, 1)
     assert caught.value.record is record
+
+
+def test_connection_lost_while_explaining(db: VersionedSQLAlchemy, model: Any) -> None:
+    """A backend terminated before the explaining read fails the flush with the
+    driver's error (a fault to retry), not with a session left needing rollback."""
+    victim = db.session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    _stale_copy(db, model)
+    seen: list[str] = []
+
+    def terminate(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # The first SELECT after the stale UPDATE is the explanation's.
+        word = statement.lstrip().split(None, 1)[0].upper()
+        seen.append(word)
+        if word != "SELECT" or "UPDATE" not in seen or seen.count("SELECT") > 1:
+            return
+        with db.engine.connect() as admin:
+            admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": victim})
+            for _ in range(200):
+                gone = admin.execute(
+                    sa.text("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = :pid)"),
+                    {"pid": victim},
+                ).scalar_one()
+                if gone:
+                    break
+                time.sleep(0.01)
+
+    sa.event.listen(db.engine, "before_cursor_execute", terminate)
+    try:
+        with pytest.raises(sa.exc.OperationalError):
+            db.session.flush()
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", terminate)
+    db.session.rollback()
+    assert cast(Any, db.session.get(model, 1)).version == 0
