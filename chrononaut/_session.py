@@ -20,14 +20,21 @@ from sqlalchemy.orm.exc import StaleDataError
 from chrononaut._leases import _install_listeners as install_lease_listeners
 from chrononaut._leases import lease_change_info
 from chrononaut.errors import ChrononautException, StaleWriteError
-from chrononaut.versioning._capture import CANDIDATES_KEY, Capture
+from chrononaut.versioning._capture import Capture
 from chrononaut.versioning._change_info import (
     Settings,
     StaticSettings,
     drop_rolled_back,
     register_change_info_provider,
 )
-from chrononaut.versioning._concurrency import drop_expected_versions
+from chrononaut.versioning._concurrency import (
+    CANDIDATES_KEY,
+    EXPLAINED_KEY,
+    drop_expected_versions,
+    end_flushing,
+    flushing,
+    watch_rollbacks,
+)
 from chrononaut.versioning._meta import meta_of
 
 __all__ = ["versioned_session"]
@@ -43,10 +50,16 @@ def _explain_stale_writes(cls: type[Session]) -> None:
     SQLAlchemy has no event through which a flush error can be replaced, so the
     flush method of the class we were given is wrapped (for a sessionmaker, the
     private subclass it made for itself).
+
+    The flush's rollback undoes what the transaction did before it, so the error
+    is built from the engine's ``rollback`` event, before the ROLLBACK (see
+    ``versioning._concurrency``); only when that found nothing is the row read
+    again afterwards.
     """
     original = cls.flush
 
     def flush(self: Session, objects: Any = None) -> None:
+        token = flushing(self)
         try:
             original(self, objects)
         except StaleDataError as exc:
@@ -54,8 +67,18 @@ def _explain_stale_writes(cls: type[Session]) -> None:
                 raise
             from chrononaut.versioning._concurrency import explain_stale_write
 
+            explained = self.info.pop(EXPLAINED_KEY, None)
             candidates = self.info.pop(CANDIDATES_KEY, None) or []
+            if isinstance(explained, Exception):
+                # The explanation read before the rollback, or the error of that
+                # read when it lost the connection (nothing left to read on).
+                raise explained from exc
             raise explain_stale_write(self, candidates, exc) from exc
+        finally:
+            end_flushing(token)
+            # Left only when the rollback itself failed (another error propagates):
+            # it must not be taken for a later flush's explanation.
+            self.info.pop(EXPLAINED_KEY, None)
 
     flush.__doc__ = original.__doc__
     flush.__wrapped__ = original  # type: ignore[attr-defined]
@@ -106,6 +129,8 @@ def _listen(target: Any, settings: Settings) -> None:
     event.listen(target, "before_flush", capture.before_flush)
     event.listen(target, "after_flush", capture.after_flush)
     event.listen(target, "do_orm_execute", capture.do_orm_execute)
+    # A failed flush is explained before its rollback, on the engine's event.
+    event.listen(target, "after_begin", watch_rollbacks)
     # Appended change_info is meant for its transaction only.
     event.listen(target, "after_soft_rollback", drop_rolled_back)
     event.listen(target, "after_soft_rollback", drop_expected_versions)

@@ -30,6 +30,7 @@ from chrononaut.versioning._change_info import (
     consume_appended,
 )
 from chrononaut.versioning._concurrency import (
+    CANDIDATES_KEY,
     any_expected_version,
     check_expected_version,
     forget_expected_version,
@@ -49,7 +50,6 @@ from chrononaut.versioning._writes import (
 __all__ = ["Capture"]
 
 PENDING_KEY = "chrononaut.pending_history"
-CANDIDATES_KEY = "chrononaut.flush_candidates"
 _BULK_GUARD = "chrononaut_bulk_internal"
 
 

@@ -5,18 +5,30 @@ SQLAlchemy's ``version_id_col`` detects a stale UPDATE or DELETE (its row count 
 Chrononaut turns that into a :class:`~chrononaut.StaleWriteError` that names the
 record, the version the session had, the row's version now and the history rows
 in between: who changed what, and when.
+
+A failed flush rolls its database transaction back, and with it any change the
+same transaction made before (an ORM bulk ``UPDATE`` with
+``synchronize_session=False`` that left a loaded copy behind). So the row and its
+history are read *before* that rollback, from the engine's ``rollback`` event,
+on the connection and in the transaction the flush failed in; the read after the
+rollback stays as the fallback. A successful flush never reaches that event.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
+import threading
 import weakref
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm.state import InstanceState
 
 from chrononaut.errors import _NO_USER, ChrononautException, StaleWriteError
@@ -26,13 +38,25 @@ if TYPE_CHECKING:
     from chrononaut.versioning._meta import VersionMeta
 
 __all__ = [
+    "CANDIDATES_KEY",
+    "EXPLAINED_KEY",
     "OptimisticMixin",
     "changed_fields",
     "check_expected_version",
+    "end_flushing",
     "explain_stale_write",
+    "flushing",
     "parse_version",
     "stale_write_error",
+    "watch_rollbacks",
 ]
+
+#: ``session.info`` key: ``(record, version the session had)`` for each versioned
+#: record the running flush updates or deletes (set by history capture).
+CANDIDATES_KEY = "chrononaut.flush_candidates"
+#: ``session.info`` key: the StaleWriteError built before a failed flush's rollback
+#: (or the error that lost the connection while building it).
+EXPLAINED_KEY = "chrononaut.stale_explained"
 
 
 # Versions that came back from a client, per record (identity, not __eq__).
@@ -282,6 +306,24 @@ def _reading_on(where: sa.Engine | sa.Connection | Session, mapper: Any) -> Iter
             conn.rollback()
 
 
+def _row_source(meta: VersionMeta) -> sa.FromClause:
+    """The live tables of ``meta``'s class, the root table outer-joined to each
+    joined-inheritance table below it.
+
+    Outer, because this is also read inside a failing flush, which may already
+    have deleted a subclass table's row before its version-checked DELETE of the
+    root row failed; the version is in the root table.
+    """
+    chain = list(meta.mapper.iterate_to_root())[::-1]
+    source: sa.FromClause = chain[0].local_table
+    previous = chain[0].local_table
+    for mapper in chain[1:]:
+        if mapper.local_table is not previous and mapper.inherit_condition is not None:
+            source = source.outerjoin(mapper.local_table, mapper.inherit_condition)
+            previous = mapper.local_table
+    return source
+
+
 def stale_write_error(
     session_bind: sa.Engine | sa.Connection | Session,
     obj: Any,
@@ -316,9 +358,9 @@ def stale_write_error(
     tracked_cols = [meta.columns[key] for key in meta.tracked]
     with _reading_on(session_bind, meta.mapper) as connection:
         row = connection.execute(
-            sa.select(version_col, *tracked_cols).where(
-                *[c == v for c, v in zip(pk_cols, pk, strict=True)]
-            )
+            sa.select(version_col, *tracked_cols)
+            .select_from(_row_source(meta))
+            .where(*[c == v for c, v in zip(pk_cols, pk, strict=True)])
         ).one_or_none()
         current_version: int | None = None if row is None else row[0]
         if current_version == expected_version:
@@ -380,3 +422,87 @@ def explain_stale_write(
         f"{original} Another transaction changed or deleted a row this flush was "
         f"based on; reload and apply the change again."
     )
+
+
+# The session whose flush is running in this thread / task (set by the wrapped
+# ``Session.flush``): the engine's rollback event names only a connection.
+_flushing: ContextVar[Session | None] = ContextVar("chrononaut_flushing", default=None)
+
+# Engines whose rollback event has our listener (a set lookup per transaction
+# instead of event.contains(); the lock only guards the first registration).
+_watched: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+_watch_lock = threading.Lock()
+
+
+def flushing(session: Session | None) -> Any:
+    """Mark ``session`` as flushing in this context; returns the token to reset."""
+    return _flushing.set(session)
+
+
+def end_flushing(token: Any) -> None:
+    """Undo :func:`flushing`."""
+    _flushing.reset(token)
+
+
+def watch_rollbacks(
+    session: Session, transaction: SessionTransaction, connection: sa.Connection
+) -> None:
+    """``after_begin`` listener: have ``connection``'s engine report rollbacks to
+    :func:`_explain_before_rollback` (registered once per engine).
+
+    The listener is on the engine because SQLAlchemy offers no session event
+    between a flush's failure and its rollback; a commit never calls it.
+    """
+    engine = connection.engine
+    if engine in _watched:
+        return
+    with _watch_lock:
+        if engine not in _watched:
+            if not event.contains(engine, "rollback", _explain_before_rollback):
+                event.listen(engine, "rollback", _explain_before_rollback)
+            _watched.add(engine)
+
+
+def _explain_before_rollback(connection: sa.Connection) -> None:
+    """Engine ``rollback`` listener: when a versioned session's flush failed with
+    ``StaleDataError``, build its StaleWriteError now, while ``connection`` is
+    still in the transaction the flush saw (``session.info[EXPLAINED_KEY]``).
+
+    Runs before SQLAlchemy sends ROLLBACK: the read needs no SAVEPOINT and sees
+    what this transaction wrote itself (a same-transaction bulk ``UPDATE`` and its
+    history rows). Any other rollback returns at the first checks.
+    """
+    session = _flushing.get()
+    if session is None or EXPLAINED_KEY in session.info:
+        return
+    # The flush rolls back from within its ``except`` clause: the exception being
+    # handled is the flush's failure.
+    failure = sys.exc_info()[1]
+    if not isinstance(failure, StaleDataError) or isinstance(failure, StaleWriteError):
+        return
+    candidates = session.info.get(CANDIDATES_KEY)
+    if not candidates or not connection.in_transaction():
+        return
+    engine = connection.engine
+    for obj, expected in candidates:
+        if expected is None:
+            continue
+        meta = meta_of(type(obj))
+        if meta is None:
+            continue
+        try:
+            bind = session.get_bind(mapper=meta.mapper)
+            if (bind.engine if isinstance(bind, sa.Connection) else bind) is not engine:
+                continue  # another bind's connection: explained when it rolls back
+            error = stale_write_error(connection, obj, expected)
+        except sa.exc.SQLAlchemyError as failed:
+            # Never let the explanation stop the rollback. The flush wrapper reads
+            # again after it (the fallback it always had) unless the connection is
+            # gone (a terminated backend): then it raises this error, as a read
+            # after the rollback would have.
+            if connection.invalidated or connection.closed:
+                session.info[EXPLAINED_KEY] = failed
+            return
+        if error is not None:
+            session.info[EXPLAINED_KEY] = error
+            return

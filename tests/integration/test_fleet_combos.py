@@ -64,12 +64,6 @@ def test_stale_copy_after_unsynchronised_bulk_update_is_explained(
         session.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the failed flush rolls back the same transaction's bulk UPDATE before the "
-    "explanation reads the row, so StaleWriteError has expected_version=None, "
-    "current_version=None, record=None (versioning/_concurrency.explain_stale_write)",
-)
 def test_stale_copy_in_same_transaction_carries_versions(small_db: VersionedSQLAlchemy) -> None:
     """A stale copy's flush after this transaction's bulk UPDATE names its version."""
     Card = _model(small_db)
