@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import array as pg_array
 from sqlalchemy.dialects.postgresql.dml import OnConflictDoUpdate
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm.state import InstanceState
@@ -29,7 +29,13 @@ from chrononaut._context import versioning_suppressed
 from chrononaut.errors import ChrononautException, StaleWriteError
 from chrononaut.versioning._change_info import ChangeInfoBuilder, Settings, consume_appended
 from chrononaut.versioning._concurrency import _expected, forget_expected_version, stale_write_error
-from chrononaut.versioning._meta import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
+from chrononaut.versioning._meta import (
+    VALID_FROM_KEY,
+    VERSION_KEY,
+    TableMap,
+    VersionMeta,
+    meta_of,
+)
 from chrononaut.versioning._writes import _Batch, _now, _require_context, ends_at, next_version
 
 __all__ = ["run_bulk"]
@@ -405,6 +411,11 @@ class _BulkStatement:
             # hand-written optimistic check: if that version is gone, say so.
             self._check_pinned(statement if restrict else None, params)
             return None
+        if state.is_delete:
+            # Before the statement: deleting the base rows may cascade to them.
+            _write_descendant_history(
+                self.session, meta, {pk: values[VERSION_KEY] for pk, values in old.items()}
+            )
         invoke: dict[str, Any] = {}
         if restrict:
             statement = statement.where(self._pk_clause(list(old)))  # type: ignore[attr-defined]
@@ -495,6 +506,9 @@ class _BulkStatement:
                 .values({version_col.key: version_col + 1, valid_from.key: ended})
             )
             batch.write(self.session)
+            _write_descendant_history(
+                self.session, meta, {pk: old[pk][VERSION_KEY] for pk in bumped}
+            )
             # SPEC §2: loaded records learn their new version only where SQLAlchemy
             # synchronises the statement's values into the session.
             synchronised = _sync_mode(state) is not False
@@ -619,12 +633,67 @@ def _volatile(clauses: list[Any]) -> bool:
     return False
 
 
+def _joined_descendants(meta: VersionMeta) -> list[tuple[VersionMeta, TableMap]]:
+    """The history tables of joined-table subclasses below ``meta``'s class that
+    ``meta``'s own history does not cover, each with its subclass.
+
+    A bulk statement on a base class changes (or deletes) subclass rows too; each
+    such row's version needs a row in these tables as well, or the subclass's
+    history (an inner join of its history tables) loses that version.
+    """
+    known = {tmap.history for tmap in meta.tables}
+    found: list[tuple[VersionMeta, TableMap]] = []
+    for mapper in meta.mapper.self_and_descendants:
+        sub = meta_of(mapper.class_)
+        if sub is None or sub is meta:
+            continue
+        for tmap in sub.tables:
+            if tmap.history not in known:
+                known.add(tmap.history)
+                found.append((sub, tmap))
+    return found
+
+
+def _write_descendant_history(
+    session: Session, meta: VersionMeta, versions: dict[tuple[Any, ...], int]
+) -> None:
+    """Copy the subclass parts of the rows ``versions`` names (primary key in
+    ``meta.pk_keys`` order -> the version their history rows hold) into the
+    subclasses' history tables, in the database: rows of other classes have no
+    row in a subclass table and are left out by the join."""
+    if not versions:
+        return
+    for sub, tmap in _joined_descendants(meta):
+        source = next(
+            table
+            for table in sub.mapper.tables
+            if isinstance(table, sa.Table) and all(col in table.c for _, col in tmap.columns)
+        )
+        key_columns = [source.c[col] for _, col in tmap.pk]
+        wanted = sa.values(
+            *[sa.column(f"k{i}", column.type) for i, column in enumerate(key_columns)],
+            sa.column("v", sa.Integer()),
+            name="chrononaut_kv",
+        ).data([(*pk, version) for pk, version in versions.items()])
+        rows = sa.select(*[source.c[col] for _, col in tmap.columns], wanted.c.v).select_from(
+            source.join(
+                wanted,
+                sa.and_(*[column == wanted.c[f"k{i}"] for i, column in enumerate(key_columns)]),
+            )
+        )
+        insert = tmap.history.insert().from_select(
+            [*[tmap.history.c[col] for _, col in tmap.columns], tmap.history.c[VERSION_KEY]], rows
+        )
+        session.connection(bind_arguments={"mapper": sub.mapper}).execute(insert)
+
+
 def _one_statement_possible(state: ORMExecuteState, meta: VersionMeta) -> bool:
     """Whether the statement can carry its history in the same statement.
 
     Not for: ORM bulk UPDATE by primary key (SQLAlchemy runs its own
     executemany), SET values given as execution parameters, ordered SET, keys
-    changed by the SET, joined inheritance (several tables), ``onupdate``
+    changed by the SET, joined inheritance (several tables, also a base class
+    whose joined-table subclasses have rows among the affected ones), ``onupdate``
     columns (SQLAlchemy adds them to the SET), volatile expressions.
     """
     statement = state.statement
@@ -632,6 +701,8 @@ def _one_statement_possible(state: ORMExecuteState, meta: VersionMeta) -> bool:
         return False
     if not isinstance(statement, (sa.Update, sa.Delete)) or len(meta.tables) != 1:
         return False
+    if _joined_descendants(meta):
+        return False  # subclass rows need history rows in their own history tables
     if meta._has_onupdate or any(isinstance(c.type, sa.ARRAY) for c in _pk_columns(meta)):
         return False
     if any(getattr(option, "_is_criteria_option", False) for option in statement._with_options):

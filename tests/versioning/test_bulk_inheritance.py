@@ -1,0 +1,85 @@
+"""SPEC §2: an ORM bulk statement on the base class of a joined-table hierarchy
+keeps the history of the subclass rows it changes or deletes complete."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, cast
+
+import pytest
+import sqlalchemy as sa
+
+from chrononaut import Versioned, VersionedSQLAlchemy, as_of, history_class
+
+
+@pytest.fixture()
+def zoo(db: VersionedSQLAlchemy) -> dict[str, Any]:
+    """Animal (base) and Dog (joined subclass, cascading delete); rex the dog and
+    tom the plain animal, committed."""
+
+    class Animal(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "jb_animal"
+        id = db.Column(db.Integer, primary_key=True)
+        kind = db.Column(db.String(10))
+        name = db.Column(db.String(20))
+        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "animal"}
+
+    class Dog(Animal):
+        __tablename__ = "jb_dog"
+        id = db.Column(
+            db.Integer, db.ForeignKey("jb_animal.id", ondelete="CASCADE"), primary_key=True
+        )
+        bark = db.Column(db.String(20))
+        __mapper_args__ = {"polymorphic_identity": "dog"}
+
+    db.create_all()
+    db.session.add_all([Dog(id=1, name="rex", bark="woof"), Animal(id=2, name="tom")])
+    db.session.commit()
+    return {"Animal": Animal, "Dog": Dog}
+
+
+def _dog_versions(db: VersionedSQLAlchemy, Dog: Any) -> list[tuple[int, str, str]]:
+    history = history_class(Dog)
+    rows = db.session.scalars(sa.select(history).order_by(cast(Any, history).version))
+    return [(r.version, r.name, r.bark) for r in rows]
+
+
+def test_base_update_keeps_subclass_versions(db: VersionedSQLAlchemy, zoo: Any) -> None:
+    """``update(Base)`` gives a subclass row's version its subclass history row too."""
+    Animal, Dog = zoo["Animal"], zoo["Dog"]
+    db.session.execute(sa.update(Animal).values(name=Animal.name + "!"))
+    db.session.commit()
+    db.session.execute(sa.update(Animal).where(Animal.id == 1).values(name="max"))
+    db.session.commit()
+    assert _dog_versions(db, Dog) == [(0, "rex", "woof"), (1, "rex!", "woof")]
+    dog: Any = db.session.get(Dog, 1)
+    assert [(v.version, v.name, v.bark) for v in dog.versions()] == _dog_versions(db, Dog)
+    tom: Any = db.session.get(Animal, 2)
+    assert [v.name for v in tom.versions()] == ["tom"]
+
+
+def test_base_update_keeps_subclass_as_of(db: VersionedSQLAlchemy, zoo: Any) -> None:
+    """``as_of(Subclass, t)`` before a base-class bulk UPDATE yields the row as it was."""
+    Animal, Dog = zoo["Animal"], zoo["Dog"]
+    before = dt.datetime.now(dt.timezone.utc)
+    db.session.execute(sa.update(Animal).where(Animal.id == 1).values(name="max"))
+    db.session.commit()
+    past = as_of(Dog, before)
+    assert [(r.name, r.bark) for r in db.session.scalars(sa.select(past))] == [("rex", "woof")]
+
+
+def test_base_delete_keeps_subclass_last_version(db: VersionedSQLAlchemy, zoo: Any) -> None:
+    """``delete(Base)`` that cascades to subclass rows records their last version whole."""
+    Animal, Dog = zoo["Animal"], zoo["Dog"]
+    db.session.execute(sa.delete(Animal).where(Animal.id.in_([1, 2])))
+    db.session.commit()
+    assert _dog_versions(db, Dog) == [(0, "rex", "woof")]
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Dog)) == 0
+
+
+def test_base_update_without_change_writes_nothing(db: VersionedSQLAlchemy, zoo: Any) -> None:
+    """A base-class bulk UPDATE that changes no value writes no subclass history."""
+    Animal, Dog = zoo["Animal"], zoo["Dog"]
+    db.session.execute(sa.update(Animal).where(Animal.id == 1).values(name="rex"))
+    db.session.commit()
+    assert _dog_versions(db, Dog) == []
