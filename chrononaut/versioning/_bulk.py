@@ -1208,11 +1208,14 @@ class _Upsert(_OneStatement):
         state = self.state
         meta = self.meta
         statement: Any = state.statement
-        if state.parameters or len(meta.tables) != 1:
+        # A base class with joined-table subclasses: the update branch would change
+        # subclass rows whose subclass history rows this statement cannot write.
+        if state.parameters or len(meta.tables) != 1 or _joined_descendants(meta):
             raise ChrononautException(
                 f"an upsert of the Versioned model {self.cls.__name__} is captured only "
                 "with its rows in .values(...) (not as execute() parameters) and on "
-                "single-table models: write these rows in a flush instead"
+                "single-table models without joined-table subclasses: write these rows "
+                "in a flush instead"
             )
         post: OnConflictDoUpdate = statement._post_values_clause
         table = meta.version_column.table
