@@ -158,6 +158,12 @@ def _configure(mapper: Mapper[Any]) -> None:
                 tmap.pk.append((key, column.key))
         return tmap
 
+    if parent is not None and parent_meta is not None and "__chrononaut_range_index__" in vars(cls):
+        # Only the root's history table carries [valid_from, changed).
+        raise ChrononautException(
+            f"{cls.__name__} sets __chrononaut_range_index__, which only the root class of "
+            f"a hierarchy can set: set it on {parent_meta.mapper.base_mapper.class_.__name__}"
+        )
     if parent is None or parent_meta is None:
         # The root of a hierarchy: versioned by SQLAlchemy's own version_id_col.
         # Chrononaut increments it itself (only for tracked or hidden changes), so

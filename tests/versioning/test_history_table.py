@@ -332,3 +332,22 @@ def test_range_index_autogenerate_clean(db: VersionedSQLAlchemy) -> None:
     db.create_all()
     with db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), db.metadata) == []
+
+
+def test_range_index_on_subclass_refused(db: VersionedSQLAlchemy) -> None:
+    """A subclass setting ``__chrononaut_range_index__`` is refused: only the root class's
+    history table has the range."""
+
+    class Asset(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        id = db.Column(db.Integer, primary_key=True)
+        kind = db.Column(db.String(10))
+        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "asset"}
+
+    with pytest.raises(ChrononautException, match="set it on Asset"):
+
+        class Building(Asset):
+            __chrononaut_range_index__ = True
+            id = db.Column(db.Integer, db.ForeignKey(Asset.id), primary_key=True)
+            __mapper_args__ = {"polymorphic_identity": "building"}
+
+        sa.orm.configure_mappers()
