@@ -28,6 +28,7 @@ from sqlalchemy.orm.util import AliasedClass
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from chrononaut.versioning._meta import as_utc as _as_utc
+from chrononaut.versioning._meta import joined_descendants, source_table
 from chrononaut.versioning._tables import (
     RANGE_INDEX_KEY,
     VALID_FROM_KEY,
@@ -63,23 +64,6 @@ def _key_match(left: sa.FromClause, right: sa.FromClause, tmap: TableMap) -> lis
     return [left.c[col_key] == right.c[col_key] for _, col_key in tmap.pk]
 
 
-def _source_table(meta: VersionMeta, tmap: TableMap) -> sa.Table:
-    """The model table whose history ``tmap.history`` is."""
-    mapper = meta.mapper
-    for table in mapper.tables:
-        if not isinstance(table, sa.Table):
-            continue
-        try:
-            if all(
-                col_key in table.c and mapper.get_property_by_column(table.c[col_key]).key == key
-                for key, col_key in tmap.columns
-            ):
-                return table
-        except Exception:
-            continue
-    raise LookupError(tmap.history.name)  # pragma: no cover - built from these tables
-
-
 def _detach_current(target: Any, context: Any) -> None:
     """A record of a still-current version (``changed`` is NULL: it came from the
     model's table) leaves the session as soon as it is loaded.
@@ -113,11 +97,11 @@ def _columns(meta: VersionMeta) -> tuple[list[sa.Column[Any]], list[Any]]:
     live_columns: list[Any] = []
     seen: set[sa.Table] = set()
     own = [(meta, tmap) for tmap in meta.tables]
-    for owner, tmap in [*own, *_descendant_tables(meta)]:
+    for owner, tmap in [*own, *joined_descendants(meta)]:
         if tmap.history in seen:
             continue
         seen.add(tmap.history)
-        source = _source_table(owner, tmap)
+        source = source_table(owner, tmap)
         for column in tmap.history.c:
             history_columns.append(column)
             if column.key == VERSION_KEY:
@@ -134,30 +118,11 @@ def _columns(meta: VersionMeta) -> tuple[list[sa.Column[Any]], list[Any]]:
     return history_columns, live_columns
 
 
-def _descendant_tables(meta: VersionMeta) -> list[tuple[VersionMeta, TableMap]]:
-    """History tables of joined-table subclasses below ``meta``'s class (with the
-    subclass that owns each): ``as_of(Base, at)`` loads their columns too, so a
-    subclass record of a still-current version needs no later load."""
-    from chrononaut.versioning._meta import meta_of
-
-    known = {tmap.history for tmap in meta.tables}
-    found: list[tuple[VersionMeta, TableMap]] = []
-    for mapper in meta.mapper.self_and_descendants:
-        sub = meta_of(mapper.class_)
-        if sub is None or sub is meta:
-            continue
-        for tmap in sub.tables:
-            if tmap.history not in known:
-                known.add(tmap.history)
-                found.append((sub, tmap))
-    return found
-
-
 def _polymorphic(meta: VersionMeta) -> list[Mapper[Any]]:
     """History mappers of the joined-table subclasses below ``meta``'s class."""
     from chrononaut.versioning._meta import meta_of
 
-    tables = {tmap.history for _, tmap in _descendant_tables(meta)}
+    tables = {tmap.history for _, tmap in joined_descendants(meta)}
     mappers: list[Mapper[Any]] = []
     for mapper in meta.mapper.self_and_descendants:
         sub = meta_of(mapper.class_)
@@ -177,7 +142,7 @@ def _union(meta: VersionMeta, at_param: sa.BindParameter[Any]) -> sa.CompoundSel
     history_from: Any = meta.history_mapper.persist_selectable
     live_from: Any = meta.mapper.persist_selectable
     live_root = meta.version_column.table
-    for owner, tmap in _descendant_tables(meta):
+    for owner, tmap in joined_descendants(meta):
         # Rows of other classes have no row there: outer joins, by key (and version).
         history_from = history_from.outerjoin(
             tmap.history,
@@ -189,7 +154,7 @@ def _union(meta: VersionMeta, at_param: sa.BindParameter[Any]) -> sa.CompoundSel
                 tmap.history.c[VERSION_KEY] == history.c[VERSION_KEY],
             ),
         )
-        source = _source_table(owner, tmap)
+        source = source_table(owner, tmap)
         live_from = live_from.outerjoin(
             source,
             sa.and_(
@@ -356,7 +321,7 @@ def _source(meta: VersionMeta, at: object) -> sa.Subquery:
 def _columns_cached(meta: VersionMeta) -> tuple[list[sa.Column[Any]], list[Any]]:
     # Single-table subclasses may add history columns later: recount.
     size = sum(len(tmap.history.c) for tmap in meta.tables)
-    size += sum(len(tmap.history.c) for _, tmap in _descendant_tables(meta))
+    size += sum(len(tmap.history.c) for _, tmap in joined_descendants(meta))
     cached = meta.__dict__.get("_chrononaut_as_of_columns")
     if cached is None or cached[0] != size:
         cached = (size, _columns(meta))

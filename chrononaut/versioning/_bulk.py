@@ -32,9 +32,10 @@ from chrononaut.versioning._concurrency import _expected, forget_expected_versio
 from chrononaut.versioning._meta import (
     VALID_FROM_KEY,
     VERSION_KEY,
-    TableMap,
     VersionMeta,
+    joined_descendants,
     meta_of,
+    source_table,
 )
 from chrononaut.versioning._writes import _Batch, _now, _require_context, ends_at, next_version
 
@@ -633,27 +634,6 @@ def _volatile(clauses: list[Any]) -> bool:
     return False
 
 
-def _joined_descendants(meta: VersionMeta) -> list[tuple[VersionMeta, TableMap]]:
-    """The history tables of joined-table subclasses below ``meta``'s class that
-    ``meta``'s own history does not cover, each with its subclass.
-
-    A bulk statement on a base class changes (or deletes) subclass rows too; each
-    such row's version needs a row in these tables as well, or the subclass's
-    history (an inner join of its history tables) loses that version.
-    """
-    known = {tmap.history for tmap in meta.tables}
-    found: list[tuple[VersionMeta, TableMap]] = []
-    for mapper in meta.mapper.self_and_descendants:
-        sub = meta_of(mapper.class_)
-        if sub is None or sub is meta:
-            continue
-        for tmap in sub.tables:
-            if tmap.history not in known:
-                known.add(tmap.history)
-                found.append((sub, tmap))
-    return found
-
-
 def _write_descendant_history(
     session: Session, meta: VersionMeta, versions: dict[tuple[Any, ...], int]
 ) -> None:
@@ -663,12 +643,8 @@ def _write_descendant_history(
     row in a subclass table and are left out by the join."""
     if not versions:
         return
-    for sub, tmap in _joined_descendants(meta):
-        source = next(
-            table
-            for table in sub.mapper.tables
-            if isinstance(table, sa.Table) and all(col in table.c for _, col in tmap.columns)
-        )
+    for sub, tmap in joined_descendants(meta):
+        source = source_table(sub, tmap)
         key_columns = [source.c[col] for _, col in tmap.pk]
         wanted = sa.values(
             *[sa.column(f"k{i}", column.type) for i, column in enumerate(key_columns)],
@@ -701,7 +677,7 @@ def _one_statement_possible(state: ORMExecuteState, meta: VersionMeta) -> bool:
         return False
     if not isinstance(statement, (sa.Update, sa.Delete)) or len(meta.tables) != 1:
         return False
-    if _joined_descendants(meta):
+    if joined_descendants(meta):
         return False  # subclass rows need history rows in their own history tables
     if meta._has_onupdate or any(isinstance(c.type, sa.ARRAY) for c in _pk_columns(meta)):
         return False
@@ -1210,7 +1186,7 @@ class _Upsert(_OneStatement):
         statement: Any = state.statement
         # A base class with joined-table subclasses: the update branch would change
         # subclass rows whose subclass history rows this statement cannot write.
-        if state.parameters or len(meta.tables) != 1 or _joined_descendants(meta):
+        if state.parameters or len(meta.tables) != 1 or joined_descendants(meta):
             raise ChrononautException(
                 f"an upsert of the Versioned model {self.cls.__name__} is captured only "
                 "with its rows in .values(...) (not as execute() parameters) and on "

@@ -28,7 +28,9 @@ __all__ = [
     "VersionMeta",
     "as_utc",
     "history_class",
+    "joined_descendants",
     "meta_of",
+    "source_table",
 ]
 
 #: The class attribute (in the class's own ``__dict__``) holding its VersionMeta.
@@ -219,6 +221,43 @@ def meta_of(cls: type[Any]) -> VersionMeta | None:
     """The :class:`VersionMeta` of a Versioned class (``None`` for other classes)."""
     meta = cls.__dict__.get(META_ATTRIBUTE)
     return meta if isinstance(meta, VersionMeta) else None
+
+
+def joined_descendants(meta: VersionMeta) -> list[tuple[VersionMeta, TableMap]]:
+    """History tables of joined-table subclasses below ``meta``'s class that
+    ``meta``'s own history does not cover, each with the subclass that owns it.
+
+    ``as_of(Base, at)`` loads their columns too; a bulk statement on a base class
+    writes their rows for the subclass rows it changes or deletes.
+    """
+    known = {tmap.history for tmap in meta.tables}
+    found: list[tuple[VersionMeta, TableMap]] = []
+    for mapper in meta.mapper.self_and_descendants:
+        sub = meta_of(mapper.class_)
+        if sub is None or sub is meta:
+            continue
+        for tmap in sub.tables:
+            if tmap.history not in known:
+                known.add(tmap.history)
+                found.append((sub, tmap))
+    return found
+
+
+def source_table(meta: VersionMeta, tmap: TableMap) -> sa.Table:
+    """The model table of ``meta``'s class whose history ``tmap.history`` is."""
+    mapper = meta.mapper
+    for table in mapper.tables:
+        if not isinstance(table, sa.Table):
+            continue
+        try:
+            if all(
+                col_key in table.c and mapper.get_property_by_column(table.c[col_key]).key == key
+                for key, col_key in tmap.columns
+            ):
+                return table
+        except Exception:
+            continue
+    raise LookupError(tmap.history.name)  # pragma: no cover - built from these tables
 
 
 def history_class(model: type[Any]) -> type[HistoryRecord]:

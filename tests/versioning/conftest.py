@@ -111,3 +111,26 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fast_path: asserts the statements of capture's one-statement path"
     )
+
+
+@pytest.fixture()
+def Pet(db: VersionedSQLAlchemy) -> type[Any]:
+    """Single-table inheritance: ``Dog`` and ``Cat`` share table ``pet`` (returns ``Dog``)."""
+
+    class Pet(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "pet"
+        id = db.Column(db.Integer, primary_key=True)
+        kind = db.Column(db.String(10), nullable=False)
+        name = db.Column(db.String(40))
+        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "pet"}
+
+    class Dog(Pet):
+        __mapper_args__ = {"polymorphic_identity": "dog"}
+
+    class Cat(Pet):
+        __mapper_args__ = {"polymorphic_identity": "cat"}
+
+    db.create_all()
+    db.session.add_all([Dog(id=1, name="rex"), Cat(id=2, name="tom")])
+    db.session.commit()
+    return Dog

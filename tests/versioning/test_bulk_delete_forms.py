@@ -219,29 +219,6 @@ def test_legacy_query_delete(
     assert _deleted(history_rows) == [(2, 0, "bob", DELETED), (3, 0, "carol", DELETED)]
 
 
-@pytest.fixture()
-def Pet(db: VersionedSQLAlchemy) -> type[Any]:
-    """Single-table inheritance: ``Dog`` and ``Cat`` share table ``pet`` (returns ``Dog``)."""
-
-    class Pet(db.Model, Versioned):  # type: ignore[name-defined,misc]
-        __tablename__ = "pet"
-        id = db.Column(db.Integer, primary_key=True)
-        kind = db.Column(db.String(10), nullable=False)
-        name = db.Column(db.String(40))
-        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "pet"}
-
-    class Dog(Pet):
-        __mapper_args__ = {"polymorphic_identity": "dog"}
-
-    class Cat(Pet):
-        __mapper_args__ = {"polymorphic_identity": "cat"}
-
-    db.create_all()
-    db.session.add_all([Dog(id=1, name="rex"), Cat(id=2, name="tom")])
-    db.session.commit()
-    return Dog
-
-
 def test_single_table_subclass_deletes_its_rows(
     db: VersionedSQLAlchemy, Pet: Any, history_rows: Any
 ) -> None:

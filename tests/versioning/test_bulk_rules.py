@@ -16,7 +16,6 @@ from sqlalchemy import event
 from chrononaut import (
     ChrononautException,
     StaleWriteError,
-    Versioned,
     VersionedSQLAlchemy,
     append_change_info,
     rationale,
@@ -397,29 +396,6 @@ def test_volatile_hidden_change_listed(
 
 
 # -- statement shapes ------------------------------------------------------------------
-
-
-@pytest.fixture()
-def Pet(db: VersionedSQLAlchemy) -> type[Any]:
-    """Single-table inheritance: ``Dog`` and ``Cat`` share table ``pet`` (returns ``Dog``)."""
-
-    class Pet(db.Model, Versioned):  # type: ignore[name-defined,misc]
-        __tablename__ = "pet"
-        id = db.Column(db.Integer, primary_key=True)
-        kind = db.Column(db.String(10), nullable=False)
-        name = db.Column(db.String(40))
-        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "pet"}
-
-    class Dog(Pet):
-        __mapper_args__ = {"polymorphic_identity": "dog"}
-
-    class Cat(Pet):
-        __mapper_args__ = {"polymorphic_identity": "cat"}
-
-    db.create_all()
-    db.session.add_all([Dog(id=1, name="rex"), Cat(id=2, name="tom")])
-    db.session.commit()
-    return Dog
 
 
 def test_single_table_subclass_only_its_rows(
