@@ -193,17 +193,10 @@ def _union(meta: VersionMeta, at_param: sa.BindParameter[Any]) -> sa.CompoundSel
     # ended. Their branch reads the partial index that holds only them; the
     # previous end is a scalar subquery PostgreSQL runs only for legacy rows
     # (cheaper to plan than an anti-join, which matters for one-key queries).
-    earlier = history.alias("chrononaut_earlier")
-    previous_end = (
-        sa.select(sa.func.max(earlier.c.changed))
-        .where(
-            *_key_match(earlier, history, base),
-            earlier.c[VERSION_KEY] < history.c[VERSION_KEY],
-        )
-        .scalar_subquery()
-    )
     legacy = history_select(
-        valid_from.is_(None), changed > at_param, _no_later_than(previous_end, at_param)
+        valid_from.is_(None),
+        changed > at_param,
+        _no_later_than(_previous_end(history, base), at_param),
     )
     live_valid_from = meta.version_column.table.c[VALID_FROM_KEY]
     later = history.alias("chrononaut_later")
@@ -233,6 +226,17 @@ def _union(meta: VersionMeta, at_param: sa.BindParameter[Any]) -> sa.CompoundSel
     if live_criterion is not None:
         live = live.where(live_criterion)
     return sa.union_all(known, legacy, live)
+
+
+def _previous_end(history: sa.Table, base: TableMap) -> Any:
+    """When the key's previous version ended: the latest ``changed`` of the history
+    rows of the same key with a lower version (NULL for its first version)."""
+    earlier = history.alias("chrononaut_earlier")
+    return (
+        sa.select(sa.func.max(earlier.c.changed))
+        .where(*_key_match(earlier, history, base), earlier.c[VERSION_KEY] < history.c[VERSION_KEY])
+        .scalar_subquery()
+    )
 
 
 def _no_later_than(end: Any, at_param: sa.BindParameter[Any]) -> Any:
@@ -375,15 +379,9 @@ def version_at(record: Any, at: dt.datetime, session: Any = None) -> Any:
     base = meta.tables[0]
     history = base.history
     query = record._history_query(session)
-    earlier = history.alias("chrononaut_earlier")
     # The first version of the key that ended after at; it contains at unless at
     # falls before its start (a NULL start is the previous version's end).
-    previous_end = (
-        sa.select(sa.func.max(earlier.c.changed))
-        .where(*_key_match(earlier, history, base), earlier.c[VERSION_KEY] < history.c[VERSION_KEY])
-        .scalar_subquery()
-    )
-    start = sa.func.coalesce(history.c[VALID_FROM_KEY], previous_end, type_=_TZ)
+    start = sa.func.coalesce(history.c[VALID_FROM_KEY], _previous_end(history, base), type_=_TZ)
     found = (
         query.add_columns(start.label("chrononaut_start"))
         .filter(history.c.changed > at)
