@@ -154,11 +154,15 @@ class _FastUpdates:
     ) -> bool:
         _, state, old_version, info = member
         dict_ = state.dict
-        params: dict[str, Any] = {"changed": changed_at, "v": old_version, "ci": info}
+        params: dict[str, Any] = {
+            "chrononaut_changed": changed_at,
+            "chrononaut_v": old_version,
+            "chrononaut_ci": info,
+        }
         for i, value in enumerate(_key_of(state)):
-            params[f"k{i}"] = value
+            params[f"chrononaut_k{i}"] = value
         for i, key in enumerate(keys):
-            params[f"s{i}"] = dict_.get(key)
+            params[f"chrononaut_s{i}"] = dict_.get(key)
         statement = meta.fast_update_statement(keys, many=False)
         result = _execute_lean(connection, statement, params)
         # 0 rows: the version moved on; SQLAlchemy's UPDATE will report it as stale.
@@ -173,19 +177,19 @@ class _FastUpdates:
         changed_at: dt.datetime,
     ) -> list[bool]:
         """Run one statement for ``chunk``; whether each member's row was written."""
-        params: dict[str, Any] = {"changed": changed_at}
-        params["v"] = [member[2] for member in chunk]
+        params: dict[str, Any] = {"chrononaut_changed": changed_at}
+        params["chrononaut_v"] = [member[2] for member in chunk]
         infos = [member[3] for member in chunk]
         first = infos[0]
         # Rows without parts of their own share one document (ChangeInfoBuilder).
         shared = all(info is first or info == first for info in infos)
-        params["ci"] = first if shared else infos
+        params["chrononaut_ci"] = first if shared else infos
         key_values = [_key_of(member[1]) for member in chunk]
         for i in range(len(meta.pk_keys)):
-            params[f"k{i}"] = [pk[i] for pk in key_values]
+            params[f"chrononaut_k{i}"] = [pk[i] for pk in key_values]
         dicts = [member[1].dict for member in chunk]
         for i, key in enumerate(keys):
-            params[f"s{i}"] = [dict_.get(key) for dict_ in dicts]
+            params[f"chrononaut_s{i}"] = [dict_.get(key) for dict_ in dicts]
         statement = meta.fast_update_statement(keys, many=True, shared_info=shared)
         written = {tuple(row) for row in connection.execute(statement, params).all()}
         return [key in written for key in key_values]

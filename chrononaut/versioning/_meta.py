@@ -139,12 +139,15 @@ class VersionMeta:
     ) -> sa.Update:
         """The one-statement UPDATE + history INSERT for records setting ``keys``.
 
-        ``many=False``: one record, parameters ``k<i>`` (primary key), ``v`` (old
-        version), ``s<i>`` (new values), ``ci`` (change_info) and ``changed``.
+        ``many=False``: one record, parameters ``chrononaut_k<i>`` (primary key),
+        ``chrononaut_v`` (old version), ``chrononaut_s<i>`` (new values),
+        ``chrononaut_ci`` (change_info) and ``chrononaut_changed`` (prefixed: a
+        bind parameter named like a column of the table is refused by SQLAlchemy).
         ``many=True``: the same names carry arrays, one element per record, that
         ``unnest`` turns into rows; the SQL text does not depend on the number of
         records, so it is compiled (and, with psycopg 3, prepared) once.
-        ``shared_info=True`` (with ``many``): ``ci`` is one document for all records.
+        ``shared_info=True`` (with ``many``): ``chrononaut_ci`` is one document for all
+        records.
         Built once per (keys, many, shared_info) and reused.
         """
         cache_key = (keys, many, shared_info)
@@ -157,7 +160,30 @@ class VersionMeta:
     def arrays_supported(self, keys: tuple[str, ...]) -> bool:
         """Whether the columns of ``keys`` (and the key) can travel as arrays."""
         names = (*self.pk_keys, *keys)
-        return not any(isinstance(self.columns[k].type, sa.ARRAY) for k in names)
+        return all(_scalar_type(self.columns[k].type) for k in names)
+
+
+# Types whose Python values are never lists. An array parameter of any other type
+# (JSON, PickleType, a TypeDecorator, ARRAY) would have its list values read as
+# array dimensions and spread across the rows.
+_SCALAR_TYPES = (
+    sa.Integer,
+    sa.String,
+    sa.Numeric,
+    sa.Boolean,
+    sa.DateTime,
+    sa.Date,
+    sa.Time,
+    sa.Interval,
+    sa.Uuid,
+    sa.LargeBinary,
+)
+
+
+def _scalar_type(type_: Any) -> bool:
+    return isinstance(type_, _SCALAR_TYPES) and not isinstance(
+        type_, (sa.TypeDecorator, sa.ARRAY, sa.JSON)
+    )
 
 
 class HistoryRecord:

@@ -39,9 +39,9 @@ def fast_update(
         # One row per record, from parallel arrays.
         array_of = ARRAY
         arrays = [
-            *[_typed(f"k{i}", array_of(c.type)) for i, c in enumerate(pk_columns)],
-            _typed("v", array_of(sa.Integer())),
-            *[_typed(f"s{i}", array_of(c.type)) for i, c in enumerate(set_columns)],
+            *[_typed(f"chrononaut_k{i}", array_of(c.type)) for i, c in enumerate(pk_columns)],
+            _typed("chrononaut_v", array_of(sa.Integer())),
+            *[_typed(f"chrononaut_s{i}", array_of(c.type)) for i, c in enumerate(set_columns)],
         ]
         names = [
             *[sa.column(f"k{i}", c.type) for i, c in enumerate(pk_columns)],
@@ -49,7 +49,7 @@ def fast_update(
             *[sa.column(f"s{i}", c.type) for i, c in enumerate(set_columns)],
         ]
         if not shared_info:
-            arrays.append(_typed("ci", array_of(JSONB())))
+            arrays.append(_typed("chrononaut_ci", array_of(JSONB())))
             names.append(sa.column("ci", JSONB()))
         rows = sa.func.unnest(*arrays).table_valued(*names).render_derived(name="u")
         source_rows = sa.select(*rows.c).cte("chrononaut_v")
@@ -58,14 +58,18 @@ def fast_update(
         new_values: list[Any] = [source_rows.c[f"s{i}"] for i in range(len(set_columns))]
         # Usually every record of a flush has the same change_info: then it is one
         # parameter, not an array of identical JSON documents to encode and escape.
-        change_info: Any = _typed("ci", JSONB()) if shared_info else source_rows.c.ci
+        change_info: Any = _typed("chrononaut_ci", JSONB()) if shared_info else source_rows.c.ci
     else:
         # One record (the common request): plain parameters, a simple plan.
         source_rows = None
-        key_values = [sa.bindparam(f"k{i}", type_=c.type) for i, c in enumerate(pk_columns)]
-        old_version = sa.bindparam("v", type_=sa.Integer())
-        new_values = [sa.bindparam(f"s{i}", type_=c.type) for i, c in enumerate(set_columns)]
-        change_info = _typed("ci", JSONB())
+        key_values = [
+            sa.bindparam(f"chrononaut_k{i}", type_=c.type) for i, c in enumerate(pk_columns)
+        ]
+        old_version = sa.bindparam("chrononaut_v", type_=sa.Integer())
+        new_values = [
+            sa.bindparam(f"chrononaut_s{i}", type_=c.type) for i, c in enumerate(set_columns)
+        ]
+        change_info = _typed("chrononaut_ci", JSONB())
     match = sa.and_(
         *[c == value for c, value in zip(pk_columns, key_values, strict=True)],
         version == old_version,
@@ -73,7 +77,7 @@ def fast_update(
     # valid_from: the ended version covers [valid_from, changed), and the new one
     # begins at that changed, which is never before valid_from.
     valid_from = table.c[VALID_FROM_KEY]
-    ended = sa.func.greatest(_typed("changed", sa.DateTime(timezone=True)), valid_from)
+    ended = sa.func.greatest(_typed("chrononaut_changed", sa.DateTime(timezone=True)), valid_from)
     source = sa.select(
         *[table.c[col_key] for _, col_key in tmap.columns],
         version,

@@ -130,6 +130,52 @@ def test_typed_value_restore(db: VersionedSQLAlchemy, case: str) -> None:
     ]
 
 
+class CommaList(sa.TypeDecorator[list[str]]):
+    """A list of strings stored as one comma-separated string."""
+
+    impl = sa.String(200)
+    cache_ok = True
+
+    def process_bind_param(self, value: list[str] | None, dialect: Any) -> str | None:
+        return None if value is None else ",".join(value)
+
+    def process_result_value(self, value: str | None, dialect: Any) -> list[str] | None:
+        return None if value is None else (value.split(",") if value else [])
+
+
+# Per case: the type, and for three records their values before and after one flush
+# that changes all three (lists of different lengths, empty and nested lists).
+MANY: dict[str, tuple[Any, list[Any], list[Any]]] = {
+    "json": (sa.JSON(), [[1, 2], [], {"a": 1}], [[3], [[1], [2]], [4, 5, 6]]),
+    "jsonb": (postgresql.JSONB(), [[1, 2], [], "s"], [[], [[1], [2]], [None, 1]]),
+    "pickle": (sa.PickleType(), [[1, 2], [3], ("t",)], [[4], [5, 6, 7], []]),
+    "decorated_list": (CommaList(), [["a", "b"], ["c"], []], [["d"], [], ["e", "f", "g"]]),
+    "array": (postgresql.ARRAY(sa.Integer), [[1, 2], [3], []], [[4], [], [5, 6, 7]]),
+    "interval": (
+        sa.Interval(),
+        [dt.timedelta(1), dt.timedelta(2), dt.timedelta(3)],
+        [dt.timedelta(4), dt.timedelta(5), dt.timedelta(6)],
+    ),
+    "text": (sa.Text(), ["a", "b", "c"], ["d", "e", "f"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MANY))
+def test_many_records_in_one_flush(db: VersionedSQLAlchemy, case: str) -> None:
+    """Records changed in one flush keep their own values, list values included."""
+    column_type, before, after = MANY[case]
+    model = _model(db, column_type)
+    records = [model(id=i, value=value, label="a") for i, value in enumerate(before)]
+    db.session.add_all(records)
+    db.session.commit()
+    for record, value in zip(records, after, strict=True):
+        record.value = value
+    db.session.commit()
+    db.session.expire_all()
+    assert [(r.value, r.version) for r in records] == [(value, 1) for value in after]
+    assert [r.versions()[0].value for r in records] == before
+
+
 def test_aware_datetime_exact_instant(db: VersionedSQLAlchemy) -> None:
     """An aware datetime in a non-UTC zone reads back from history as the same instant (µs)."""
     model = _model(db, sa.DateTime(timezone=True))

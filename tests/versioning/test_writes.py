@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from chrononaut import VersionedSQLAlchemy, history_class
+from chrononaut import Versioned, VersionedSQLAlchemy, history_class
 
 PLAIN = {"user_id": None, "remote_addr": None}
 
@@ -450,3 +450,32 @@ def test_history_records_are_history_class(
     user.name = "bob"
     db.session.commit()
     assert isinstance(user.versions()[0], history_class(User))
+
+
+@pytest.mark.parametrize("records", [1, 3])
+def test_columns_named_like_our_parameters(db: VersionedSQLAlchemy, records: int) -> None:
+    """Columns named ``v``, ``ci``, ``k0``, ``s0`` or ``changed`` (untracked) do not
+    clash with the parameters of Chrononaut's statements."""
+
+    class Gauge(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "gauge"
+        __chrononaut_untracked__ = ["changed"]
+        id = db.Column(db.Integer, primary_key=True)
+        v = db.Column(db.Float, default=0.0)
+        ci = db.Column(db.String(10), default="x")
+        k0 = db.Column(db.Integer, default=0)
+        s0 = db.Column(db.Integer, default=0)
+        changed = db.Column(db.Boolean, default=False)
+        name = db.Column(db.String(20))
+
+    db.create_all()
+    gauges = [Gauge(id=i, name="a") for i in range(records)]
+    db.session.add_all(gauges)
+    db.session.commit()
+    for gauge in gauges:
+        gauge.name = "b"
+        gauge.v = 1.5
+    db.session.commit()
+    db.session.expire_all()
+    assert [(g.name, g.v, g.version) for g in gauges] == [("b", 1.5, 1)] * records
+    assert [(h.name, h.v) for g in gauges for h in g.versions()] == [("a", 0.0)] * records
