@@ -358,11 +358,17 @@ class _BulkStatement:
             proposed = sa.values(*columns, name="chrononaut_pv").data(rows)
             source = table.join(
                 proposed,
-                sa.and_(*[c == proposed.c[f"k{i}"] for i, c in enumerate(pk_columns)]),
+                sa.and_(
+                    *[c == sa.cast(proposed.c[f"k{i}"], c.type) for i, c in enumerate(pk_columns)]
+                ),
             )
             for m, key in enumerate(hidden):
+                column = meta.columns[key]
+                # Cast: PostgreSQL types a VALUES column from its literals (text for
+                # an enum's or for only NULLs), not from the column it is compared with.
                 flags[key] = sa.and_(
-                    proposed.c[f"p{m}"], _differs(proposed.c[f"h{m}"], meta.columns[key])
+                    proposed.c[f"p{m}"],
+                    _differs(sa.cast(proposed.c[f"h{m}"], column.type), column),
                 )
             return flags, source
         values = getattr(self.state.statement, "_values", None) or {}
@@ -1220,7 +1226,12 @@ class _Upsert(_OneStatement):
         proposed = sa.values(
             *[sa.column(n, table.c[n].type) for n in names], name="chrononaut_pv"
         ).data([tuple(row[n] for n in names) for row in rows])
-        proposed_rows = sa.select(proposed).cte("chrononaut_v")
+        # Each proposed value as the column's type, as the INSERT (and so excluded.*)
+        # has it: PostgreSQL types a VALUES column from its literals (text for an
+        # enum's or for only NULLs, an unrounded numeric for Numeric(10, 2)).
+        proposed_rows = sa.select(
+            *[sa.cast(proposed.c[n], table.c[n].type).label(n) for n in names]
+        ).cte("chrononaut_v")
         changed_at = _now()
         builder = ChangeInfoBuilder(self.session, self.settings)
         shared = builder.build(self.cls, None)

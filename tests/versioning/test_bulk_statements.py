@@ -3,12 +3,20 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
-from chrononaut import VersionedSQLAlchemy, acting_as, extra_change_info, suppress_versioning
+from chrononaut import (
+    Versioned,
+    VersionedSQLAlchemy,
+    acting_as,
+    extra_change_info,
+    suppress_versioning,
+)
 
 PLAIN = {"user_id": None, "remote_addr": None}
 
@@ -308,3 +316,40 @@ def test_bulk_delete_returning(
     assert result.scalars().all() == ["bob"]
     db.session.commit()
     assert _summary(history_rows("appuser_history")) == [(2, 0, "bob")]
+
+
+class Level(enum.Enum):
+    LOW = "low"
+    HIGH = "high"
+
+
+@pytest.mark.parametrize(
+    ("column_type", "before", "after"),
+    [
+        (sa.Integer(), 1234, None),
+        (sa.Enum(Level, name="chron_test_level"), Level.LOW, Level.HIGH),
+        (JSONB(), {"a": 1}, {"b": 2}),
+    ],
+    ids=["integer-to-null", "enum", "jsonb"],
+)
+def test_by_primary_key_hidden_column_types(
+    db: VersionedSQLAlchemy, column_type: Any, before: Any, after: Any
+) -> None:
+    """An UPDATE by primary key of a hidden column of any type bumps the version and
+    lists the column (its proposed values are compared as the column's type)."""
+
+    class Vault(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "vault"
+        __chrononaut_hidden__ = ["secret"]
+        id = db.Column(db.Integer, primary_key=True)
+        secret = db.Column(column_type, nullable=True)
+
+    db.create_all()
+    db.session.add(Vault(id=1, secret=before))
+    db.session.commit()
+    db.session.execute(sa.update(Vault), [{"id": 1, "secret": after}])
+    db.session.commit()
+    vault = db.session.get(Vault, 1)
+    assert vault is not None
+    assert vault.version == 1
+    assert vault.versions()[0].change_info["hidden_cols_changed"] == ["secret"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -9,7 +11,7 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.dialects.postgresql import insert
 
-from chrononaut import ChrononautException, VersionedSQLAlchemy, append_change_info
+from chrononaut import ChrononautException, Versioned, VersionedSQLAlchemy, append_change_info
 
 PLAIN = {"user_id": None, "remote_addr": None}
 
@@ -224,3 +226,54 @@ def test_default_unique_constraint_name(
     db.session.execute(statement)
     db.session.commit()
     assert _summary(history_rows("appuser_history")) == [(1, 0, "alice")]
+
+
+class Shade(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@pytest.fixture()
+def Paint(db: VersionedSQLAlchemy) -> Any:
+    """A model with an enum, a nullable integer and a rounded numeric column."""
+
+    class Paint(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "paint"
+        id = db.Column(db.Integer, primary_key=True)
+        shade = db.Column(sa.Enum(Shade, name="chron_test_shade"))
+        qty = db.Column(db.Integer, nullable=True)
+        amount = db.Column(db.Numeric(10, 2))
+
+    db.create_all()
+    db.session.add(Paint(id=1, shade=Shade.RED, qty=5, amount=Decimal("1.23")))
+    db.session.commit()
+    return Paint
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "changes"),
+    [
+        ("shade", Shade.BLUE, True),
+        ("qty", None, True),
+        ("amount", Decimal("1.234"), False),  # rounds to the stored 1.23
+        ("amount", Decimal("1.235"), True),
+    ],
+)
+def test_set_values_compared_as_column_type(
+    db: VersionedSQLAlchemy, Paint: Any, column: str, value: Any, changes: bool
+) -> None:
+    """Proposed values are compared as the column's type: enums and all-NULL columns
+    work, and a value that rounds to the stored one is no change."""
+    statement = insert(Paint).values([{"id": 1, column: value}])
+    db.session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[Paint.id], set_={column: getattr(statement.excluded, column)}
+        )
+    )
+    db.session.commit()
+    paint = db.session.get(Paint, 1)
+    assert paint is not None
+    assert (paint.version, len(paint.versions())) == ((1, 1) if changes else (0, 0))
+    paint.qty = 7
+    db.session.commit()
+    assert [h.version for h in paint.versions()] == ([0, 1] if changes else [0])
