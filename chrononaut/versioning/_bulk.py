@@ -33,6 +33,7 @@ from chrononaut.versioning._meta import (
     VALID_FROM_KEY,
     VERSION_KEY,
     VersionMeta,
+    history_column_keys,
     joined_descendants,
     meta_of,
     source_table,
@@ -42,6 +43,9 @@ from chrononaut.versioning._writes import _Batch, _now, _require_context, ends_a
 __all__ = ["run_bulk"]
 
 _BULK_GUARD = "chrononaut_bulk_internal"
+# Prefix of a key in _BulkStatement's selects that names a column of the model's
+# table rather than an attribute of the class.
+_COLUMN = "\0column:"
 
 
 def run_bulk(settings: Settings, orm_execute_state: ORMExecuteState) -> Any:
@@ -318,9 +322,12 @@ class _BulkStatement:
         """
         n = len(self.meta.pk_keys)
         flags = flags or {}
+        table = self.meta.version_column.table
         columns = [
             sa.type_coerce(flags.get(k, sa.false()), sa.Boolean()).label(k)
             if k in self.meta.hidden
+            else table.c[k[len(_COLUMN) :]]
+            if k.startswith(_COLUMN)
             else self._attr(k)
             for k in (*self.meta.pk_keys, *keys)
         ]
@@ -394,7 +401,10 @@ class _BulkStatement:
             *[k for k in meta.tracked if k not in meta.pk_keys],
             *sorted(meta.hidden),
         ]
-        keys = list(dict.fromkeys(keys))
+        # Columns single-table subclasses add: by column, not by this class's attributes.
+        own = {col_key for _, col_key in meta.tables[0].columns}
+        extra = [k for k in history_column_keys(meta) if k not in own]
+        keys = list(dict.fromkeys([*keys, *[_COLUMN + k for k in extra]]))
         params = state.parameters
         by_key: list[dict[str, Any]] = []
         if isinstance(params, list) and params and all(isinstance(p, dict) for p in params):
@@ -459,7 +469,13 @@ class _BulkStatement:
                 info = builder.build(self.cls, obj_state, deleted=True)
                 began = values[VALID_FROM_KEY]
                 batch.add(
-                    meta, row_values, values[VERSION_KEY], ends_at(changed_at, began), info, began
+                    meta,
+                    row_values,
+                    values[VERSION_KEY],
+                    ends_at(changed_at, began),
+                    info,
+                    began,
+                    {k: values[_COLUMN + k] for k in extra},
                 )
             batch.write(self.session)
             return result
@@ -488,7 +504,13 @@ class _BulkStatement:
             info = builder.build(self.cls, obj_state, hidden_changed=hidden)
             began = values[VALID_FROM_KEY]
             batch.add(
-                meta, row_values, values[VERSION_KEY], ends_at(changed_at, began), info, began
+                meta,
+                row_values,
+                values[VERSION_KEY],
+                ends_at(changed_at, began),
+                info,
+                began,
+                {k: values[_COLUMN + k] for k in extra},
             )
             if obj_state is not None:
                 batch.states.append(obj_state)
@@ -914,10 +936,11 @@ class _OneStatement:
         exceptional = self._exceptional(builder, shared, delete)
 
         # The rows as they are now, locked: what their history rows hold.
-        tracked = [(key, table.c[col_key]) for key, col_key in tmap.columns]
+        copied_keys = history_column_keys(meta)
+        tracked = [table.c[col_key] for col_key in copied_keys]
         columns: list[Any] = [column.label(f"k{i}") for i, column in enumerate(pk_columns)]
         columns.append(version.label("v"))
-        non_key = [column for _, column in tracked if column.name not in pk_names]
+        non_key = [column for column in tracked if column.name not in pk_names]
         columns.extend(column.label(f"t{j}") for j, column in enumerate(non_key))
         hidden_names: list[Any] = []
         if not delete:
@@ -977,7 +1000,7 @@ class _OneStatement:
         copied_from: list[str] = []
         targets: list[Any] = []
         j = 0
-        for (_, column), (_, col_key) in zip(tracked, tmap.columns, strict=True):
+        for column, col_key in zip(tracked, copied_keys, strict=True):
             targets.append(history.c[col_key])
             if column.name in pk_names:
                 copied_from.append(f"k{[c.name for c in pk_columns].index(column.name)}")
@@ -1060,7 +1083,7 @@ class _OneStatement:
         returned.append(table.c[meta.version_column.key].label("v"))
         non_key = [
             table.c[col_key]
-            for _, col_key in meta.tables[0].columns
+            for col_key in history_column_keys(meta)
             if table.c[col_key].name not in pk_names
         ]
         returned.extend(column.label(f"t{j}") for j, column in enumerate(non_key))
@@ -1316,8 +1339,9 @@ class _Upsert(_OneStatement):
                 ),
                 else_=info,
             )
-        copied = [old.c[f"c_{table.c[col_key].name}"] for _, col_key in tmap.columns]
-        targets = [history.c[col_key] for _, col_key in tmap.columns]
+        copied_keys = history_column_keys(meta)
+        copied = [old.c[f"c_{table.c[col_key].name}"] for col_key in copied_keys]
+        targets = [history.c[col_key] for col_key in copied_keys]
         old_valid_from = old.c[f"c_{table.c[VALID_FROM_KEY].name}"]
         targets.append(history.c[VALID_FROM_KEY])
         copied.append(old_valid_from)

@@ -269,6 +269,19 @@ def joined_descendants(meta: VersionMeta) -> list[tuple[VersionMeta, TableMap]]:
     return found
 
 
+def history_column_keys(meta: VersionMeta) -> list[str]:
+    """Keys of the columns a bulk statement on ``meta``'s class copies from the
+    model's table into its base history table: the class's own, then those its
+    single-table subclasses add to the same tables (a statement on the base class
+    changes and deletes subclass rows too; their history rows must keep them)."""
+    tmap = meta.tables[0]
+    keys = [col_key for _, col_key in tmap.columns]
+    own = {*keys, VERSION_KEY, VALID_FROM_KEY, "changed", "change_info"}
+    live = meta.version_column.table
+    keys.extend(c.key for c in tmap.history.c if c.key not in own and c.key in live.c)
+    return keys
+
+
 def source_table(meta: VersionMeta, tmap: TableMap) -> sa.Table:
     """The model table of ``meta``'s class whose history ``tmap.history`` is."""
     mapper = meta.mapper

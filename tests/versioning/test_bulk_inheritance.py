@@ -100,3 +100,73 @@ def test_base_upsert_refused(db: VersionedSQLAlchemy, zoo: Any) -> None:
     db.session.rollback()
     assert cast(Any, db.session.get(Dog, 1)).name == "rex"
     assert _dog_versions(db, Dog) == []
+
+
+@pytest.fixture()
+def shapes(db: VersionedSQLAlchemy) -> dict[str, Any]:
+    """Shape (base) and Circle (single-table subclass adding ``radius``); circle 1
+    (radius 10) and circle 2 (radius 20), committed."""
+
+    class Shape(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "sb_shape"
+        id = db.Column(db.Integer, primary_key=True)
+        kind = db.Column(db.String(10))
+        size = db.Column(db.Integer)
+        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "shape"}
+
+    class Circle(Shape):
+        radius = db.Column(db.Integer, nullable=True)
+        __mapper_args__ = {"polymorphic_identity": "circle"}
+
+    db.create_all()
+    db.session.add_all([Circle(id=1, size=1, radius=10), Circle(id=2, size=2, radius=20)])
+    db.session.commit()
+    return {"Shape": Shape, "Circle": Circle}
+
+
+def _circle_history(db: VersionedSQLAlchemy, Shape: Any) -> list[tuple[int, int, int, int]]:
+    table = cast(Any, history_class(Shape)).__table__
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(table.c.id, table.c.version, table.c.size, table.c.radius).order_by(
+                table.c.id, table.c.version
+            )
+        )
+        return [tuple(row) for row in rows]
+
+
+def _upsert_shapes(Shape: Any) -> Any:
+    statement = insert(Shape).values([{"id": 1, "size": 5}, {"id": 2, "size": 6}])
+    return statement.on_conflict_do_update(
+        index_elements=[Shape.id], set_={"size": statement.excluded.size}
+    )
+
+
+STATEMENTS: dict[str, Any] = {
+    "update": lambda s, S: s.execute(sa.update(S).values(size=S.size + 10)),
+    "update-volatile": lambda s, S: s.execute(
+        sa.update(S).values(size=S.size + 10 + sa.func.floor(sa.func.random()))
+    ),
+    "update-by-pk": lambda s, S: s.execute(
+        sa.update(S), [{"id": 1, "size": 11}, {"id": 2, "size": 12}]
+    ),
+    "query-update": lambda s, S: s.query(S).update({"size": S.size + 10}),
+    "upsert": lambda s, S: s.execute(_upsert_shapes(S)),
+    "delete": lambda s, S: s.execute(sa.delete(S)),
+    "delete-returning": lambda s, S: s.execute(sa.delete(S).returning(S.id)).all(),
+    "delete-fetch": lambda s, S: s.execute(
+        sa.delete(S).execution_options(synchronize_session="fetch")
+    ),
+}
+
+
+@pytest.mark.parametrize("form", list(STATEMENTS))
+def test_single_table_base_statement_keeps_subclass_columns(
+    db: VersionedSQLAlchemy, shapes: dict[str, Any], form: str
+) -> None:
+    """A bulk statement on a single-table base class copies the subclass columns of
+    the rows it changes or deletes into their history rows."""
+    Shape = shapes["Shape"]
+    STATEMENTS[form](db.session, Shape)
+    db.session.commit()
+    assert _circle_history(db, Shape) == [(1, 0, 1, 10), (2, 0, 2, 20)]
