@@ -20,6 +20,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from chrononaut._leases import _install_listeners as install_lease_listeners
 from chrononaut._leases import lease_change_info
 from chrononaut.errors import ChrononautException, StaleWriteError
+from chrononaut.versioning._bulk import continued_inserts
 from chrononaut.versioning._capture import Capture
 from chrononaut.versioning._change_info import (
     Settings,
@@ -35,7 +36,7 @@ from chrononaut.versioning._concurrency import (
     flushing,
     watch_rollbacks,
 )
-from chrononaut.versioning._meta import meta_of
+from chrononaut.versioning._meta import VALID_FROM_KEY, VERSION_KEY, meta_of
 
 __all__ = ["versioned_session"]
 
@@ -92,21 +93,50 @@ def _guard_legacy_bulk(cls: type[Session]) -> None:
     ``bulk_save_objects`` (for records already in the database) and
     ``bulk_update_mappings`` bypass the flush events and the version check, so
     they could only write history that does not hold the prior values. They are
-    refused before any statement (SPEC §2); inserts of new records pass.
+    refused before any statement (SPEC §2). Inserts of new records
+    (``bulk_save_objects``, ``bulk_insert_mappings``) pass; a key deleted earlier
+    continues its version sequence, as in a flush.
     """
     save_objects = cls.bulk_save_objects
     update_mappings = cls.bulk_update_mappings
+    insert_mappings = cls.bulk_insert_mappings
 
     def bulk_save_objects(self: Session, objects: Any, *args: Any, **kwargs: Any) -> None:
         objects = list(objects)
+        new: dict[Any, list[Any]] = {}
         for obj in objects:
-            if meta_of(type(obj)) is not None and instance_state(obj).key is not None:
+            meta = meta_of(type(obj))
+            if meta is None:
+                continue
+            state = instance_state(obj)
+            if state.key is not None:
                 raise ChrononautException(
                     f"bulk_save_objects() would update {type(obj).__name__} rows without "
                     f"history or version check; use session.add_all() and flush, or "
                     f"session.execute(update({type(obj).__name__}), [...])"
                 )
+            new.setdefault(meta, []).append(state)
+        for meta, states in new.items():
+            # A dataclass model's constructor may have set version's default: the
+            # rows are given without Chrononaut's columns, which it sets itself.
+            given = [
+                {k: v for k, v in state.dict.items() if k not in (VERSION_KEY, VALID_FROM_KEY)}
+                for state in states
+            ]
+            rows = continued_inserts(self, meta, given, check=False)
+            for state, row in zip(states, rows or (), strict=False):
+                state.dict.update(row)
         save_objects(self, objects, *args, **kwargs)
+
+    def bulk_insert_mappings(
+        self: Session, mapper: Any, mappings: Any, *args: Any, **kwargs: Any
+    ) -> None:
+        cls_ = getattr(sa.inspect(mapper), "class_", None)
+        meta = meta_of(cls_) if cls_ is not None else None
+        if meta is not None:
+            mappings = list(mappings)
+            mappings = continued_inserts(self, meta, mappings) or mappings
+        insert_mappings(self, mapper, mappings, *args, **kwargs)
 
     def bulk_update_mappings(self: Session, mapper: Any, mappings: Any, **kwargs: Any) -> None:
         cls_ = getattr(sa.inspect(mapper), "class_", None)
@@ -120,8 +150,10 @@ def _guard_legacy_bulk(cls: type[Session]) -> None:
 
     bulk_save_objects.__doc__ = save_objects.__doc__
     bulk_update_mappings.__doc__ = update_mappings.__doc__
+    bulk_insert_mappings.__doc__ = insert_mappings.__doc__
     cls.bulk_save_objects = bulk_save_objects  # type: ignore[method-assign]
     cls.bulk_update_mappings = bulk_update_mappings  # type: ignore[method-assign]
+    cls.bulk_insert_mappings = bulk_insert_mappings  # type: ignore[method-assign]
 
 
 def _listen(target: Any, settings: Settings) -> None:

@@ -18,7 +18,16 @@ from chrononaut.versioning._change_info import Settings, consume_appended
 from chrononaut.versioning._concurrency import forget_expected_version
 from chrononaut.versioning._meta import VALID_FROM_KEY, VERSION_KEY, VersionMeta
 
-__all__ = ["_Batch", "_execute_lean", "_now", "_require_context", "ends_at", "next_version"]
+__all__ = [
+    "_Batch",
+    "_execute_lean",
+    "_now",
+    "_require_context",
+    "ends_at",
+    "next_valid_from",
+    "next_version",
+    "reinserted",
+]
 
 Row = dict[str, Any]
 
@@ -152,6 +161,46 @@ def next_version(meta: VersionMeta, pk: tuple[Any, ...]) -> Any:
         sa.select(sa.func.coalesce(sa.func.max(history.c.version) + 1, 0))
         .where(*criteria)
         .scalar_subquery()
+    )
+
+
+def reinserted(
+    connection: sa.Connection, meta: VersionMeta, keys: list[tuple[Any, ...]]
+) -> dict[tuple[Any, ...], tuple[int, dt.datetime]]:
+    """For each of ``keys`` that has history: the version a row inserted again with
+    it starts at, and when its newest history row ended (the new row's version
+    begins no earlier). One SELECT."""
+    if not keys:
+        return {}
+    base = meta.tables[0]
+    history = base.history
+    columns = [history.c[col_key] for _, col_key in base.pk]
+    where: Any = (
+        columns[0].in_([k[0] for k in keys]) if len(columns) == 1 else sa.tuple_(*columns).in_(keys)
+    )
+    newest = (
+        sa.select(*columns, sa.func.max(history.c.version), sa.func.max(history.c.changed))
+        .where(where)
+        .group_by(*columns)
+    )
+    return {tuple(row[:-2]): (row[-2] + 1, row[-1]) for row in connection.execute(newest)}
+
+
+def next_valid_from(meta: VersionMeta, pk: tuple[Any, ...], clock: dt.datetime) -> Any:
+    """SQL for the ``valid_from`` of a row inserted with primary key ``pk``: the
+    clock, or where the key's newest history row ended if that is later (a key
+    deleted earlier in the same transaction: ranges never overlap)."""
+    base = meta.tables[0]
+    history = base.history
+    criteria = [
+        history.c[col_key] == sa.literal(value, type_=history.c[col_key].type)
+        for (_, col_key), value in zip(base.pk, pk, strict=True)
+    ]
+    ended = sa.select(sa.func.max(history.c.changed)).where(*criteria).scalar_subquery()
+    return sa.func.greatest(
+        sa.bindparam(None, clock, type_=sa.DateTime(timezone=True), unique=True),
+        ended,
+        type_=sa.DateTime(timezone=True),
     )
 
 

@@ -78,3 +78,42 @@ def test_bulk_update_mappings_of_unversioned_model_passes(db: VersionedSQLAlchem
     db.session.bulk_update_mappings(Note, [{"id": 1, "text": "b"}])
     db.session.commit()
     assert cast(Any, db.session.get(Note, 1)).text == "b"
+
+
+REINSERTS: dict[str, Callable[[Any, Any], None]] = {
+    "bulk_insert_mappings": lambda s, User: s.bulk_insert_mappings(
+        User, [{"id": 1, "name": "again", "email": "a@x"}]
+    ),
+    "bulk_save_objects": lambda s, User: s.bulk_save_objects(
+        [User(id=1, name="again", email="a@x")]
+    ),
+}
+
+
+@pytest.mark.parametrize("method", list(REINSERTS))
+def test_legacy_insert_continues_version_sequence(
+    db: VersionedSQLAlchemy, make_user: Callable[..., Any], User: Any, method: str
+) -> None:
+    """A key deleted earlier and inserted again by a legacy bulk method continues
+    its version sequence, and its next change is recorded."""
+    user = make_user(id=1, name="first")
+    db.session.delete(user)
+    db.session.commit()
+    REINSERTS[method](db.session, User)
+    db.session.commit()
+    again = db.session.get(User, 1)
+    assert again is not None and again.version == 1
+    again.name = "third"
+    db.session.commit()
+    assert [(h.version, h.name) for h in again.versions()] == [(0, "first"), (1, "again")]
+
+
+def test_bulk_insert_mappings_version_refused(db: VersionedSQLAlchemy, User: Any) -> None:
+    """``bulk_insert_mappings`` rows that carry ``version`` are refused before any statement."""
+    seen, stop = _statements(db)
+    try:
+        with pytest.raises(ChrononautException, match="version is set by Chrononaut"):
+            db.session.bulk_insert_mappings(User, [{"id": 1, "name": "x", "version": 5}])
+    finally:
+        stop()
+    assert seen == []

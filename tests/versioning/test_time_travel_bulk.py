@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import time
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from chrononaut import ChrononautException, VersionedSQLAlchemy, as_of
+from chrononaut import (
+    ChrononautException,
+    VersionedSQLAlchemy,
+    as_of,
+    history_class,
+    suppress_versioning,
+)
 
 
 def _now() -> dt.datetime:
@@ -139,3 +146,77 @@ def test_bulk_update_by_primary_key_refuses_valid_from(
     """A parameter set of an UPDATE by primary key naming ``valid_from`` is refused."""
     with pytest.raises(ChrononautException, match="valid_from"):
         db.session.execute(sa.update(User), [{"id": users[0].id, "valid_from": _now()}])
+
+
+REINSERT_FORMS: dict[str, Any] = {
+    "parameters": lambda s, U: s.execute(sa.insert(U), [{"id": 1, "name": "b", "email": "b@x"}]),
+    "values": lambda s, U: s.execute(sa.insert(U).values(id=1, name="b", email="b@x")),
+    "upsert-insert-branch": lambda s, U: s.execute(
+        pg_insert(U)
+        .values([{"id": 1, "name": "b", "email": "b@x"}])
+        .on_conflict_do_update(index_elements=[U.id], set_={"name": "c"})
+    ),
+}
+
+
+@pytest.mark.parametrize("form", list(REINSERT_FORMS))
+def test_reinsert_in_same_transaction_does_not_overlap(
+    db: VersionedSQLAlchemy, make_user: Any, User: Any, form: str
+) -> None:
+    """A key deleted and inserted again by a bulk INSERT in one transaction begins
+    its new version no earlier than the old one ended: as_of() finds one row."""
+    make_user(id=1, name="a")
+    db.session.execute(sa.select(1))  # the transaction began before the delete
+    time.sleep(0.05)
+    db.session.delete(db.session.get(User, 1))
+    db.session.flush()
+    REINSERT_FORMS[form](db.session, User)
+    db.session.commit()
+    history = cast(Any, history_class(User))
+    ended: dt.datetime = db.session.execute(
+        sa.select(history.changed).where(history.id == 1)
+    ).scalar_one()
+    began: dt.datetime = db.session.execute(
+        sa.select(User.valid_from).where(User.id == 1)
+    ).scalar_one()
+    assert began >= ended
+    past = as_of(User, ended - dt.timedelta(microseconds=1))
+    assert len(db.session.scalars(sa.select(past).where(past.id == 1)).all()) == 1
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        lambda U: (sa.insert(U), [{"id": 9, "name": "n", "email": "n@x", "version": 5}]),
+        lambda U: (
+            sa.insert(U).values(id=9, name="n", email="n@x", valid_from=dt.datetime(2000, 1, 1)),
+            None,
+        ),
+        lambda U: (
+            pg_insert(U)
+            .values([{"id": 9, "name": "n", "email": "n@x", "version": 5}])
+            .on_conflict_do_nothing(),
+            None,
+        ),
+    ],
+    ids=["parameters-version", "values-valid-from", "upsert-values-version"],
+)
+def test_insert_of_managed_columns_refused(
+    db: VersionedSQLAlchemy, User: Any, statement: Any
+) -> None:
+    """An INSERT whose rows carry ``version`` or ``valid_from`` is refused."""
+    stmt, params = statement(User)
+    with pytest.raises(ChrononautException, match="is set by Chrononaut"):
+        db.session.execute(stmt, params)
+    db.session.rollback()
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(User)) == 0
+
+
+def test_insert_of_managed_columns_allowed_when_suppressed(
+    db: VersionedSQLAlchemy, User: Any
+) -> None:
+    """Under ``suppress_versioning()`` an INSERT may carry ``version`` (imports)."""
+    with suppress_versioning():
+        db.session.execute(sa.insert(User), [{"id": 9, "name": "n", "email": "n@x", "version": 5}])
+    db.session.commit()
+    assert db.session.scalar(sa.select(User.version)) == 5
