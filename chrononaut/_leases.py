@@ -290,20 +290,23 @@ def _statements(leases: sa.Table) -> dict[str, Any]:
     many = sa.and_(
         c.table_name == t, c.record_key == sa.any_(sa.bindparam("keys", type_=ARRAY(sa.Text)))
     )
+    # The token's lease, held by the acting user (when there is one: a token is
+    # not a pass for somebody else's lease).
+    by_token = sa.and_(
+        c.token == sa.bindparam("tok", type_=sa.Text),
+        c.user_id
+        == sa.func.coalesce(sa.cast(sa.bindparam("holder", type_=sa.Text), sa.Text), c.user_id),
+    )
     renew = (
         sa.update(leases)
-        .where(one, live, c.token == sa.bindparam("tok", type_=sa.Text))
+        .where(one, live, by_token)
         .values(
             expires_at=now + sa.func.coalesce(ttl, c.ttl),
             ttl=sa.func.coalesce(ttl, c.ttl),
         )
         .returning(c.token, *columns)
     )
-    release = (
-        sa.delete(leases)
-        .where(one, live, c.token == sa.bindparam("tok", type_=sa.Text))
-        .returning(c.user_id)
-    )
+    release = sa.delete(leases).where(one, live, by_token).returning(c.user_id)
     holder = sa.select(*columns).where(one, live)
     check = sa.select(*columns).where(many, live)
     gone = (
@@ -607,17 +610,20 @@ def _renew(
     _check_bool("commit", commit)
     state, session, target = _checked(record, "renew the lease of")
     pk = _pk(state)
+    holder = resolve_actor(type(record)).user_id
 
     def acquire() -> Lease:
         conn = session.connection(bind_arguments={"mapper": state.mapper})
         name, key = target.table_name(conn), _record_key(pk)
         row = conn.execute(
-            _statements(target.leases)["renew"], {"t": name, "k": key, "tok": token, "ttl": ttl}
+            _statements(target.leases)["renew"],
+            {"t": name, "k": key, "tok": token, "ttl": ttl, "holder": holder},
         ).first()
         if row is None:
             raise ChrononautException(
-                f"no live lease of {_describe(type(record), pk)} has this token (unknown, "
-                f"expired, released or taken over): take the lease again with lease()"
+                f"no live lease of {_describe(type(record), pk)} held by the acting user "
+                f"has this token (unknown, expired, released, taken over or another "
+                f"user's): take the lease again with lease()"
             )
         found = _from_row(row)
         _known(session)[(name, key)] = found
@@ -632,6 +638,7 @@ def _release(record: object, token: str, *, commit: bool = True) -> None:
     _check_bool("commit", commit)
     state, session, target = _checked(record, "release the lease of")
     pk = _pk(state)
+    holder = resolve_actor(type(record)).user_id
 
     def acquire() -> None:
         # Pending changes are the holder's: they are written while the lease holds.
@@ -639,12 +646,14 @@ def _release(record: object, token: str, *, commit: bool = True) -> None:
         conn = session.connection(bind_arguments={"mapper": state.mapper})
         name, key = target.table_name(conn), _record_key(pk)
         row = conn.execute(
-            _statements(target.leases)["release"], {"t": name, "k": key, "tok": token}
+            _statements(target.leases)["release"],
+            {"t": name, "k": key, "tok": token, "holder": holder},
         ).first()
         if row is None:
             raise ChrononautException(
-                f"no live lease of {_describe(type(record), pk)} has this token (unknown, "
-                f"expired, released or taken over); nothing to release"
+                f"no live lease of {_describe(type(record), pk)} held by the acting user "
+                f"has this token (unknown, expired, released, taken over or another "
+                f"user's); nothing to release"
             )
         _known(session)[(name, key)] = None
 

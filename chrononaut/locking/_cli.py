@@ -25,7 +25,13 @@ _LOCKS_SQL = sa.text(
     SELECT l.pid, l.classid::bigint, l.objid::bigint, l.objsubid, l.mode,
            a.application_name, COALESCE(a.xact_start, a.state_change),
            CASE WHEN l.objsubid = 2 AND c.relkind IN ('r', 'p')
-                THEN c.oid::regclass::text END AS relation
+                THEN c.oid::regclass::text END AS relation,
+           -- The name of the table's one-column primary key (row markers exist
+           -- only for keys of one small integer).
+           (SELECT pa.attname FROM pg_index i
+            JOIN pg_attribute pa ON pa.attrelid = i.indrelid AND pa.attnum = i.indkey[0]
+            WHERE l.objsubid = 2 AND i.indrelid = c.oid AND i.indisprimary
+              AND i.indnatts = 1) AS key_name
     FROM pg_locks l
     JOIN pg_stat_activity a ON a.pid = l.pid
     LEFT JOIN pg_class c ON l.objsubid = 2 AND c.oid = l.classid
@@ -113,11 +119,13 @@ def held_locks(conn: sa.Connection) -> list[HeldLock]:
         for blocker in blockers or ():
             waiters.setdefault(int(blocker), []).append(waiter)
     held: list[HeldLock] = []
-    for pid, classid, objid, objsubid, mode, app, since, relation in conn.execute(_LOCKS_SQL):
+    for row in conn.execute(_LOCKS_SQL):
+        pid, classid, objid, objsubid, mode, app, since, relation, key_name = row
         _, user_id = user_from_app_name(app)
         if relation is not None:
             pk, row_mode = decode_marker(int(objid))
-            held.append(HeldLock("row", f"{relation} id={pk}", row_mode, user_id, int(pid), since))
+            target = f"{relation} {key_name or 'key'}={pk}"
+            held.append(HeldLock("row", target, row_mode, user_id, int(pid), since))
             continue
         text: str | None = None
         if objsubid == 2:

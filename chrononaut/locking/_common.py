@@ -156,15 +156,23 @@ _KEY_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%" + _KE
 def _user_tag(user_id: str | None) -> str:
     if user_id is None:
         return APP_TAG
-    encoded = quote(user_id, safe="@.-_+=!*()',;$")
+    encoded = quote(user_id, safe=_USER_SAFE)
     if len(encoded) > _APP_USER_ROOM:
-        cut = encoded[: _APP_USER_ROOM - 1]
-        # Never cut a %XX escape in half.
-        pos = cut.rfind("%")
-        if pos >= len(cut) - 2 and pos != -1:
-            cut = cut[:pos]
-        return f"{APP_TAG}{_TRUNCATED}{cut}"
+        # Cut between characters, never inside one (a multi-byte character is
+        # several %XX escapes: half of it would not decode).
+        pieces: list[str] = []
+        size = 0
+        for char in user_id:
+            piece = quote(char, safe=_USER_SAFE)
+            if size + len(piece) > _APP_USER_ROOM - 1:
+                break
+            pieces.append(piece)
+            size += len(piece)
+        return f"{APP_TAG}{_TRUNCATED}{''.join(pieces)}"
     return f"{APP_TAG}:{encoded}"
+
+
+_USER_SAFE = "@.-_+=!*()',;$"
 
 
 def app_name(user_id: str | None, keys: Sequence[str] = ()) -> str:

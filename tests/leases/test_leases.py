@@ -345,6 +345,22 @@ def test_token_of_other_record_refused(db: VersionedSQLAlchemy, Doc: Any) -> Non
         cast(Any, db.session.get(Doc, 2)).renew_lease(lease.token)
 
 
+@pytest.mark.parametrize("method", ["renew_lease", "release_lease"])
+def test_token_of_another_user_refused(db: VersionedSQLAlchemy, Doc: Any, method: str) -> None:
+    """Another acting user can't renew or release a lease with its holder's token."""
+    doc = cast(Any, db.session.get(Doc, 1))
+    with acting_as("alice"):
+        lease = doc.lease()
+    with acting_as("bob"), pytest.raises(ChrononautException, match="another user"):
+        getattr(doc, method)(lease.token)
+    db.session.rollback()
+    holder = doc.lease_holder()
+    assert holder is not None and (holder.user_id, holder.expires_at) == (
+        "alice",
+        lease.expires_at,
+    )
+
+
 def test_expired_token_refused(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """An expired lease can't be renewed or released by its token."""
     doc = db.session.get(Doc, 1)

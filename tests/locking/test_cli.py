@@ -125,3 +125,21 @@ def test_command_is_registered_under_flask_chrononaut(app: Any, db: Any) -> None
     result = app.test_cli_runner().invoke(args=["chrononaut", "locks"])
     assert result.exit_code == 0, result.output
     assert "No locks" in result.output
+
+
+def test_row_lock_named_by_its_primary_key_column(app: Any, db: Any, new_session: Any) -> None:
+    """A locked row is shown with its table's primary-key column, not a made-up ``id``."""
+    from chrononaut.locking import LockableMixin
+
+    class Ticket(db.Model, LockableMixin):  # type: ignore[misc]
+        __tablename__ = "lock_ticket"
+        ticket_no = db.Column(db.Integer, primary_key=True)
+
+    db.create_all()
+    db.session.add(Ticket(ticket_no=42))
+    db.session.commit()
+    holder = new_session()
+    with holder.get(Ticket, 42).lock(commit=False):
+        output = _run(app).output
+        holder.rollback()
+    assert "lock_ticket ticket_no=42" in output

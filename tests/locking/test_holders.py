@@ -114,6 +114,21 @@ def test_very_long_user_ids_are_marked_truncated(db: Any, Counter: Any, new_sess
     db.session.rollback()
 
 
+@pytest.mark.parametrize("long_id", ["日本語ユーザー", "é" * 30, "x" * 50 + "ü" * 3])
+def test_long_multibyte_user_ids_cut_between_characters(
+    db: Any, Counter: Any, new_session: Any, long_id: str
+) -> None:
+    """A user id whose encoded form is too long is cut between two characters: the
+    part reported is a prefix of the id, never a broken character."""
+    other = new_session()
+    with acting_as(long_id), other.get(Counter, 1).lock():
+        found = db.session.get(Counter, 1).lock_holder()
+    assert found is not None and found.user_id is not None
+    assert found.user_id.endswith("…") and "\ufffd" not in found.user_id
+    assert long_id.startswith(found.user_id[:-1]) and len(found.user_id) > 1
+    db.session.rollback()
+
+
 def test_holder_found_for_composite_and_string_keys(db: Any, new_session: Any) -> None:
     """Rows with composite or string primary keys have holders too (hashed markers)."""
     from chrononaut.locking import LockableMixin
