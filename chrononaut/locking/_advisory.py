@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -236,6 +237,11 @@ _held: contextvars.ContextVar[Mapping[Engine, _Dedicated] | None] = contextvars.
 class _Dedicated:
     conn: Connection
     depth: int = 0
+    #: The thread whose blocks share it. A context copied into another thread
+    #: (``asyncio.to_thread``, ``contextvars.copy_context().run``) carries the
+    #: mapping along; that thread's blocks must not re-enter this one's locks or
+    #: use its connection.
+    thread: int = field(default_factory=threading.get_ident)
     #: String keys taken on this connection, listed in its holder tag.
     keys: list[str] = field(default_factory=list)
 
@@ -313,6 +319,8 @@ def _session_lock(
         engine = engine.engine
     held = _held.get() or {}
     entry = held.get(engine)
+    if entry is not None and entry.thread != threading.get_ident():
+        entry = None
     token: contextvars.Token[Mapping[Engine, _Dedicated] | None] | None = None
     if entry is None:
         entry = _Dedicated(_open_dedicated(engine))

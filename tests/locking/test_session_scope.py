@@ -111,3 +111,33 @@ def test_pool_without_a_second_connection_is_a_clear_lock_error(database_url: st
         finally:
             db.session.remove()
             db.engine.dispose()
+
+
+def test_context_copied_into_another_thread_is_not_reentrant(db: Any, app: Flask) -> None:
+    """A thread started with a copy of the block's context (``asyncio.to_thread``)
+    takes the key on a connection of its own, so it is not granted while the block
+    holds it."""
+    import contextvars
+    import threading
+
+    from chrononaut import LockNotAvailableError
+
+    outcome: dict[str, Any] = {}
+
+    def other() -> None:
+        with app.app_context():
+            session = db.session.session_factory()
+            try:
+                with advisory_lock("copied", scope="session", nowait=True, session=session):
+                    outcome["granted"] = True
+            except LockNotAvailableError:
+                outcome["granted"] = False
+            finally:
+                session.close()
+
+    with advisory_lock("copied", scope="session"):
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(other,))
+        thread.start()
+        thread.join()
+    assert outcome == {"granted": False}
