@@ -76,6 +76,7 @@ def run_bulk(settings: Settings, orm_execute_state: ORMExecuteState) -> Any:
     if meta is None:
         return None
     _refuse_version_assignment(statement, meta, state.parameters)
+    _refuse_unrecordable(state, meta)
     if upsert:
         _refuse_inserted_managed(statement, meta, state.parameters)
         _require_context(settings)
@@ -85,6 +86,37 @@ def run_bulk(settings: Settings, orm_execute_state: ORMExecuteState) -> Any:
     if _one_statement_possible(state, meta):
         return _OneStatement(settings, state, meta).run()
     return _BulkStatement(settings, state, meta).run()
+
+
+def _refuse_unrecordable(state: ORMExecuteState, meta: VersionMeta) -> None:
+    """Bulk statements whose history could not be right, refused before anything is
+    sent: a DELETE of a joined-table subclass (SQLAlchemy deletes only the
+    subclass table's rows, the base rows stay), and an UPDATE that changes the
+    primary key (history is kept by key)."""
+    mapper = state.bind_arguments["mapper"]
+    name = mapper.class_.__name__
+    if state.is_delete and mapper.local_table is not mapper.base_mapper.local_table:
+        base = mapper.base_mapper.class_.__name__
+        raise ChrononautException(
+            f"an ORM bulk DELETE of {name} deletes only its own table's rows and leaves "
+            f"their {base} rows: delete from the base class instead, e.g. "
+            f"delete({base}).where({base}.id.in_(select({name}.id).where(...)))"
+        )
+    if not state.is_update:
+        return
+    statement: Any = state.statement
+    values = getattr(statement, "_values", None) or {}
+    names = {getattr(key, "name", None) or getattr(key, "key", key) for key in values}
+    params = state.parameters
+    if isinstance(params, dict):
+        names.update(params)
+    pk = {meta.columns[key].name for key in meta.pk_keys} | set(meta.pk_keys)
+    if names & pk:
+        raise ChrononautException(
+            f"an ORM bulk UPDATE of the Versioned model {name} can't change its primary "
+            "key (history is kept by key): change the key in a flush, or copy the rows "
+            "to new keys and delete the old ones"
+        )
 
 
 def _row_key(row: Any, meta: VersionMeta) -> tuple[Any, ...] | None:

@@ -170,3 +170,16 @@ def test_single_table_base_statement_keeps_subclass_columns(
     STATEMENTS[form](db.session, Shape)
     db.session.commit()
     assert _circle_history(db, Shape) == [(1, 0, 1, 10), (2, 0, 2, 20)]
+
+
+def test_joined_subclass_delete_refused(db: VersionedSQLAlchemy, zoo: Any) -> None:
+    """``delete(Dog)`` (SQLAlchemy deletes only the subclass rows) is refused before
+    any statement; deleting through the base class works."""
+    Animal, Dog = zoo["Animal"], zoo["Dog"]
+    with pytest.raises(ChrononautException, match="delete from the base class"):
+        db.session.execute(sa.delete(Dog).where(Dog.id == 1))
+    db.session.rollback()
+    db.session.execute(sa.delete(Animal).where(Animal.id.in_(sa.select(Dog.id))))
+    db.session.commit()
+    assert db.session.scalars(sa.select(Animal.id)).all() == [2]
+    assert _dog_versions(db, Dog) == [(0, "rex", "woof")]

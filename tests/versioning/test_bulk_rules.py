@@ -454,3 +454,19 @@ def test_version_in_set_parameters_refused(db: VersionedSQLAlchemy, trio: Any, U
     """A single parameter dict that SETs ``version`` is refused too."""
     with pytest.raises(ChrononautException):
         db.session.execute(sa.update(User).where(User.id == 1), {"version": 4, "name": "x"})
+
+
+@pytest.mark.parametrize("how", ["values", "parameters"])
+def test_bulk_update_of_primary_key_refused(
+    db: VersionedSQLAlchemy, make_user: Any, User: Any, how: str
+) -> None:
+    """A bulk UPDATE that changes the primary key is refused before any statement."""
+    make_user(id=1, name="alice")
+    statement = sa.update(User).where(User.id == 1)
+    with pytest.raises(ChrononautException, match="can't change its primary key"):
+        if how == "values":
+            db.session.execute(statement.values(id=5, name="x"))
+        else:
+            db.session.execute(statement, {"id": 5, "name": "x"})
+    db.session.rollback()
+    assert db.session.scalars(sa.select(User.id)).all() == [1]
