@@ -119,14 +119,16 @@ def _columns(meta: VersionMeta) -> tuple[list[sa.Column[Any]], list[Any]]:
 
 
 def _polymorphic(meta: VersionMeta) -> list[Mapper[Any]]:
-    """History mappers of the joined-table subclasses below ``meta``'s class."""
+    """History mappers of the subclasses below ``meta``'s class, joined-table and
+    single-table: their columns are loaded with the rows (a record of a
+    still-current version leaves the session when loaded and could not load them
+    later)."""
     from chrononaut.versioning._meta import meta_of
 
-    tables = {tmap.history for _, tmap in joined_descendants(meta)}
     mappers: list[Mapper[Any]] = []
     for mapper in meta.mapper.self_and_descendants:
         sub = meta_of(mapper.class_)
-        if sub is not None and sub is not meta and any(t.history in tables for t in sub.tables):
+        if sub is not None and sub is not meta:
             mappers.append(sub.history_mapper)
     return mappers
 

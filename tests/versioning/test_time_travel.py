@@ -352,6 +352,14 @@ def test_single_table_subclass(db: VersionedSQLAlchemy) -> None:
         assert [(r.id, r.bark) for r in rows] == [(2, bark)]
         assert db.session.scalar(sa.select(sa.func.count()).select_from(as_of(Dog, at))) == 1
     assert db.session.scalar(sa.select(sa.func.count()).select_from(as_of(Pet, t1))) == 2
+    # Through the base class: subclass records, their columns loaded and readable
+    # after commit, from history and from the live table.
+    for at, bark in ((t1, "woof"), (_now(), "WOOF")):
+        past = as_of(Pet, at)
+        rows = db.session.scalars(sa.select(past).order_by(past.id)).all()
+        db.session.commit()
+        assert [type(r) for r in rows] == [history_class(Pet), history_class(Dog)]
+        assert cast(Any, rows[1]).bark == bark
 
 
 # version_at() by ranges
