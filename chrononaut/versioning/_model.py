@@ -276,6 +276,15 @@ def _configure(mapper: Mapper[Any]) -> None:
     )
     for name in ("before_insert", "before_update", "before_delete"):
         event.listen(history_mapper, name, _refuse_write)
+    # Untyped foreign-key copies learn their type by the time the mappers are
+    # configured (the referenced table may be defined after this class).
+    history_tables = [tmap.history for tmap in table_maps]
+
+    def resolve(*_: Any) -> None:
+        for history in history_tables:
+            tables.resolve_types(history)
+
+    event.listen(mapper, "mapper_configured", resolve, once=True)
 
     columns: dict[str, sa.Column[Any]] = {}
     for prop in _column_props(mapper):

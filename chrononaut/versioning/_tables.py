@@ -6,8 +6,9 @@ be tested (and reasoned about by Alembic autogenerate) on its own.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Collection, Iterable
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, TSTZRANGE
@@ -72,12 +73,8 @@ def copy_column(column: sa.Column[object]) -> sa.Column[object]:
     time history is read), identity or sequence. Non-key columns are nullable, so
     history written before a column became NOT NULL stays valid.
     """
-    type_ = column.type
-    # Schema-bound types (Enum, Boolean with constraints) attach themselves to
-    # the table they are used in; each table needs its own copy.
-    if isinstance(type_, SchemaEventTarget):
-        type_ = type_.copy()
-    return sa.Column(
+    type_ = _own_type(column.type)
+    copy = sa.Column(
         column.name,
         type_,
         key=column.key,
@@ -87,6 +84,37 @@ def copy_column(column: sa.Column[object]) -> sa.Column[object]:
         comment=column.comment,
         info={INFO_KEY: "copy"},
     )
+    if type_._isnull and column.foreign_keys:
+        # A foreign key without a type of its own takes the referenced column's
+        # once that table is defined, possibly after this class: so will the copy.
+        _types_from[copy] = column
+    return copy
+
+
+def _own_type(type_: Any) -> Any:
+    # Schema-bound types (Enum, Boolean with constraints) attach themselves to
+    # the table they are used in; each table needs its own copy.
+    return cast(Any, type_).copy() if isinstance(type_, SchemaEventTarget) else type_
+
+
+# History copies of foreign-key columns still without a type -> their source column.
+_types_from: weakref.WeakKeyDictionary[sa.Column[Any], sa.Column[Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def resolve_types(history: sa.Table) -> None:
+    """Give copies of untyped foreign-key columns the type their source column took
+    from the referenced column (when the referenced table was defined later)."""
+    for column in history.c:
+        source = _types_from.get(column)
+        if source is not None and not source.type._isnull:
+            column.type = _own_type(source.type)
+            del _types_from[column]
+
+
+def _resolve_before_create(target: sa.Table, connection: Any, **kw: Any) -> None:
+    resolve_types(target)
 
 
 def _generated_columns(base: bool) -> list[sa.Column[object]]:
@@ -201,6 +229,8 @@ def build_history_table(
     )
     if range_index:
         history.info[RANGE_INDEX_KEY] = True
+    if any(column in _types_from for column in history.c):
+        sa.event.listen(history, "before_create", _resolve_before_create)
     return history
 
 
@@ -238,4 +268,9 @@ def add_history_columns(history: sa.Table, columns: Iterable[sa.Column[object]])
     """
     for column in columns:
         if column.key not in history.c:
-            history.append_column(copy_column(column))
+            copy = copy_column(column)
+            history.append_column(copy)
+            if copy in _types_from and not sa.event.contains(
+                history, "before_create", _resolve_before_create
+            ):
+                sa.event.listen(history, "before_create", _resolve_before_create)

@@ -351,3 +351,35 @@ def test_range_index_on_subclass_refused(db: VersionedSQLAlchemy) -> None:
             __mapper_args__ = {"polymorphic_identity": "building"}
 
         sa.orm.configure_mappers()
+
+
+@pytest.mark.parametrize("configure_first", [False, True])
+def test_untyped_foreign_key_to_a_later_table(
+    db: VersionedSQLAlchemy, configure_first: bool
+) -> None:
+    """A foreign key without a type of its own, to a table defined after its class:
+    the history copy takes the referenced column's type (create_all works, with
+    or without the mappers configured first)."""
+
+    class Player(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "fk_player"
+        id = db.Column(db.Integer, primary_key=True)
+        team_id = db.Column(db.ForeignKey("fk_team.id"))
+
+    class Team(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "fk_team"
+        id = db.Column(db.BigInteger, primary_key=True)
+
+    if configure_first:
+        sa.orm.configure_mappers()
+    db.create_all()
+    history = cast(Any, history_class(Player)).__table__
+    assert isinstance(history.c.team_id.type, sa.BigInteger)
+    db.session.add_all([Team(id=1), Team(id=2)])
+    db.session.flush()
+    player = Player(id=1, team_id=1)
+    db.session.add(player)
+    db.session.commit()
+    player.team_id = 2
+    db.session.commit()
+    assert [h.team_id for h in player.versions()] == [1]
