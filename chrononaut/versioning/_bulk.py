@@ -54,6 +54,7 @@ _BULK_GUARD = "chrononaut_bulk_internal"
 # Prefix of a key in _BulkStatement's selects that names a column of the model's
 # table rather than an attribute of the class.
 _COLUMN = "\0column:"
+_ABSENT = object()
 
 
 def run_bulk(settings: Settings, orm_execute_state: ORMExecuteState) -> Any:
@@ -554,6 +555,9 @@ class _BulkStatement:
                 else {**p, VERSION_KEY: locked.get(tuple(p[k] for k in meta.pk_keys), -1)}
                 for p in by_key
             ]
+        # Which loaded records SQLAlchemy synchronises ("evaluate" may not match a
+        # record the SQL WHERE matched): the ones whose SET attributes it touches.
+        before = self._snapshot(list(old)) if restrict else None
         try:
             result = state.invoke_statement(statement=statement, **invoke)
         except StaleDataError as exc:
@@ -649,6 +653,8 @@ class _BulkStatement:
             synchronised = _sync_mode(state) is not False
             for pk in bumped if synchronised else ():
                 obj_state = self._identity_state(identity_map, pk)
+                if before is not None and not self._touched(obj_state, before.get(pk)):
+                    continue
                 if obj_state is not None and obj_state.obj() is not None:
                     set_committed_value(obj_state.obj(), VERSION_KEY, old[pk][VERSION_KEY] + 1)
                     set_committed_value(
@@ -689,6 +695,34 @@ class _BulkStatement:
             error = stale_write_error(bind, obj, version, model=self.cls, pk=pk)
             if error is not None:
                 raise error
+
+    def _set_keys(self) -> list[str]:
+        """Attribute keys of the columns the statement's SET names."""
+        values = getattr(self.state.statement, "_values", None) or {}
+        names = {getattr(k, "name", None) or getattr(k, "key", k) for k in values}
+        return [
+            key for key, column in self.meta.columns.items() if column.name in names or key in names
+        ]
+
+    def _snapshot(self, pks: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+        """The SET attributes' values of the loaded records of ``pks``."""
+        keys = self._set_keys()
+        found: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for pk in pks:
+            obj_state = self._identity_state(self.session.identity_map, pk)
+            if obj_state is not None:
+                found[pk] = {k: obj_state.dict.get(k, _ABSENT) for k in keys}
+        return found
+
+    @staticmethod
+    def _touched(obj_state: InstanceState[Any] | None, before: dict[str, Any] | None) -> bool:
+        """Whether SQLAlchemy's synchronisation set or expired a SET attribute."""
+        if obj_state is None or before is None:
+            return False
+        dict_ = obj_state.dict
+        return not before or any(
+            dict_.get(k, _ABSENT) is not v and dict_.get(k, _ABSENT) != v for k, v in before.items()
+        )
 
     def _identity_state(self, identity_map: Any, pk: tuple[Any, ...]) -> InstanceState[Any] | None:
         key = self.meta.mapper.identity_key_from_primary_key(pk)

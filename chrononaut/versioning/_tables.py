@@ -98,9 +98,7 @@ def _own_type(type_: Any) -> Any:
 
 
 # History copies of foreign-key columns still without a type -> their source column.
-_types_from: weakref.WeakKeyDictionary[sa.Column[Any], sa.Column[Any]] = (
-    weakref.WeakKeyDictionary()
-)
+_types_from: weakref.WeakKeyDictionary[sa.Column[Any], sa.Column[Any]] = weakref.WeakKeyDictionary()
 
 
 def resolve_types(history: sa.Table) -> None:

@@ -470,3 +470,23 @@ def test_bulk_update_of_primary_key_refused(
             db.session.execute(statement, {"id": 5, "name": "x"})
     db.session.rollback()
     assert db.session.scalars(sa.select(User.id)).all() == [1]
+
+
+@pytest.mark.parametrize("path", ["one-statement", "two-statement"])
+def test_unevaluated_match_keeps_old_version(
+    db: VersionedSQLAlchemy, make_user: Any, User: Any, path: str
+) -> None:
+    """A row the SQL WHERE matches but SQLAlchemy's evaluator does not (``-3 % 2`` is
+    ``-1`` in SQL, ``1`` in Python) keeps its loaded record's old version, on both
+    paths (the two-statement path is taken for a volatile SET): a later write
+    from that stale copy is a StaleWriteError."""
+    alice = make_user(name="alice", login_count=-3)
+    _ = alice.name  # loaded before the statement
+    name: Any = "zed" if path == "one-statement" else sa.func.concat("zed", sa.func.random() * 0)
+    statement = sa.update(User).where(User.login_count % 2 == -1).values(name=name)
+    db.session.execute(statement.execution_options(synchronize_session="evaluate"))
+    assert alice.version == 0
+    alice.email = "z@example.com"
+    with pytest.raises(StaleWriteError):
+        db.session.flush()
+    db.session.rollback()
