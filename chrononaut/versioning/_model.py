@@ -24,6 +24,7 @@ from chrononaut.versioning._meta import (
     history_class,
     meta_of,
 )
+from chrononaut.versioning._writes import continue_on_insert
 
 __all__ = ["HistoryRecord", "VersionMeta", "Versioned", "history_class", "meta_of"]
 
@@ -276,6 +277,7 @@ def _configure(mapper: Mapper[Any]) -> None:
     )
     for name in ("before_insert", "before_update", "before_delete"):
         event.listen(history_mapper, name, _refuse_write)
+    event.listen(mapper, "before_insert", continue_on_insert)
     # Untyped foreign-key copies learn their type by the time the mappers are
     # configured (the referenced table may be defined after this class).
     history_tables = [tmap.history for tmap in table_maps]

@@ -479,3 +479,63 @@ def test_columns_named_like_our_parameters(db: VersionedSQLAlchemy, records: int
     db.session.expire_all()
     assert [(g.name, g.v, g.version) for g in gauges] == [("b", 1.5, 1)] * records
     assert [(h.name, h.v) for g in gauges for h in g.versions()] == [("a", 0.0)] * records
+
+
+def test_reinserted_key_from_relationships_continues(db: VersionedSQLAlchemy) -> None:
+    """A key made of foreign keys set through relationships (known only during the
+    flush), deleted and inserted again, continues its version sequence."""
+
+    class Left(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "rk_left"
+        id = db.Column(db.Integer, primary_key=True)
+
+    class Link(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "rk_link"
+        left_id = db.Column(db.ForeignKey("rk_left.id"), primary_key=True)
+        slot = db.Column(db.Integer, primary_key=True)
+        extra = db.Column(db.String(10))
+        left = db.relationship(Left)
+
+    db.create_all()
+    left = Left(id=1)
+    db.session.add_all([left, Link(left=left, slot=1, extra="a")])
+    db.session.commit()
+    db.session.delete(db.session.get(Link, (1, 1)))
+    db.session.commit()
+    again = Link(left=left, slot=1, extra="b")
+    db.session.add(again)
+    db.session.commit()
+    assert again.version == 1
+    again.extra = "c"
+    db.session.commit()
+    assert [(h.version, h.extra) for h in again.versions()] == [(0, "a"), (1, "b")]
+
+
+@pytest.mark.parametrize("default", ["scalar", "callable"])
+def test_reinserted_key_from_python_default_continues(
+    db: VersionedSQLAlchemy, default: str
+) -> None:
+    """A key filled in by a Python-side column default, deleted and inserted again,
+    continues its version sequence."""
+
+    class Setting(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "rk_setting"
+        name = db.Column(
+            db.String(20),
+            primary_key=True,
+            default="theme" if default == "scalar" else lambda: "theme",
+        )
+        value = db.Column(db.String(20))
+
+    db.create_all()
+    db.session.add(Setting(value="light"))
+    db.session.commit()
+    db.session.delete(db.session.get(Setting, "theme"))
+    db.session.commit()
+    again = Setting(value="dark")
+    db.session.add(again)
+    db.session.commit()
+    assert (again.name, again.version) == ("theme", 1)
+    again.value = "blue"
+    db.session.commit()
+    assert [(h.version, h.value) for h in again.versions()] == [(0, "light"), (1, "dark")]
