@@ -851,18 +851,28 @@ class Capture:
             if not item.deleted:
                 _bump(obj, state, old_version, ended)
 
+        # A record deleted and a new one with its key added in one flush: SQLAlchemy
+        # turns the pair into an UPDATE of the row ("row switch"), before the
+        # deleted version's history row exists.
+        replaced: dict[Any, int] = {}
+        for obj in deleted:
+            old_state = instance_state(obj)
+            stored = old_state.dict.get(VERSION_KEY)
+            if old_state.key is not None and stored is not None:
+                replaced[old_state.key] = int(stored)
         for obj in new:
             meta = meta_of(type(obj))
             if meta is not None:
                 _refuse_managed(obj, instance_state(obj).dict, new=True)
-                self._continue_sequence(obj, meta)
+                self._continue_sequence(obj, meta, replaced)
 
     @staticmethod
-    def _continue_sequence(obj: Any, meta: VersionMeta) -> None:
+    def _continue_sequence(obj: Any, meta: VersionMeta, replaced: dict[Any, int]) -> None:
         """Give a new row whose key was used before the next version of that key.
 
         Only rows whose primary key is set in Python can collide with an old key;
         generated keys are new by construction and keep version 0 at no cost.
+        ``replaced``: identity key -> version of the records this flush deletes.
         """
         state = instance_state(obj)
         dict_ = state.dict
@@ -871,6 +881,11 @@ class Capture:
         values = [dict_.get(key) for key in meta.pk_keys]
         if any(value is None for value in values):
             return
+        if replaced:
+            identity = meta.mapper.identity_key_from_primary_key(tuple(values))
+            if identity in replaced:
+                setattr(obj, VERSION_KEY, replaced[identity] + 1)
+                return
         setattr(obj, VERSION_KEY, next_version(meta, tuple(values)))
 
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:

@@ -539,3 +539,20 @@ def test_reinserted_key_from_python_default_continues(
     again.value = "blue"
     db.session.commit()
     assert [(h.version, h.value) for h in again.versions()] == [(0, "light"), (1, "dark")]
+
+
+def test_delete_and_add_same_key_in_one_flush(
+    db: VersionedSQLAlchemy, make_user: Any, User: Any
+) -> None:
+    """A record deleted and a new one with its key added in one flush (SQLAlchemy's
+    row switch) is a new version after the deleted one; the next change records it."""
+    old = make_user(id=1, name="old")
+    db.session.delete(old)
+    new = User(id=1, name="new", email="new@example.com")
+    db.session.add(new)
+    db.session.commit()
+    assert new.version == 1
+    new.name = "newer"
+    db.session.commit()
+    history = [(h.version, h.name, h.change_info.get("deleted")) for h in new.versions()]
+    assert history == [(0, "old", True), (1, "new", None)]
