@@ -318,6 +318,10 @@ class _Relation:
     pairs: tuple[tuple[str, str], ...]
     #: removing a child deletes it (delete-orphan): the delete writes its history
     orphans_deleted: bool
+    #: deleting the parent sets the children's key columns to NULL (one-to-many
+    #: without delete cascade or passive_deletes="all"); False, True (the loaded
+    #: children) or "load" (SQLAlchemy loads the collection to do it)
+    nulls_on_delete: bool | str = False
 
 
 _relations_cache: weakref.WeakKeyDictionary[Mapper[Any], dict[str, _Relation]] = (
@@ -364,14 +368,31 @@ def _relations(mapper: Mapper[Any]) -> dict[str, _Relation]:
                 continue
         except UnmappedColumnError:
             continue  # a join condition over columns that are not attributes
+        nulls: bool | str = False
+        if prop.direction is ONETOMANY and not prop.cascade.delete:
+            # As OneToManyDP.process_deletes: passive_deletes=True still nulls the
+            # loaded children, "all" none.
+            if prop.passive_deletes is False:
+                nulls = "load"
+            else:
+                nulls = prop.passive_deletes != "all"
         found[prop.key] = _Relation(
-            prop.key, prop.direction is MANYTOONE, tuple(pairs), prop.cascade.delete_orphan
+            prop.key,
+            prop.direction is MANYTOONE,
+            tuple(pairs),
+            prop.cascade.delete_orphan,
+            nulls,
         )
     _relations_cache[mapper] = found
     return found
 
 
 _UNKNOWN = object()
+
+
+def _members(collection: Any) -> Iterable[Any]:
+    """The objects of a relationship collection (list, set, or dict values)."""
+    return collection.values() if isinstance(collection, dict) else collection
 
 
 def _target_values(target: Any, pairs: tuple[tuple[str, str], ...]) -> list[Any]:
@@ -472,6 +493,27 @@ def _relationship_changes(
                 if child is None or id(child) in gone:
                     continue
                 moved[id(child)] = (child, relation.pairs, _target_values(obj, relation.pairs))
+    for obj in deleted:
+        # Deleting a parent sets the key columns of its remaining children to NULL.
+        cls = type(obj)
+        relations = by_class.get(cls)
+        if relations is None:
+            relations = by_class[cls] = _relations(instance_state(obj).mapper)
+        for key, relation in relations.items():
+            if relation.many_to_one or not relation.nulls_on_delete:
+                continue
+            state = instance_state(obj)
+            if key in state.dict:
+                value = state.dict[key]
+            elif relation.nulls_on_delete == "load" and state.key is not None:
+                value = getattr(obj, key)  # the unit of work would load it too
+            else:
+                continue
+            children = [value] if not isinstance(value, Iterable) else list(_members(value))
+            for child in children:
+                if child is None or id(child) in gone:
+                    continue
+                moved.setdefault(id(child), (child, relation.pairs, [None] * len(relation.pairs)))
     for child in orphaned.values():
         cstate = instance_state(child)
         if cstate.key is None or meta_of(type(child)) is None or id(child) in moved:

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import relationship
 
-from chrononaut import Versioned, VersionedSQLAlchemy
+from chrononaut import StaleWriteError, Versioned, VersionedSQLAlchemy
 from tests.versioning.conftest import HistoryReader
 
 
@@ -385,3 +385,43 @@ def test_recorded_queries_see_history_statements(app: Any) -> None:
         db.session.remove()
         db.drop_all()
         db.engine.dispose()
+
+
+@pytest.mark.parametrize("loaded", [True, False])
+def test_parent_delete_nulls_children_with_history(
+    db: VersionedSQLAlchemy, league: tuple[Any, Any], loaded: bool
+) -> None:
+    """Deleting a parent sets its children's foreign key to NULL (SQLAlchemy's
+    default cascade): a change of the children, with history and a version bump,
+    whether the collection was loaded before the delete or not."""
+    Team, Player = league
+    t1, _, player = _setup(db, Team, Player)
+    if loaded:
+        _ = t1.players
+    db.session.delete(t1)
+    db.session.commit()
+    db.session.expire_all()
+    assert (player.team_id, player.version) == (None, 1)
+    assert [(h.version, h.team_id) for h in player.versions()] == [(0, 1)]
+
+
+def test_parent_delete_then_stale_child_write(
+    db: VersionedSQLAlchemy, league: tuple[Any, Any]
+) -> None:
+    """A copy of a child loaded before its parent's delete nulled its key is stale."""
+    Team, Player = league
+    t1, _, _ = _setup(db, Team, Player)
+    other = db.session.session_factory()
+    try:
+        theirs = other.get(Player, 1)
+        assert theirs is not None
+        other.commit()  # ends its transaction; the record stays loaded (expired)
+        _ = theirs.name
+        db.session.delete(t1)
+        db.session.commit()
+        theirs.name = "late"
+        with pytest.raises(StaleWriteError):
+            other.commit()
+        other.rollback()
+    finally:
+        other.close()
