@@ -33,6 +33,7 @@ from chrononaut.versioning._meta import (
     VALID_FROM_KEY,
     VERSION_KEY,
     VersionMeta,
+    copied_keys,
     history_column_keys,
     joined_descendants,
     meta_of,
@@ -405,6 +406,8 @@ class _BulkStatement:
         self.meta = meta
         self.session = state.session
         self.cls = meta.mapper.class_
+        #: select labels (``_COLUMN`` + n) -> the model-table column they read
+        self._extra_columns: dict[str, sa.Column[Any]] = {}
 
     def _attr(self, key: str) -> Any:
         return getattr(self.cls, key)
@@ -429,11 +432,10 @@ class _BulkStatement:
         """
         n = len(self.meta.pk_keys)
         flags = flags or {}
-        table = self.meta.version_column.table
         columns = [
             sa.type_coerce(flags.get(k, sa.false()), sa.Boolean()).label(k)
             if k in self.meta.hidden
-            else table.c[k[len(_COLUMN) :]]
+            else self._extra_columns[k]
             if k.startswith(_COLUMN)
             else self._attr(k)
             for k in (*self.meta.pk_keys, *keys)
@@ -508,10 +510,18 @@ class _BulkStatement:
             *[k for k in meta.tracked if k not in meta.pk_keys],
             *sorted(meta.hidden),
         ]
-        # Columns single-table subclasses add: by column, not by this class's attributes.
-        own = {col_key for _, col_key in meta.tables[0].columns}
-        extra = [k for k in history_column_keys(meta) if k not in own]
-        keys = list(dict.fromkeys([*keys, *[_COLUMN + k for k in extra]]))
+        # Columns single-table subclasses add to this class's tables: by column,
+        # not by this class's attributes.
+        extra: dict[str, tuple[sa.Table, str]] = {}
+        for tmap in meta.tables:
+            source = meta.version_column.table if tmap.base else source_table(meta, tmap)
+            own = {col_key for _, col_key in tmap.columns}
+            for col_key in copied_keys(tmap, source):
+                if col_key not in own:
+                    label = f"{_COLUMN}{len(extra)}"
+                    extra[label] = (tmap.history, col_key)
+                    self._extra_columns[label] = source.c[col_key]
+        keys = list(dict.fromkeys([*keys, *extra]))
         params = state.parameters
         by_key: list[dict[str, Any]] = []
         if isinstance(params, list) and params and all(isinstance(p, dict) for p in params):
@@ -585,7 +595,7 @@ class _BulkStatement:
                     ends_at(changed_at, began),
                     info,
                     began,
-                    {k: values[_COLUMN + k] for k in extra},
+                    {target: values[label] for label, target in extra.items()},
                 )
             batch.write(self.session)
             return result
@@ -620,7 +630,7 @@ class _BulkStatement:
                 ends_at(changed_at, began),
                 info,
                 began,
-                {k: values[_COLUMN + k] for k in extra},
+                {target: values[label] for label, target in extra.items()},
             )
             if obj_state is not None:
                 batch.states.append(obj_state)
@@ -819,14 +829,15 @@ def _write_descendant_history(
             sa.column("v", sa.Integer()),
             name="chrononaut_kv",
         ).data([(*pk, version) for pk, version in versions.items()])
-        rows = sa.select(*[source.c[col] for _, col in tmap.columns], wanted.c.v).select_from(
+        copied = copied_keys(tmap, source)
+        rows = sa.select(*[source.c[col] for col in copied], wanted.c.v).select_from(
             source.join(
                 wanted,
                 sa.and_(*[column == wanted.c[f"k{i}"] for i, column in enumerate(key_columns)]),
             )
         )
         insert = tmap.history.insert().from_select(
-            [*[tmap.history.c[col] for _, col in tmap.columns], tmap.history.c[VERSION_KEY]], rows
+            [*[tmap.history.c[col] for col in copied], tmap.history.c[VERSION_KEY]], rows
         )
         session.connection(bind_arguments={"mapper": sub.mapper}).execute(insert)
 

@@ -269,17 +269,20 @@ def joined_descendants(meta: VersionMeta) -> list[tuple[VersionMeta, TableMap]]:
     return found
 
 
-def history_column_keys(meta: VersionMeta) -> list[str]:
-    """Keys of the columns a bulk statement on ``meta``'s class copies from the
-    model's table into its base history table: the class's own, then those its
-    single-table subclasses add to the same tables (a statement on the base class
-    changes and deletes subclass rows too; their history rows must keep them)."""
-    tmap = meta.tables[0]
+def copied_keys(tmap: TableMap, source: sa.Table) -> list[str]:
+    """Keys of the columns copied from the model table ``source`` into
+    ``tmap.history``: the map's own, then those that single-table subclasses add to
+    the same tables (a statement on a class changes and deletes its subclasses'
+    rows too; their history rows must keep those columns)."""
     keys = [col_key for _, col_key in tmap.columns]
     own = {*keys, VERSION_KEY, VALID_FROM_KEY, "changed", "change_info"}
-    live = meta.version_column.table
-    keys.extend(c.key for c in tmap.history.c if c.key not in own and c.key in live.c)
+    keys.extend(c.key for c in tmap.history.c if c.key not in own and c.key in source.c)
     return keys
+
+
+def history_column_keys(meta: VersionMeta) -> list[str]:
+    """:func:`copied_keys` of ``meta``'s base history table."""
+    return copied_keys(meta.tables[0], meta.version_column.table)
 
 
 def source_table(meta: VersionMeta, tmap: TableMap) -> sa.Table:

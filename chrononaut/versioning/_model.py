@@ -194,22 +194,23 @@ def _configure(mapper: Mapper[Any]) -> None:
             props[key] = history.c[col_key]
     elif local is parent.local_table:
         # Single-table inheritance: columns added by this subclass go into the
-        # shared history table.
-        base_map = parent_meta.tables[0]
+        # history table of the table it shares (the root's, or that of the
+        # joined-table subclass it extends).
+        shared = parent_meta.tables[-1]
         new_columns = [
             c
             for c in local.c
-            if c.key not in base_map.history.c and c.key not in excluded_columns(local)
+            if c.key not in shared.history.c and c.key not in excluded_columns(local)
         ]
-        tables.add_history_columns(base_map.history, new_columns)
+        tables.add_history_columns(shared.history, new_columns)
         own_map = TableMap(
-            history=base_map.history, columns=list(base_map.columns), pk=base_map.pk, base=True
+            history=shared.history, columns=list(shared.columns), pk=shared.pk, base=shared.base
         )
         for column in new_columns:
             key = mapper.get_property_by_column(column).key
             own_map.columns.append((key, column.key))
-            props[key] = base_map.history.c[column.key]
-        table_maps = [own_map, *parent_meta.tables[1:]]
+            props[key] = shared.history.c[column.key]
+        table_maps = [*parent_meta.tables[:-1], own_map]
         history_table = None
         inherit_kwargs = {"inherits": parent_meta.history_mapper}
     else:

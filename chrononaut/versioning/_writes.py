@@ -50,17 +50,19 @@ class _Batch:
         changed: dt.datetime,
         change_info: dict[str, Any],
         valid_from: dt.datetime | None = None,
-        extra: dict[str, Any] | None = None,
+        extra: dict[tuple[sa.Table, str], Any] | None = None,
     ) -> None:
         """One history row per history table of ``meta``'s class; ``extra``: more
-        values for the base history table, by column key (the columns single-table
-        subclasses add, for a bulk statement on the base class)."""
+        values by (history table, column key): the columns single-table subclasses
+        add, for a bulk statement on the class they extend."""
         for tmap in meta.tables:
             row: Row = {col_key: values[key] for key, col_key in tmap.columns}
             row[VERSION_KEY] = version
+            if extra:
+                for (table, col_key), value in extra.items():
+                    if table is tmap.history:
+                        row[col_key] = value
             if tmap.base:
-                if extra:
-                    row.update(extra)
                 row[VALID_FROM_KEY] = valid_from
                 row["changed"] = changed
                 row["change_info"] = change_info

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
 
-from chrononaut import Versioned, VersionedSQLAlchemy, history_class
+from chrononaut import Versioned, VersionedSQLAlchemy, as_of, history_class
 
 
 @pytest.fixture()
@@ -300,3 +301,57 @@ def test_single_table_expired_changes_one_select(
     db.session.commit()
     assert [r.versions()[0].name for r in records] == ["v", "c", "d"]
     assert records[1].versions()[0].doors == 2
+
+
+def test_single_table_subclass_of_joined_subclass(db: VersionedSQLAlchemy) -> None:
+    """A single-table subclass of a joined-table subclass (its columns in the joined
+    subclass's table): changes, deletes, versions() and as_of() work at every level."""
+
+    class Emp(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "sj_emp"
+        id = db.Column(db.Integer, primary_key=True)
+        kind = db.Column(db.String(10))
+        name = db.Column(db.String(20))
+        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "emp"}
+
+    class Eng(Emp):
+        __tablename__ = "sj_eng"
+        id = db.Column(db.Integer, db.ForeignKey("sj_emp.id"), primary_key=True)
+        lang = db.Column(db.String(20))
+        __mapper_args__ = {"polymorphic_identity": "eng"}
+
+    class Senior(Eng):
+        level = db.Column(db.Integer, nullable=True)
+        __mapper_args__ = {"polymorphic_identity": "senior"}
+
+    db.create_all()
+    senior = Senior(id=1, name="ada", lang="py", level=3)
+    db.session.add_all([senior, Eng(id=2, name="bob", lang="c")])
+    db.session.commit()
+    start = dt.datetime.now(dt.timezone.utc)
+    senior.level = 4
+    senior.name = "ada l."
+    db.session.commit()
+    assert [(h.version, h.name, h.lang, h.level) for h in senior.versions()] == [
+        (0, "ada", "py", 3)
+    ]
+    assert type(senior.versions()[0]) is history_class(Senior)
+    everyone = as_of(Emp, start)
+    rows = db.session.scalars(sa.select(everyone).order_by(everyone.id)).all()
+    assert [(type(r), r.lang) for r in rows] == [
+        (history_class(Senior), "py"),
+        (history_class(Eng), "c"),
+    ]
+    db.session.execute(sa.update(Eng).where(Eng.id == 1).values(lang="rust"))
+    db.session.commit()
+    assert [(h.version, h.lang, h.level) for h in senior.versions()] == [
+        (0, "py", 3),
+        (1, "py", 4),
+    ]
+    past = as_of(Senior, start)
+    [then] = db.session.scalars(sa.select(past)).all()
+    assert (then.name, then.lang, then.level) == ("ada", "py", 3)
+    assert len(rows) == 2
+    db.session.delete(senior)
+    db.session.commit()
+    assert [h.version for h in senior.versions(session=db.session)] == [0, 1, 2]
