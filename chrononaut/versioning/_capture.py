@@ -45,6 +45,7 @@ from chrononaut.versioning._writes import (
     _require_context,
     ends_at,
     next_version,
+    reinserted,
 )
 
 __all__ = ["Capture"]
@@ -388,6 +389,10 @@ def _relations(mapper: Mapper[Any]) -> dict[str, _Relation]:
 
 
 _UNKNOWN = object()
+
+
+def _has_post_update(mapper: Mapper[Any]) -> bool:
+    return any(prop.post_update for prop in mapper.relationships)
 
 
 def _members(collection: Any) -> Iterable[Any]:
@@ -902,11 +907,33 @@ class Capture:
             stored = old_state.dict.get(VERSION_KEY)
             if old_state.key is not None and stored is not None:
                 replaced[old_state.key] = int(stored)
+        post_updated: dict[VersionMeta, list[Any]] = {}
         for obj in new:
             meta = meta_of(type(obj))
             if meta is not None:
                 _refuse_managed(obj, instance_state(obj).dict, new=True)
-                self._continue_sequence(obj, meta, replaced)
+                if _has_post_update(meta.mapper):
+                    post_updated.setdefault(meta, []).append(obj)
+                else:
+                    self._continue_sequence(obj, meta, replaced)
+        for meta, objs in post_updated.items():
+            # A post_update UPDATE after the INSERT needs the inserted version as a
+            # value for its WHERE, not the SQL that computes it: read the keys'
+            # history once (one SELECT for all of them).
+            keyed: list[tuple[Any, tuple[Any, ...]]] = []
+            for obj in objs:
+                dict_ = instance_state(obj).dict
+                key_values = tuple(dict_.get(key) for key in meta.pk_keys)
+                if dict_.get(VERSION_KEY) is None and None not in key_values:
+                    keyed.append((obj, key_values))
+            connection = session.connection(bind_arguments={"mapper": meta.mapper})
+            found = reinserted(connection, meta, [key_values for _, key_values in keyed])
+            for obj, key_values in keyed:
+                identity = meta.mapper.identity_key_from_primary_key(key_values)
+                version = replaced[identity] + 1 if identity in replaced else None
+                if version is None:
+                    version = found[key_values][0] if key_values in found else 0
+                setattr(obj, VERSION_KEY, version)
 
     @staticmethod
     def _continue_sequence(obj: Any, meta: VersionMeta, replaced: dict[Any, int]) -> None:

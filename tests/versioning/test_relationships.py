@@ -425,3 +425,47 @@ def test_parent_delete_then_stale_child_write(
         other.rollback()
     finally:
         other.close()
+
+
+def test_post_update_relationship_on_new_records(db: VersionedSQLAlchemy) -> None:
+    """A ``post_update=True`` relationship (a row cycle) set on new records flushes;
+    changing it later is a change with history, and a re-inserted key continues."""
+
+    class Widget(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "pu_widget"
+        id = db.Column(db.Integer, primary_key=True)
+        favorite_id = db.Column(
+            db.Integer, db.ForeignKey("pu_entry.id", use_alter=True, name="fk_pu_favorite")
+        )
+        favorite = relationship("Entry", foreign_keys=[favorite_id], post_update=True)
+
+    class Entry(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "pu_entry"
+        id = db.Column(db.Integer, primary_key=True)
+        widget_id = db.Column(db.Integer, db.ForeignKey("pu_widget.id"))
+        widget = relationship(Widget, foreign_keys=[widget_id])
+
+    db.create_all()
+    widget = Widget(id=1)
+    first = Entry(id=1, widget=widget)
+    widget.favorite = first
+    db.session.add(widget)
+    db.session.commit()
+    assert (widget.favorite_id, widget.version) == (1, 0)
+    second = Entry(id=2, widget=widget)
+    widget.favorite = second
+    db.session.commit()
+    assert (widget.favorite_id, widget.version) == (2, 1)
+    assert [h.favorite_id for h in widget.versions()] == [1]
+    widget.favorite = None
+    db.session.flush()
+    db.session.delete(widget)
+    for entry in (first, second):
+        entry.widget = None
+    db.session.commit()
+    again = Widget(id=1)
+    again.favorite = first
+    db.session.add(again)
+    db.session.commit()
+    assert again.version == 3
+    assert [h.version for h in again.versions()] == [0, 1, 2]
