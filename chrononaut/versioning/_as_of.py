@@ -167,7 +167,7 @@ def _union(meta: VersionMeta, at_param: sa.BindParameter[Any]) -> sa.CompoundSel
             ),
         )
     history_columns, live_columns = _columns_cached(meta)
-    labels = [f"c{i}" for i in range(len(history_columns))]
+    labels = _labels(history_columns)
 
     def history_select(*where: Any) -> sa.Select[Any]:
         return (
@@ -308,12 +308,23 @@ class _AsOfSubquery(sa.Subquery):
             return self.c[position]
         return super().corresponding_column(column, require_embedded)
 
+    def alias(self, name: str | None = None, flat: bool = False) -> Any:
+        """Another subquery of the same union (``aliased(Past)``, a self-join at the
+        same instant), finding history columns the same way."""
+        other = _AsOfSubquery._construct(self.element, name=name)
+        other.chrononaut_positions = self.chrononaut_positions
+        return other
+
+    def _anonymous_fromclause(self, *, name: str | None = None, flat: bool = False) -> Any:
+        return self.alias(name=name)
+
 
 def _source(meta: VersionMeta, at: object) -> sa.Subquery:
     history_columns, _ = _columns_cached(meta)
     cached = meta.__dict__.get("_chrononaut_as_of_labels")
     if cached is None or len(cached[0]) != len(history_columns):
-        light = [sa.column(f"c{i}", c.type) for i, c in enumerate(history_columns)]
+        names = _labels(history_columns)
+        light = [sa.column(n, c.type) for n, c in zip(names, history_columns, strict=True)]
         positions = {c: i for i, c in enumerate(history_columns)}
         cached = (light, positions)
         meta.__dict__["_chrononaut_as_of_labels"] = cached
@@ -322,6 +333,23 @@ def _source(meta: VersionMeta, at: object) -> sa.Subquery:
     subquery = _AsOfSubquery._construct(textual)
     subquery.chrononaut_positions = positions
     return subquery
+
+
+def _labels(history_columns: list[sa.Column[Any]]) -> list[str]:
+    """The union's column names: each history column's key (what a subquery or CTE
+    of ``select(Past.id, ...)`` is then named by), with the table's name in front
+    for a key an earlier table of the hierarchy has already used."""
+    seen: set[str] = set()
+    names: list[str] = []
+    for column in history_columns:
+        name = column.key
+        if name in seen:
+            name = f"{column.table.name}_{column.key}"
+        while name in seen:
+            name += "_"
+        seen.add(name)
+        names.append(name)
+    return names
 
 
 def _columns_cached(meta: VersionMeta) -> tuple[list[sa.Column[Any]], list[Any]]:

@@ -125,6 +125,35 @@ def test_join_two_instants(db: VersionedSQLAlchemy, Account: Any, timeline: Any)
     assert db.session.execute(query).all() == [(1, 10, 15)]
 
 
+def test_aliased_as_of_self_join(db: VersionedSQLAlchemy, Account: Any, timeline: Any) -> None:
+    """``aliased(Past)`` is a second, independent entity of the same instant (a
+    self-join)."""
+    Past = as_of(Account, timeline["t1"])
+    Other = sa.orm.aliased(Past)
+    query = (
+        sa.select(Past.id, Other.id)
+        .join(Other, Other.balance == Past.balance)
+        .order_by(Past.id, Other.id)
+    )
+    rows = db.session.execute(query).all()
+    assert rows and all(a == b for a, b in rows)
+    assert [a for a, _ in rows] == db.session.scalars(sa.select(Past.id).order_by(Past.id)).all()
+
+
+def test_subquery_columns_named_by_key(
+    db: VersionedSQLAlchemy, Account: Any, timeline: Any
+) -> None:
+    """A subquery or CTE of ``select(Past.id, Past.balance)`` names its columns
+    ``id`` and ``balance``, as one of any aliased class does."""
+    Past = as_of(Account, timeline["t1"])
+    for derived in (
+        sa.select(Past.id, Past.balance).subquery(),
+        sa.select(Past.id, Past.balance).cte(),
+    ):
+        assert list(derived.c.keys()) == ["id", "balance"]
+        assert db.session.execute(sa.select(derived.c.balance).where(derived.c.id == 1)).all()
+
+
 def test_paginate(db: VersionedSQLAlchemy, Account: Any, timeline: Any) -> None:
     """``db.paginate()`` pages through a table as of an instant."""
     Past = as_of(Account, timeline["t2"])
