@@ -59,7 +59,7 @@ class HistoryReadMixin:
             raise ChrononautException(
                 f"this {type(self).__name__} has not been saved yet, so it has no history"
             )
-        history_cls = meta.history_mapper.class_
+        history_cls = _history_class_of_tables(meta)
         base = meta.tables[0]
         criteria = [
             base.history.c[col_key] == value
@@ -289,3 +289,20 @@ class HistoryReadMixin:
         meta = self._chrononaut_meta()
         values = [getattr(self, key) for key in meta.pk_keys]
         return repr(values[0]) if len(values) == 1 else repr(tuple(values))
+
+
+def _history_class_of_tables(meta: Any) -> type[Any]:
+    """The history class to read a record's versions with: that of the topmost
+    class mapped to the same tables (single-table inheritance), so a key that
+    was another class of the hierarchy before a delete keeps its earlier versions
+    (each loaded as the class it was then)."""
+    from chrononaut.versioning._meta import meta_of
+
+    tables = [tmap.history for tmap in meta.tables]
+    while True:
+        parent = meta.mapper.inherits
+        parent_meta = meta_of(parent.class_) if parent is not None else None
+        if parent_meta is None or [t.history for t in parent_meta.tables] != tables:
+            found: type[Any] = meta.history_mapper.class_
+            return found
+        meta = parent_meta

@@ -355,3 +355,41 @@ def test_single_table_subclass_of_joined_subclass(db: VersionedSQLAlchemy) -> No
     db.session.delete(senior)
     db.session.commit()
     assert [h.version for h in senior.versions(session=db.session)] == [0, 1, 2]
+
+
+def test_key_reinserted_as_other_single_table_class(db: VersionedSQLAlchemy) -> None:
+    """A key deleted as one class of a single-table hierarchy and inserted again as
+    another keeps its earlier versions in ``versions()``, each as the class it was."""
+
+    class Vehicle(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "ro_vehicle"
+        id = db.Column(db.Integer, primary_key=True)
+        kind = db.Column(db.String(10))
+        name = db.Column(db.String(20))
+        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "vehicle"}
+
+    class Car(Vehicle):
+        doors = db.Column(db.Integer, nullable=True)
+        __mapper_args__ = {"polymorphic_identity": "car"}
+
+    db.create_all()
+    first = Vehicle(id=1, name="generic")
+    db.session.add(first)
+    db.session.commit()
+    db.session.delete(first)
+    db.session.commit()
+    car = Car(id=1, name="car", doors=4)
+    db.session.add(car)
+    db.session.commit()
+    car.doors = 5
+    db.session.commit()
+    found = [(type(h), h.version, h.name) for h in car.versions()]
+    assert found == [
+        (history_class(Vehicle), 0, "generic"),
+        (history_class(Car), 1, "car"),
+    ]
+    assert car.diff(car.versions()[0]) == {
+        "kind": ("vehicle", "car"),
+        "name": ("generic", "car"),
+        "doors": (None, 5),
+    }
