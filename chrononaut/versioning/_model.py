@@ -360,7 +360,8 @@ class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin, LeaseMixin):
     @declared_attr
     def version(cls) -> Mapped[int]:
         """The record's version: 0 when inserted, +1 for each tracked or hidden change."""
-        return sa.Column(  # type: ignore[return-value]
+        return _own_column(  # type: ignore[return-value]
+            cls,
             VERSION_KEY,
             sa.Integer,
             nullable=False,
@@ -374,7 +375,8 @@ class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin, LeaseMixin):
     def valid_from(cls) -> Mapped[Any]:
         """When the record's current version began (set by Chrononaut, never by the
         application; ``NULL`` for rows that predate the column)."""
-        return sa.Column(  # type: ignore[return-value]
+        return _own_column(  # type: ignore[return-value]
+            cls,
             VALID_FROM_KEY,
             sa.DateTime(timezone=True),
             nullable=True,
@@ -408,6 +410,20 @@ class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin, LeaseMixin):
 
     # resolve_actor() asks Flask directly when the model keeps this default.
     _fetch_current_user_id.__func__._chrononaut_default = True  # type: ignore[attr-defined]
+
+
+def _own_column(cls: Any, name: str, *args: Any, **kwargs: Any) -> sa.Column[Any]:
+    """Chrononaut's column ``name``; for a class given its ``Table`` (``__table__``,
+    declarative with an imperative table), appended to that table, since
+    declarative adds no column to a table it was handed."""
+    column: sa.Column[Any] = sa.Column(name, *args, **kwargs)
+    table = cls.__dict__.get("__table__")
+    if isinstance(table, sa.Table):
+        if name not in table.c:
+            table.append_column(column)
+        own: sa.Column[Any] = table.c[name]
+        return own
+    return column
 
 
 # Declarative reads a declared_attr's return annotation as a field declaration;

@@ -245,3 +245,27 @@ def test_session_options(tuned_db: VersionedSQLAlchemy) -> None:
         db.session.commit()
     assert entry.version == 2
     assert [v.text for v in entry.versions()] == ["a", "b"]
+
+
+def test_declarative_with_imperative_table(db: VersionedSQLAlchemy) -> None:
+    """A model given its ``Table`` (``__table__``) gets ``version`` and
+    ``valid_from`` appended to it, and is versioned like any other."""
+    table = sa.Table(
+        "imperative_rec",
+        db.metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(20)),
+    )
+
+    class Rec(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __table__ = table
+
+    assert {"version", "valid_from"} <= set(table.c.keys())
+    db.create_all()
+    record = Rec(id=1, name="a")
+    db.session.add(record)
+    db.session.commit()
+    record.name = "b"
+    db.session.commit()
+    assert record.version == 1
+    assert [(h.version, h.name) for h in record.versions()] == [(0, "a")]
