@@ -482,7 +482,19 @@ def _relationship_changes(
                 if id(obj) in gone:
                     continue
                 target = state.dict.get(key)
-                changed = _key_changes(obj, relation.pairs, _target_values(target, relation.pairs))
+                values = _target_values(target, relation.pairs)
+                added = (
+                    state.manager[key]
+                    .impl.get_history(state, state.dict, PASSIVE_NO_INITIALIZE)
+                    .added
+                )
+                if added:
+                    # The unit of work copies the new target's key over any
+                    # assignment to the key columns themselves: decide on that.
+                    for (local, _), value in zip(relation.pairs, values, strict=True):
+                        if value is not _UNKNOWN and local in committed:
+                            state.dict[local] = value
+                changed = _key_changes(obj, relation.pairs, values)
                 if changed:
                     found.setdefault(id(obj), (obj, {}))[1].update(changed)
                 continue

@@ -469,3 +469,25 @@ def test_post_update_relationship_on_new_records(db: VersionedSQLAlchemy) -> Non
     db.session.commit()
     assert again.version == 3
     assert [h.version for h in again.versions()] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("loaded", [False, True])
+def test_key_column_and_relationship_assigned_together(
+    db: VersionedSQLAlchemy, league: tuple[Any, Any], loaded: bool
+) -> None:
+    """``p.team_id = None`` then ``p.team = <its team>``: the row ends as SQLAlchemy
+    writes it (the relationship's key when it counts the target as newly set, the
+    column's value when the same target was already loaded), and history follows."""
+    Team, Player = league
+    t1, _, player = _setup(db, Team, Player)
+    if loaded:
+        _ = player.team
+    player.team_id = None
+    player.team = t1
+    db.session.commit()
+    with db.engine.connect() as conn:
+        team_id = conn.execute(sa.text("SELECT team_id FROM player")).scalar()
+    if loaded:
+        assert (team_id, player.version, [h.team_id for h in player.versions()]) == (None, 1, [1])
+    else:
+        assert (team_id, player.version, player.versions()) == (1, 0, [])
