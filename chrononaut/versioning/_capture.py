@@ -391,8 +391,14 @@ def _relations(mapper: Mapper[Any]) -> dict[str, _Relation]:
 _UNKNOWN = object()
 
 
+_post_update_cache: weakref.WeakKeyDictionary[Mapper[Any], bool] = weakref.WeakKeyDictionary()
+
+
 def _has_post_update(mapper: Mapper[Any]) -> bool:
-    return any(prop.post_update for prop in mapper.relationships)
+    found = _post_update_cache.get(mapper)
+    if found is None:
+        found = _post_update_cache[mapper] = any(p.post_update for p in mapper.relationships)
+    return found
 
 
 def _members(collection: Any) -> Iterable[Any]:
