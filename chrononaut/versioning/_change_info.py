@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,7 +47,16 @@ def _transaction_chain(session: Session | None) -> tuple[weakref.ReferenceType[A
     return tuple(chain) or None
 
 
-def append_change_info(record: object, **info: Any) -> None:
+class _Added(contextlib.AbstractContextManager[None]):
+    """What :func:`append_change_info` returns: usable as a ``with`` block, as in
+    Chrononaut 0.2-0.4, which adds nothing to the plain call (the info is
+    already recorded for the record's next history row when the block starts)."""
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def append_change_info(record: object, **info: Any) -> contextlib.AbstractContextManager[None]:
     """Add ``info`` to ``change_info["extra"]`` of the next history row written for
     ``record`` only.
 
@@ -54,6 +64,8 @@ def append_change_info(record: object, **info: Any) -> None:
     flushed. Values must be JSON values JSONB can hold; they are checked here.
     The info is dropped when the transaction (or savepoint) it was added in rolls
     back, and when added outside a transaction, when the next one rolls back.
+    The call may also open a ``with`` block (Chrononaut 0.2-0.4 style); the
+    block changes nothing: the info is recorded by the call itself.
 
     :param record: a ``Versioned`` record.
     :param info: keys and values to record.
@@ -68,13 +80,14 @@ def append_change_info(record: object, **info: Any) -> None:
         raise TypeError(f"{type(record).__name__} is not a mapped record") from exc
     check_json_info(info, "append_change_info()")
     if not info:
-        return
+        return _Added()
     entries = _pending.setdefault(state, [])
     chain = _transaction_chain(state.session)
     if entries and entries[-1].chain == chain:
         entries[-1].info.update(info)
     else:
         entries.append(_Appended(dict(info), chain))
+    return _Added()
 
 
 def _rolled_back(entry: _Appended, transaction: Any, outermost: bool) -> bool:

@@ -529,3 +529,13 @@ def test_suppress_versioning_delete(
         db.session.delete(user)
         db.session.commit()
     assert history_rows("appuser_history") == []
+
+
+def test_append_change_info_as_with_block(db: VersionedSQLAlchemy, make_user: Any) -> None:
+    """``with append_change_info(record, ...):`` (Chrononaut 0.2-0.4 style) records
+    the info for the record's next history row, as the plain call does."""
+    user = make_user(name="alice")
+    with append_change_info(user, reason="Extra object info"):
+        user.name = "bob"
+    db.session.commit()
+    assert user.previous_version().change_info["extra"] == {"reason": "Extra object info"}
