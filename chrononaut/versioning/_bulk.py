@@ -408,6 +408,7 @@ class _BulkStatement:
         self.cls = meta.mapper.class_
         #: select labels (``_COLUMN`` + n) -> the model-table column they read
         self._extra_columns: dict[str, sa.Column[Any]] = {}
+        self._changed_at = _now()
 
     def _attr(self, key: str) -> Any:
         return getattr(self.cls, key)
@@ -578,7 +579,7 @@ class _BulkStatement:
 
         builder = ChangeInfoBuilder(self.session, self.settings)
         batch = _Batch()
-        changed_at = _now()
+        changed_at = self._changed_at = _now()
         identity_map = self.session.identity_map
         if state.is_delete:
             _require_context(self.settings)
@@ -672,7 +673,72 @@ class _BulkStatement:
                         VALID_FROM_KEY,
                         ends_at(changed_at, old[pk][VALID_FROM_KEY]),
                     )
+            if getattr(statement, "_returning", None):
+                bumped_to = {
+                    pk: (old[pk][VERSION_KEY] + 1, ends_at(changed_at, old[pk][VALID_FROM_KEY]))
+                    for pk in bumped
+                }
+                every = len(bumped) == len(old)
+                result = self._returned_after_bump(statement, result, bumped_to, every)
         return result
+
+    def _returned_after_bump(
+        self,
+        statement: Any,
+        result: Any,
+        after: dict[tuple[Any, ...], tuple[int, Any]],
+        every: bool,
+    ) -> Any:
+        """The statement's RETURNING rows with ``version`` and ``valid_from`` as the
+        rows hold them after the bump (SPEC §2: RETURNING shows the row after the
+        statement). A row is found by its returned key or entity; without the key,
+        when ``every`` row was bumped, each returned version is the one it had
+        plus one (the statement itself leaves both columns alone)."""
+        meta = self.meta
+        table = meta.version_column.table
+        version_column = meta.version_column
+        valid_from_column = table.c[VALID_FROM_KEY]
+        pk_columns = [meta.columns[key] for key in meta.pk_keys]
+        positions: dict[str, list[int]] = {"version": [], "valid_from": [], "entity": []}
+        key_at: dict[int, int] = {}
+        for i, element in enumerate(statement._returning):
+            entity = getattr(element, "_annotations", {}).get("parententity")
+            column = element._deannotate() if hasattr(element, "_deannotate") else element
+            if column is version_column:
+                positions["version"].append(i)
+            elif column is valid_from_column:
+                positions["valid_from"].append(i)
+            elif any(column is c for c in pk_columns):
+                key_at[next(n for n, c in enumerate(pk_columns) if c is column)] = i
+            elif entity is not None and not isinstance(element, sa.ColumnElement):
+                positions["entity"].append(i)
+        if not (positions["version"] or positions["valid_from"] or positions["entity"]):
+            return result
+        frozen = result.freeze()
+        scalars = getattr(frozen, "_source_supports_scalars", False)
+        rows = [[row] if scalars else list(row) for row in frozen.data]
+        complete = len(key_at) == len(pk_columns)
+        for values in rows:
+            for i in positions["entity"]:
+                obj = values[i]
+                state = instance_state(obj) if obj is not None else None
+                pk = tuple(state.key[1]) if state is not None and state.key else None
+                if pk in after:
+                    set_committed_value(obj, VERSION_KEY, after[pk][0])
+                    set_committed_value(obj, VALID_FROM_KEY, after[pk][1])
+            if complete:
+                pk = tuple(values[key_at[n]] for n in range(len(pk_columns)))
+                if pk in after:
+                    for i in positions["version"]:
+                        values[i] = after[pk][0]
+                    for i in positions["valid_from"]:
+                        values[i] = after[pk][1]
+            elif every:
+                for i in positions["version"]:
+                    values[i] = values[i] + 1
+                for i in positions["valid_from"]:
+                    values[i] = ends_at(self._changed_at, values[i])
+        return frozen.with_new_rows([tuple(values) for values in rows])()
 
     def _check_pinned(self, statement: Any, params: Any) -> None:
         """Raise :class:`StaleWriteError` for a pinned ``(key, version)`` that is gone.

@@ -490,3 +490,32 @@ def test_unevaluated_match_keeps_old_version(
     with pytest.raises(StaleWriteError):
         db.session.flush()
     db.session.rollback()
+
+
+VOLATILE_NAME: Any = sa.func.concat("zed", sa.func.floor(sa.func.random()))
+
+
+@pytest.mark.parametrize("returned", ["columns", "with-key", "entity"])
+def test_two_statement_returning_shows_bumped_version(
+    db: VersionedSQLAlchemy, trio: Any, User: Any, returned: str
+) -> None:
+    """On the two-statement path (a volatile SET) RETURNING shows ``version`` and
+    ``valid_from`` as the rows hold them after the statement, like the one-statement
+    path."""
+    statement = sa.update(User).where(User.id.in_([1, 2])).values(name=VOLATILE_NAME)
+    if returned == "entity":
+        users = db.session.execute(statement.returning(User)).scalars().all()
+        got = sorted((u.id, u.version, u.valid_from) for u in users)
+    elif returned == "with-key":
+        rows = db.session.execute(statement.returning(User.id, User.version, User.valid_from))
+        got = sorted(tuple(row) for row in rows)
+    else:
+        plain = db.session.execute(statement.returning(User.version, User.valid_from)).all()
+        got = [(i, *row) for i, row in zip((1, 2), sorted(plain), strict=True)]
+    db.session.commit()
+    with db.engine.connect() as conn:
+        stored = conn.execute(
+            sa.select(User.id, User.version, User.valid_from).where(User.id.in_([1, 2]))
+        ).all()
+    assert [(i, v) for i, v, _ in got] == [(1, 1), (2, 1)]
+    assert {vf for _, _, vf in got} == {vf for _, _, vf in stored}
