@@ -337,16 +337,21 @@ def _source(meta: VersionMeta, at: object) -> sa.Subquery:
 
 def _labels(history_columns: list[sa.Column[Any]]) -> list[str]:
     """The union's column names: each history column's key (what a subquery or CTE
-    of ``select(Past.id, ...)`` is then named by), with the table's name in front
-    for a key an earlier table of the hierarchy has already used."""
+    of ``select(Past.id, ...)`` is then named by), numbered for a key an earlier
+    table of the hierarchy has already used (``id_1``), and short enough for
+    PostgreSQL's 63 bytes."""
     seen: set[str] = set()
     names: list[str] = []
     for column in history_columns:
         name = column.key
-        if name in seen:
-            name = f"{column.table.name}_{column.key}"
-        while name in seen:
-            name += "_"
+        if name in seen or len(name.encode()) > 63:
+            n = 1
+            while True:
+                suffix = f"_{n}"
+                name = column.key.encode()[: 63 - len(suffix)].decode(errors="ignore") + suffix
+                if name not in seen:
+                    break
+                n += 1
         seen.add(name)
         names.append(name)
     return names

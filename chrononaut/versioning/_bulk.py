@@ -20,6 +20,7 @@ from sqlalchemy.sql.elements import (
     BindParameter,
     BooleanClauseList,
     ColumnClause,
+    Label,
     TextClause,
 )
 from sqlalchemy.sql.functions import FunctionElement
@@ -90,6 +91,23 @@ def run_bulk(settings: Settings, orm_execute_state: ORMExecuteState) -> Any:
     return _BulkStatement(settings, state, meta).run()
 
 
+def _cast(value: Any, type_: Any) -> Any:
+    """``CAST(value AS type_)``, without a string type's collation (SQLAlchemy 2.0
+    renders ``CAST(x AS VARCHAR COLLATE "C")``, which PostgreSQL refuses)."""
+    if isinstance(type_, sa.String) and getattr(type_, "collation", None):
+        type_ = type_.copy()
+        type_.collation = None
+    return sa.cast(value, type_)
+
+
+def _set_names(statement: Any) -> set[Any]:
+    """Names (column names or keys) a statement's SET assigns: ``values()`` and
+    ``ordered_values()`` (which SQLAlchemy 2.0 keeps apart from ``_values``)."""
+    keys: list[Any] = list(getattr(statement, "_values", None) or ())
+    keys.extend(key for key, _ in getattr(statement, "_ordered_values", None) or ())
+    return {getattr(key, "name", None) or getattr(key, "key", key) for key in keys}
+
+
 def _refuse_unrecordable(state: ORMExecuteState, meta: VersionMeta) -> None:
     """Bulk statements whose history could not be right, refused before anything is
     sent: a DELETE of a joined-table subclass (SQLAlchemy deletes only the
@@ -107,8 +125,7 @@ def _refuse_unrecordable(state: ORMExecuteState, meta: VersionMeta) -> None:
     if not state.is_update:
         return
     statement: Any = state.statement
-    values = getattr(statement, "_values", None) or {}
-    names = {getattr(key, "name", None) or getattr(key, "key", key) for key in values}
+    names = _set_names(statement)
     params = state.parameters
     if isinstance(params, dict):
         names.update(params)
@@ -476,7 +493,7 @@ class _BulkStatement:
             source = table.join(
                 proposed,
                 sa.and_(
-                    *[c == sa.cast(proposed.c[f"k{i}"], c.type) for i, c in enumerate(pk_columns)]
+                    *[c == _cast(proposed.c[f"k{i}"], c.type) for i, c in enumerate(pk_columns)]
                 ),
             )
             for m, key in enumerate(hidden):
@@ -485,7 +502,7 @@ class _BulkStatement:
                 # an enum's or for only NULLs), not from the column it is compared with.
                 flags[key] = sa.and_(
                     proposed.c[f"p{m}"],
-                    _differs(sa.cast(proposed.c[f"h{m}"], column.type), column),
+                    _differs(_cast(proposed.c[f"h{m}"], column.type), column),
                 )
             return flags, source
         values = getattr(self.state.statement, "_values", None) or {}
@@ -703,7 +720,10 @@ class _BulkStatement:
         key_at: dict[int, int] = {}
         for i, element in enumerate(statement._returning):
             entity = getattr(element, "_annotations", {}).get("parententity")
-            column = element._deannotate() if hasattr(element, "_deannotate") else element
+            column = element
+            while isinstance(column, Label):  # returning(User.version.label("v"))
+                column = column.element
+            column = column._deannotate() if hasattr(column, "_deannotate") else column
             if column is version_column:
                 positions["version"].append(i)
             elif column is valid_from_column:
@@ -774,8 +794,7 @@ class _BulkStatement:
 
     def _set_keys(self) -> list[str]:
         """Attribute keys of the columns the statement's SET names."""
-        values = getattr(self.state.statement, "_values", None) or {}
-        names = {getattr(k, "name", None) or getattr(k, "key", k) for k in values}
+        names = _set_names(self.state.statement)
         return [
             key for key, column in self.meta.columns.items() if column.name in names or key in names
         ]
@@ -1470,7 +1489,7 @@ class _Upsert(_OneStatement):
         # has it: PostgreSQL types a VALUES column from its literals (text for an
         # enum's or for only NULLs, an unrounded numeric for Numeric(10, 2)).
         proposed_rows = sa.select(
-            *[sa.cast(proposed.c[n], table.c[n].type).label(n) for n in names]
+            *[_cast(proposed.c[n], table.c[n].type).label(n) for n in names]
         ).cte("chrononaut_v")
         changed_at = _now()
         builder = ChangeInfoBuilder(self.session, self.settings)
@@ -1521,6 +1540,9 @@ class _Upsert(_OneStatement):
             if column.name not in set_:
                 continue
             value = set_[column.name]
+            if not isinstance(value, sa.ClauseElement):
+                # set_={"name": "x"}: a value, compared as the column's type.
+                value = sa.literal(value, column.type)
             in_set.append(_differs(value, column))
             differs_old = _differs(as_old(value), old.c[f"c_{column.name}"])
             in_old.append(differs_old)

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import MANYTOONE, ONETOMANY, Mapper, ORMExecuteState, Session, UOWTransaction
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
-from sqlalchemy.orm.base import NO_VALUE, PASSIVE_NO_INITIALIZE
+from sqlalchemy.orm.base import NO_RAISE, NO_VALUE, PASSIVE_NO_INITIALIZE, PASSIVE_OFF
 from sqlalchemy.orm.exc import UnmappedColumnError
 from sqlalchemy.orm.state import InstanceState
 
@@ -36,7 +36,13 @@ from chrononaut.versioning._concurrency import (
     forget_expected_version,
 )
 from chrononaut.versioning._history import LAST_SESSION_KEY
-from chrononaut.versioning._meta import VALID_FROM_KEY, VERSION_KEY, VersionMeta, meta_of
+from chrononaut.versioning._meta import (
+    VALID_FROM_KEY,
+    VERSION_KEY,
+    VersionMeta,
+    array_safe_values,
+    meta_of,
+)
 from chrononaut.versioning._tables import MANAGED_KEYS
 from chrononaut.versioning._writes import (
     _Batch,
@@ -136,6 +142,11 @@ class _FastUpdates:
                 for start in range(0, len(members), _FAST_CHUNK):
                     chunk = members[start : start + _FAST_CHUNK]
                     written = self._many(connection, meta, keys, chunk, changed_at)
+                    if written is None:  # values that can't travel as arrays
+                        written = [
+                            self._one(connection, meta, keys, member, changed_at)
+                            for member in chunk
+                        ]
                     for member, was_written in zip(chunk, written, strict=True):
                         if was_written:
                             done.add(self._written(keys, member, changed_at))
@@ -176,8 +187,9 @@ class _FastUpdates:
         keys: tuple[str, ...],
         chunk: list[tuple[Any, Any, int, Any]],
         changed_at: dt.datetime,
-    ) -> list[bool]:
-        """Run one statement for ``chunk``; whether each member's row was written."""
+    ) -> list[bool] | None:
+        """Run one statement for ``chunk``; whether each member's row was written
+        (``None``: nothing sent, its values can't travel as arrays)."""
         params: dict[str, Any] = {"chrononaut_changed": changed_at}
         params["chrononaut_v"] = [member[2] for member in chunk]
         infos = [member[3] for member in chunk]
@@ -190,7 +202,10 @@ class _FastUpdates:
             params[f"chrononaut_k{i}"] = [pk[i] for pk in key_values]
         dicts = [member[1].dict for member in chunk]
         for i, key in enumerate(keys):
-            params[f"chrononaut_s{i}"] = [dict_.get(key) for dict_ in dicts]
+            values = [dict_.get(key) for dict_ in dicts]
+            if not array_safe_values(values):
+                return None
+            params[f"chrononaut_s{i}"] = values
         statement = meta.fast_update_statement(keys, many=True, shared_info=shared)
         written = {tuple(row) for row in connection.execute(statement, params).all()}
         return [key in written for key in key_values]
@@ -370,7 +385,13 @@ def _relations(mapper: Mapper[Any]) -> dict[str, _Relation]:
         except UnmappedColumnError:
             continue  # a join condition over columns that are not attributes
         nulls: bool | str = False
-        if prop.direction is ONETOMANY and not prop.cascade.delete:
+        if (
+            prop.direction is ONETOMANY
+            and not prop.cascade.delete
+            # Dynamic and write-only collections are not held in the session: the
+            # unit of work nulls their children by a query of its own.
+            and prop.lazy not in ("dynamic", "write_only")
+        ):
             # As OneToManyDP.process_deletes: passive_deletes=True still nulls the
             # loaded children, "all" none.
             if prop.passive_deletes is False:
@@ -390,6 +411,67 @@ def _relations(mapper: Mapper[Any]) -> dict[str, _Relation]:
 
 _UNKNOWN = object()
 
+
+def _insert_key(obj: Any, meta: VersionMeta) -> tuple[Any, ...] | None:
+    """The primary key a new record will be inserted with, when Python knows it
+    before the flush: its attributes, else a constant column default, else the key
+    of the persistent object a many-to-one relationship points to (the unit of
+    work copies it into the key columns). ``None``: generated (by the database, a
+    callable default, a pending parent): a new key, which can't collide with the
+    history of a deleted one."""
+    state = instance_state(obj)
+    dict_ = state.dict
+    values: list[Any] = []
+    from_relationships: dict[str, Any] | None = None
+    for key in meta.pk_keys:
+        value = dict_.get(key)
+        if value is None:
+            default = meta.columns[key].default
+            if isinstance(default, sa.ColumnDefault) and default.is_scalar:
+                value = default.arg
+        if value is None:
+            if from_relationships is None:
+                from_relationships = _keys_from_targets(obj, state)
+            value = from_relationships.get(key)
+        if value is None or value is _UNKNOWN:
+            return None
+        values.append(value)
+    return tuple(values)
+
+
+def _keys_from_targets(obj: Any, state: InstanceState[Any]) -> dict[str, Any]:
+    """Key column values the many-to-one relationships of a new record will set."""
+    found: dict[str, Any] = {}
+    for relation in _relations(state.mapper).values():
+        if not relation.many_to_one:
+            continue
+        target = state.dict.get(relation.key)
+        if target is None:
+            continue
+        for (local, _), value in zip(
+            relation.pairs, _target_values(target, relation.pairs), strict=True
+        ):
+            found[local] = value
+    return found
+
+
+def settle_version(mapper: Any, connection: Any, target: Any) -> None:
+    """``after_insert`` / ``after_update`` of a Versioned model's mapper: a record
+    of a model with a ``post_update`` relationship holds the version its row now
+    has as its committed value. The post_update UPDATE that follows in the same
+    flush checks the committed value (SQLAlchemy 2.0: still the one from before
+    the flush, or none for an insert)."""
+    if not _has_post_update(mapper):
+        return
+    state = instance_state(target)
+    version = state.info.pop(_INSERTED_VERSION, None)
+    if version is None:
+        version = state.dict.get(VERSION_KEY)
+    if version is not None and not isinstance(version, sa.ClauseElement):
+        set_committed_value(target, VERSION_KEY, version)
+
+
+_INSERTED_VERSION = "chrononaut.inserted_version"
 
 _post_update_cache: weakref.WeakKeyDictionary[Mapper[Any], bool] = weakref.WeakKeyDictionary()
 
@@ -526,14 +608,13 @@ def _relationship_changes(
             if relation.many_to_one or not relation.nulls_on_delete:
                 continue
             state = instance_state(obj)
-            if key in state.dict:
-                value = state.dict[key]
-            elif relation.nulls_on_delete == "load" and state.key is not None:
-                value = getattr(obj, key)  # the unit of work would load it too
-            else:
+            if key not in state.dict and not (
+                relation.nulls_on_delete == "load" and state.key is not None
+            ):
                 continue
-            children = [value] if not isinstance(value, Iterable) else list(_members(value))
-            for child in children:
+            # Loaded as the unit of work loads it (lazy="raise" does not apply).
+            history = state.manager[key].impl.get_history(state, state.dict, PASSIVE_OFF | NO_RAISE)
+            for child in (*history.unchanged, *history.added, *history.deleted):
                 if child is None or id(child) in gone:
                     continue
                 moved.setdefault(id(child), (child, relation.pairs, [None] * len(relation.pairs)))
@@ -941,9 +1022,9 @@ class Capture:
             keyed: list[tuple[Any, tuple[Any, ...]]] = []
             for obj in objs:
                 dict_ = instance_state(obj).dict
-                key_values = tuple(dict_.get(key) for key in meta.pk_keys)
-                if dict_.get(VERSION_KEY) is None and None not in key_values:
-                    keyed.append((obj, key_values))
+                insert_key = _insert_key(obj, meta)
+                if dict_.get(VERSION_KEY) is None and insert_key is not None:
+                    keyed.append((obj, insert_key))
             connection = session.connection(bind_arguments={"mapper": meta.mapper})
             found = reinserted(connection, meta, [key_values for _, key_values in keyed])
             for obj, key_values in keyed:
@@ -952,6 +1033,9 @@ class Capture:
                 if version is None:
                     version = found[key_values][0] if key_values in found else 0
                 setattr(obj, VERSION_KEY, version)
+                # SQLAlchemy 2.0 expires a version column it did not generate once
+                # the row is inserted; the post_update UPDATE needs it back.
+                instance_state(obj).info[_INSERTED_VERSION] = version
 
     @staticmethod
     def _continue_sequence(obj: Any, meta: VersionMeta, replaced: dict[Any, int]) -> None:
@@ -965,9 +1049,10 @@ class Capture:
         dict_ = state.dict
         if dict_.get(VERSION_KEY) is not None:
             return
-        values = [dict_.get(key) for key in meta.pk_keys]
-        if any(value is None for value in values):
+        insert_key = _insert_key(obj, meta)
+        if insert_key is None:
             return
+        values = list(insert_key)
         if replaced:
             identity = meta.mapper.identity_key_from_primary_key(tuple(values))
             if identity in replaced:

@@ -158,32 +158,24 @@ class VersionMeta:
         return statement
 
     def arrays_supported(self, keys: tuple[str, ...]) -> bool:
-        """Whether the columns of ``keys`` (and the key) can travel as arrays."""
+        """Whether the columns of ``keys`` (and the key) can travel as arrays: not
+        ARRAY columns (nor decorators of them). The values are checked too, per
+        flush: see :func:`array_safe_values`."""
         names = (*self.pk_keys, *keys)
-        return all(_scalar_type(self.columns[k].type) for k in names)
+        return not any(_array_type(self.columns[k].type) for k in names)
 
 
-# Types whose Python values are never lists. An array parameter of any other type
-# (JSON, PickleType, a TypeDecorator, ARRAY) would have its list values read as
-# array dimensions and spread across the rows.
-_SCALAR_TYPES = (
-    sa.Integer,
-    sa.String,
-    sa.Numeric,
-    sa.Boolean,
-    sa.DateTime,
-    sa.Date,
-    sa.Time,
-    sa.Interval,
-    sa.Uuid,
-    sa.LargeBinary,
-)
+def _array_type(type_: Any) -> bool:
+    if isinstance(type_, sa.TypeDecorator):
+        type_ = type_.impl_instance
+    return isinstance(type_, sa.ARRAY)
 
 
-def _scalar_type(type_: Any) -> bool:
-    return isinstance(type_, _SCALAR_TYPES) and not isinstance(
-        type_, (sa.TypeDecorator, sa.ARRAY, sa.JSON)
-    )
+def array_safe_values(values: list[Any]) -> bool:
+    """Whether values can be the elements of one array parameter: a list or tuple
+    among them (a JSON array, a pickled list, a decorated type's list) would be
+    read as one more dimension of the array and spread across the rows."""
+    return not any(isinstance(value, (list, tuple)) for value in values)
 
 
 class HistoryRecord:

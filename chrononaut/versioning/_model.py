@@ -14,6 +14,7 @@ from chrononaut._leases import LeaseMixin
 from chrononaut.errors import ChrononautException
 from chrononaut.locking import LockableMixin
 from chrononaut.versioning import _tables as tables
+from chrononaut.versioning._capture import settle_version
 from chrononaut.versioning._concurrency import OptimisticMixin
 from chrononaut.versioning._history import HistoryReadMixin
 from chrononaut.versioning._meta import (
@@ -24,7 +25,6 @@ from chrononaut.versioning._meta import (
     history_class,
     meta_of,
 )
-from chrononaut.versioning._writes import continue_on_insert
 
 __all__ = ["HistoryRecord", "VersionMeta", "Versioned", "history_class", "meta_of"]
 
@@ -278,7 +278,6 @@ def _configure(mapper: Mapper[Any]) -> None:
     )
     for name in ("before_insert", "before_update", "before_delete"):
         event.listen(history_mapper, name, _refuse_write)
-    event.listen(mapper, "before_insert", continue_on_insert)
     # Untyped foreign-key copies learn their type by the time the mappers are
     # configured (the referenced table may be defined after this class).
     history_tables = [tmap.history for tmap in table_maps]
@@ -286,6 +285,11 @@ def _configure(mapper: Mapper[Any]) -> None:
     def resolve(*_: Any) -> None:
         for history in history_tables:
             tables.resolve_types(history)
+        # Relationships are known once the mapper is configured: only models with
+        # a post_update relationship need their version settled after each write.
+        if any(prop.post_update for prop in mapper.relationships):
+            event.listen(mapper, "after_insert", settle_version)
+            event.listen(mapper, "after_update", settle_version)
 
     event.listen(mapper, "mapper_configured", resolve, once=True)
 

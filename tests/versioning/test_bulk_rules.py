@@ -456,7 +456,7 @@ def test_version_in_set_parameters_refused(db: VersionedSQLAlchemy, trio: Any, U
         db.session.execute(sa.update(User).where(User.id == 1), {"version": 4, "name": "x"})
 
 
-@pytest.mark.parametrize("how", ["values", "parameters"])
+@pytest.mark.parametrize("how", ["values", "ordered", "parameters"])
 def test_bulk_update_of_primary_key_refused(
     db: VersionedSQLAlchemy, make_user: Any, User: Any, how: str
 ) -> None:
@@ -466,6 +466,8 @@ def test_bulk_update_of_primary_key_refused(
     with pytest.raises(ChrononautException, match="can't change its primary key"):
         if how == "values":
             db.session.execute(statement.values(id=5, name="x"))
+        elif how == "ordered":
+            db.session.execute(statement.ordered_values((User.id, 5), (User.name, "x")))
         else:
             db.session.execute(statement, {"id": 5, "name": "x"})
     db.session.rollback()
@@ -495,7 +497,7 @@ def test_unevaluated_match_keeps_old_version(
 VOLATILE_NAME: Any = sa.func.concat("zed", sa.func.floor(sa.func.random()))
 
 
-@pytest.mark.parametrize("returned", ["columns", "with-key", "entity"])
+@pytest.mark.parametrize("returned", ["columns", "with-key", "labeled", "entity"])
 def test_two_statement_returning_shows_bumped_version(
     db: VersionedSQLAlchemy, trio: Any, User: Any, returned: str
 ) -> None:
@@ -508,6 +510,11 @@ def test_two_statement_returning_shows_bumped_version(
         got = sorted((u.id, u.version, u.valid_from) for u in users)
     elif returned == "with-key":
         rows = db.session.execute(statement.returning(User.id, User.version, User.valid_from))
+        got = sorted(tuple(row) for row in rows)
+    elif returned == "labeled":
+        rows = db.session.execute(
+            statement.returning(User.id, User.version.label("v"), User.valid_from.label("f"))
+        )
         got = sorted(tuple(row) for row in rows)
     else:
         plain = db.session.execute(statement.returning(User.version, User.valid_from)).all()

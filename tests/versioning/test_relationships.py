@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -491,3 +491,29 @@ def test_key_column_and_relationship_assigned_together(
         assert (team_id, player.version, [h.team_id for h in player.versions()]) == (None, 1, [1])
     else:
         assert (team_id, player.version, player.versions()) == (1, 0, [])
+
+
+@pytest.mark.parametrize("lazy", ["raise", "raise_on_sql", "dynamic"])
+def test_parent_delete_with_any_loader(db: VersionedSQLAlchemy, lazy: str) -> None:
+    """Deleting a parent works whatever its collection's loader strategy; with
+    ``lazy="raise"`` the children's nulled key is recorded like any other."""
+
+    class Box(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "ld_box"
+        id = db.Column(db.Integer, primary_key=True)
+        items = relationship("Thing", lazy=cast(Any, lazy))
+
+    class Thing(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "ld_thing"
+        id = db.Column(db.Integer, primary_key=True)
+        box_id = db.Column(db.Integer, db.ForeignKey("ld_box.id"))
+
+    db.create_all()
+    db.session.add_all([Box(id=1), Thing(id=1, box_id=1)])
+    db.session.commit()
+    db.session.delete(db.session.get(Box, 1))
+    db.session.commit()
+    thing = db.session.get(Thing, 1)
+    assert thing is not None and thing.box_id is None
+    if lazy != "dynamic":  # a dynamic collection is nulled by a query of SQLAlchemy's own
+        assert (thing.version, [h.box_id for h in thing.versions()]) == (1, [1])

@@ -515,3 +515,33 @@ def test_schema_translate_map(db: VersionedSQLAlchemy, Account: Any, timeline: A
     finally:
         with db.engine.begin() as conn:
             conn.execute(sa.text("DROP SCHEMA chron_tt_copy CASCADE"))
+
+
+def test_joined_hierarchy_with_long_table_names(db: VersionedSQLAlchemy) -> None:
+    """A joined hierarchy whose history tables have names of 63 bytes: the union's
+    columns stay distinct (PostgreSQL cuts identifiers at 63 bytes)."""
+
+    class Base_(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "lb_" + "b" * 50
+        __chrononaut_tablename__ = "h" * 63
+        id = db.Column(db.Integer, primary_key=True)
+        kind = db.Column(db.String(10))
+        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "base"}
+
+    class Sub(Base_):
+        __tablename__ = "ls_" + "s" * 50
+        __chrononaut_tablename__ = "g" * 63
+        id = db.Column(db.Integer, db.ForeignKey(Base_.id), primary_key=True)
+        note = db.Column(db.String(10))
+        __mapper_args__ = {"polymorphic_identity": "sub"}
+
+    db.create_all()
+    sub = Sub(id=1, note="q")
+    db.session.add(sub)
+    db.session.commit()
+    at = _now()
+    sub.note = "r"
+    db.session.commit()
+    for model in (Base_, Sub):
+        past = as_of(model, at)
+        assert [(r.id, r.note) for r in db.session.scalars(sa.select(past))] == [(1, "q")]

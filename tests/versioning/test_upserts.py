@@ -277,3 +277,29 @@ def test_set_values_compared_as_column_type(
     paint.qty = 7
     db.session.commit()
     assert [h.version for h in paint.versions()] == ([0, 1] if changes else [0])
+
+
+def test_collated_string_columns(db: VersionedSQLAlchemy) -> None:
+    """Upserts and UPDATE by primary key of models with collated string columns
+    (hidden too) work: the proposed values' casts carry no collation."""
+
+    class Label(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "collated_label"
+        __chrononaut_hidden__ = ["secret"]
+        id = db.Column(db.Integer, primary_key=True)
+        name = db.Column(db.String(20, collation="C"))
+        secret = db.Column(db.String(20, collation="C"))
+
+    db.create_all()
+    db.session.add(Label(id=1, name="a", secret="s"))
+    db.session.commit()
+    statement = insert(Label).values([{"id": 1, "name": "b"}])
+    db.session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[Label.id], set_={"name": statement.excluded.name}
+        )
+    )
+    db.session.execute(sa.update(Label), [{"id": 1, "secret": "t"}])
+    db.session.commit()
+    label = db.session.get(Label, 1)
+    assert label is not None and (label.name, label.version) == ("b", 2)

@@ -511,20 +511,14 @@ def test_reinserted_key_from_relationships_continues(db: VersionedSQLAlchemy) ->
     assert [(h.version, h.extra) for h in again.versions()] == [(0, "a"), (1, "b")]
 
 
-@pytest.mark.parametrize("default", ["scalar", "callable"])
-def test_reinserted_key_from_python_default_continues(
-    db: VersionedSQLAlchemy, default: str
-) -> None:
-    """A key filled in by a Python-side column default, deleted and inserted again,
-    continues its version sequence."""
+def test_reinserted_key_from_python_default_continues(db: VersionedSQLAlchemy) -> None:
+    """A key filled in by a constant column default, deleted and inserted again,
+    continues its version sequence (a callable default, like ``uuid4``, makes new
+    keys: those rows start at version 0, batched like generated keys)."""
 
     class Setting(db.Model, Versioned):  # type: ignore[name-defined,misc]
         __tablename__ = "rk_setting"
-        name = db.Column(
-            db.String(20),
-            primary_key=True,
-            default="theme" if default == "scalar" else lambda: "theme",
-        )
+        name = db.Column(db.String(20), primary_key=True, default="theme")
         value = db.Column(db.String(20))
 
     db.create_all()
@@ -556,3 +550,41 @@ def test_delete_and_add_same_key_in_one_flush(
     db.session.commit()
     history = [(h.version, h.name, h.change_info.get("deleted")) for h in new.versions()]
     assert history == [(0, "old", True), (1, "new", None)]
+
+
+def test_generated_keys_are_inserted_in_one_batch(db: VersionedSQLAlchemy) -> None:
+    """New records whose keys come from a callable default (``uuid4``) or from a
+    pending parent are new keys: their INSERTs stay one batch, with version 0."""
+    import uuid
+
+    class Parent(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "gk_parent"
+        id = db.Column(db.Integer, primary_key=True)
+
+    class Child(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "gk_child"
+        id = db.Column(db.ForeignKey("gk_parent.id"), primary_key=True)
+        parent = db.relationship(Parent)
+
+    class Token(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "gk_token"
+        id = db.Column(db.Uuid, primary_key=True, default=uuid.uuid4)
+
+    db.create_all()
+    inserts: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT"):
+            inserts.append(statement.split("(")[0])
+
+    sa.event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        db.session.add_all([Token() for _ in range(20)])
+        db.session.add_all([Child(parent=Parent()) for _ in range(20)])
+        db.session.commit()
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", record)
+    assert sorted(inserts) == sorted(
+        ["INSERT INTO gk_token ", "INSERT INTO gk_parent ", "INSERT INTO gk_child "]
+    )
+    assert {t.version for t in db.session.scalars(sa.select(Token))} == {0}
