@@ -289,7 +289,9 @@ def _refuse_valid_from(obj: Any, state: InstanceState[Any], committed: bool) -> 
             return
     else:
         value = dict_.get(VALID_FROM_KEY)
-        if value is None:
+        if value is None or VALID_FROM_KEY not in state.committed_state:
+            # Unset, or carried over from a loaded row (make_transient()):
+            # Chrononaut sets it for the new row.
             return
     if value is state.info.get(_OWN_VALID_FROM):
         return  # ours, from an earlier attempt at this flush
@@ -736,6 +738,12 @@ def _refuse_managed(obj: Any, values: Any, new: bool = False) -> None:
     for key in _MANAGED:
         if new:
             value = values.get(key)
+            state = instance_state(obj)
+            if key not in state.committed_state and key in state.dict:
+                # Carried over from a loaded row (make_transient() to copy it), not
+                # assigned: Chrononaut sets it for the new row.
+                del state.dict[key]
+                continue
             # A SQL expression there is ours: the next version of a re-used key.
             assigned = value is not None and not isinstance(value, sa.ClauseElement)
         else:

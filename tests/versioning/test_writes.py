@@ -588,3 +588,26 @@ def test_generated_keys_are_inserted_in_one_batch(db: VersionedSQLAlchemy) -> No
         ["INSERT INTO gk_token ", "INSERT INTO gk_parent ", "INSERT INTO gk_child "]
     )
     assert {t.version for t in db.session.scalars(sa.select(Token))} == {0}
+
+
+def test_make_transient_copy_is_a_new_row(
+    db: VersionedSQLAlchemy, make_user: Any, User: Any
+) -> None:
+    """The row-copy idiom (``make_transient()``, a new key, ``add()``) inserts a new
+    row: Chrononaut sets its version and valid_from (the copied values were the
+    loaded row's, not the application's)."""
+    user = make_user(id=1, name="alice")
+    user.name = "ann"
+    db.session.commit()
+    _ = user.name
+    db.session.expunge(user)
+    sa.orm.make_transient(user)
+    user.id = 2
+    user.email = "copy@example.com"
+    db.session.add(user)
+    db.session.commit()
+    original = db.session.get(User, 1)
+    assert original is not None
+    assert (user.version, original.version) == (0, 1)
+    assert user.valid_from is not None and user.valid_from > original.valid_from
+    assert user.versions() == []
