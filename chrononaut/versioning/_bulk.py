@@ -1540,9 +1540,11 @@ class _Upsert(_OneStatement):
             if column.name not in set_:
                 continue
             value = set_[column.name]
-            if not isinstance(value, sa.ClauseElement):
-                # set_={"name": "x"}: a value, compared as the column's type.
-                value = sa.literal(value, column.type)
+            if isinstance(value, BindParameter) or not isinstance(value, sa.ClauseElement):
+                # set_={"name": "x"}: a value, compared as the column stores it
+                # (rounded for Numeric(10, 2), as excluded.* values are).
+                given = value.effective_value if isinstance(value, BindParameter) else value
+                value = _cast(sa.literal(given, column.type), column.type)
             in_set.append(_differs(value, column))
             differs_old = _differs(as_old(value), old.c[f"c_{column.name}"])
             in_old.append(differs_old)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.orm import MANYTOONE, ONETOMANY, Mapper, ORMExecuteState, Session, UOWTransaction
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.base import NO_RAISE, NO_VALUE, PASSIVE_NO_INITIALIZE, PASSIVE_OFF
@@ -479,9 +480,21 @@ _post_update_cache: weakref.WeakKeyDictionary[Mapper[Any], bool] = weakref.WeakK
 
 
 def _has_post_update(mapper: Mapper[Any]) -> bool:
+    """Whether a ``post_update`` UPDATE may follow writes of ``mapper``'s rows in a
+    flush: a post_update relationship of its own, or a one-to-many of another
+    class whose children these rows are. Such mappers get :func:`settle_version`
+    (registered on them when first seen, so other models' writes pay nothing)."""
     found = _post_update_cache.get(mapper)
     if found is None:
-        found = _post_update_cache[mapper] = any(p.post_update for p in mapper.relationships)
+        found = any(p.post_update for p in mapper.relationships) or any(
+            prop.post_update and prop.direction is ONETOMANY and mapper.isa(prop.mapper)
+            for other in mapper.registry.mappers
+            for prop in other.relationships
+        )
+        _post_update_cache[mapper] = found
+        if found:
+            event.listen(mapper, "after_insert", settle_version)
+            event.listen(mapper, "after_update", settle_version)
     return found
 
 
@@ -553,7 +566,9 @@ def _relationship_changes(
     gone = {id(o) for o in deleted} | {id(o) for o in new}
     # id(child) -> (child, pairs, new key values); being added to a collection wins
     # over being removed from another one
-    moved: dict[int, tuple[Any, tuple[tuple[str, str], ...], list[Any]]] = {}
+    # Keyed by child and key columns: one child may have several foreign keys
+    # that different relationships set.
+    moved: dict[tuple[int, Any], tuple[Any, tuple[tuple[str, str], ...], list[Any]]] = {}
     orphaned: dict[int, Any] = {}
     by_class: dict[type[Any], dict[str, _Relation]] = {}
     for obj in (*dirty, *new):
@@ -595,11 +610,18 @@ def _relationship_changes(
                 if relation.orphans_deleted:
                     orphaned[id(child)] = child
                     continue
-                moved.setdefault(id(child), (child, relation.pairs, [None] * len(relation.pairs)))
+                moved.setdefault(
+                    (id(child), relation.pairs),
+                    (child, relation.pairs, [None] * len(relation.pairs)),
+                )
             for child in history.added or ():
                 if child is None or id(child) in gone:
                     continue
-                moved[id(child)] = (child, relation.pairs, _target_values(obj, relation.pairs))
+                moved[(id(child), relation.pairs)] = (
+                    child,
+                    relation.pairs,
+                    _target_values(obj, relation.pairs),
+                )
     for obj in deleted:
         # Deleting a parent sets the key columns of its remaining children to NULL.
         cls = type(obj)
@@ -619,10 +641,14 @@ def _relationship_changes(
             for child in (*history.unchanged, *history.added, *history.deleted):
                 if child is None or id(child) in gone:
                     continue
-                moved.setdefault(id(child), (child, relation.pairs, [None] * len(relation.pairs)))
+                moved.setdefault(
+                    (id(child), relation.pairs),
+                    (child, relation.pairs, [None] * len(relation.pairs)),
+                )
+    moved_ids = {id(child) for child, _, _ in moved.values()}
     for child in orphaned.values():
         cstate = instance_state(child)
-        if cstate.key is None or meta_of(type(child)) is None or id(child) in moved:
+        if cstate.key is None or meta_of(type(child)) is None or id(child) in moved_ids:
             continue
         # The unit of work deletes it when no delete-orphan parent holds it any more.
         if cstate.mapper._is_orphan(cstate):
@@ -848,6 +874,8 @@ class Capture:
             meta = meta_of(type(obj))
             if meta is None:
                 continue
+            if meta.mapper not in _post_update_cache:
+                _has_post_update(meta.mapper)  # registers settle_version where needed
             state = instance_state(obj)
             committed = state.committed_state
             dict_ = state.dict

@@ -14,7 +14,6 @@ from chrononaut._leases import LeaseMixin
 from chrononaut.errors import ChrononautException
 from chrononaut.locking import LockableMixin
 from chrononaut.versioning import _tables as tables
-from chrononaut.versioning._capture import settle_version
 from chrononaut.versioning._concurrency import OptimisticMixin
 from chrononaut.versioning._history import HistoryReadMixin
 from chrononaut.versioning._meta import (
@@ -285,11 +284,6 @@ def _configure(mapper: Mapper[Any]) -> None:
     def resolve(*_: Any) -> None:
         for history in history_tables:
             tables.resolve_types(history)
-        # Relationships are known once the mapper is configured: only models with
-        # a post_update relationship need their version settled after each write.
-        if any(prop.post_update for prop in mapper.relationships):
-            event.listen(mapper, "after_insert", settle_version)
-            event.listen(mapper, "after_update", settle_version)
 
     event.listen(mapper, "mapper_configured", resolve, once=True)
 

@@ -517,3 +517,57 @@ def test_parent_delete_with_any_loader(db: VersionedSQLAlchemy, lazy: str) -> No
     assert thing is not None and thing.box_id is None
     if lazy != "dynamic":  # a dynamic collection is nulled by a query of SQLAlchemy's own
         assert (thing.version, [h.box_id for h in thing.versions()]) == (1, [1])
+
+
+def test_parent_delete_nulls_two_keys_of_one_child(db: VersionedSQLAlchemy) -> None:
+    """One parent deleted that two relationships of the same child point to (an
+    untracked and a tracked key): the tracked key's change is recorded."""
+
+    class Person(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "tk_person"
+        id = db.Column(db.Integer, primary_key=True)
+        authored = relationship("Doc", foreign_keys="Doc.author_id")
+        reviewed = relationship("Doc", foreign_keys="Doc.reviewer_id")
+
+    class Doc(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "tk_doc"
+        __chrononaut_untracked__ = ["author_id"]
+        id = db.Column(db.Integer, primary_key=True)
+        author_id = db.Column(db.Integer, db.ForeignKey("tk_person.id"))
+        reviewer_id = db.Column(db.Integer, db.ForeignKey("tk_person.id"))
+
+    db.create_all()
+    db.session.add_all([Person(id=1), Doc(id=1, author_id=1, reviewer_id=1)])
+    db.session.commit()
+    db.session.delete(db.session.get(Person, 1))
+    db.session.commit()
+    doc = db.session.get(Doc, 1)
+    assert doc is not None
+    assert (doc.author_id, doc.reviewer_id, doc.version) == (None, None, 1)
+    assert [h.reviewer_id for h in doc.versions()] == [1]
+
+
+def test_post_update_one_to_many_child(db: VersionedSQLAlchemy) -> None:
+    """A ``post_update=True`` one-to-many of another class updates the Versioned
+    child's row after its INSERT; the child's version stays consistent, and a
+    later change of it is recorded."""
+
+    class Folder(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "pf_folder"
+        id = db.Column(db.Integer, primary_key=True)
+        items = relationship("Item", post_update=True)
+
+    class Item(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "pf_item"
+        id = db.Column(db.Integer, primary_key=True)
+        folder_id = db.Column(db.Integer, db.ForeignKey("pf_folder.id"))
+        name = db.Column(db.String(10))
+
+    db.create_all()
+    item = Item(id=1, name="a")
+    db.session.add(Folder(id=1, items=[item]))
+    db.session.commit()
+    assert (item.folder_id, item.version) == (1, 0)
+    item.name = "b"
+    db.session.commit()
+    assert [(h.version, h.name) for h in item.versions()] == [(0, "a")]

@@ -303,3 +303,19 @@ def test_collated_string_columns(db: VersionedSQLAlchemy) -> None:
     db.session.commit()
     label = db.session.get(Label, 1)
     assert label is not None and (label.name, label.version) == ("b", 2)
+
+
+@pytest.mark.parametrize(("value", "changes"), [(Decimal("1.234"), False), (Decimal("2"), True)])
+def test_literal_set_value_compared_as_stored(
+    db: VersionedSQLAlchemy, Paint: Any, value: Decimal, changes: bool
+) -> None:
+    """A literal in ``set_`` (not ``excluded``) is compared as the column stores it:
+    one that rounds to the stored value is no change."""
+    statement = insert(Paint).values([{"id": 1, "qty": 5}])
+    db.session.execute(
+        statement.on_conflict_do_update(index_elements=[Paint.id], set_={"amount": value})
+    )
+    db.session.commit()
+    paint = db.session.get(Paint, 1)
+    assert paint is not None
+    assert (paint.version, len(paint.versions())) == ((1, 1) if changes else (0, 0))
