@@ -100,12 +100,18 @@ def _cast(value: Any, type_: Any) -> Any:
     return sa.cast(value, type_)
 
 
-def _set_names(statement: Any) -> set[Any]:
-    """Names (column names or keys) a statement's SET assigns: ``values()`` and
-    ``ordered_values()`` (which SQLAlchemy 2.0 keeps apart from ``_values``)."""
+def _assigned(statement: Any) -> list[Any]:
+    """The keys (strings, columns or attributes) a statement's SET or VALUES
+    assigns: ``values()`` and ``ordered_values()`` (which SQLAlchemy 2.0 keeps
+    apart from ``_values``)."""
     keys: list[Any] = list(getattr(statement, "_values", None) or ())
     keys.extend(key for key, _ in getattr(statement, "_ordered_values", None) or ())
-    return {getattr(key, "name", None) or getattr(key, "key", key) for key in keys}
+    return keys
+
+
+def _set_names(statement: Any) -> set[Any]:
+    """Names (column names or keys) a statement's SET assigns."""
+    return {getattr(key, "name", None) or getattr(key, "key", key) for key in _assigned(statement)}
 
 
 def _refuse_unrecordable(state: ORMExecuteState, meta: VersionMeta) -> None:
@@ -285,12 +291,7 @@ def _continued_values(statement: Any, meta: VersionMeta) -> Any:
         pk = _row_key(dict(values), meta)
         if pk is None:
             return None
-        return statement.values(
-            {
-                version_name: next_version(meta, pk),
-                valid_from_name: next_valid_from(meta, pk, clock),
-            }
-        )
+        return statement.values(continued({}, pk))
     return None
 
 
@@ -337,9 +338,7 @@ def _suppressed_by_key(state: ORMExecuteState, meta: VersionMeta) -> Any:
 def _refuse_version_assignment(statement: Any, meta: VersionMeta, params: Any) -> None:
     """SPEC §2: ``version`` is Chrononaut's; a bulk ``SET`` or upsert ``set_`` of it
     is refused before any statement."""
-    keys: list[Any] = list(getattr(statement, "_values", None) or ())
-    # SQLAlchemy 2.0 keeps ``ordered_values()`` apart from ``_values``; 2.1 does not.
-    keys.extend(key for key, _ in getattr(statement, "_ordered_values", None) or ())
+    keys = _assigned(statement)
     if isinstance(params, dict) and isinstance(statement, sa.Update):
         keys.extend(params)  # one parameter dict: SQLAlchemy SETs its keys
     post = getattr(statement, "_post_values_clause", None)
@@ -425,7 +424,6 @@ class _BulkStatement:
         self.cls = meta.mapper.class_
         #: select labels (``_COLUMN`` + n) -> the model-table column they read
         self._extra_columns: dict[str, sa.Column[Any]] = {}
-        self._changed_at = _now()
 
     def _attr(self, key: str) -> Any:
         return getattr(self.cls, key)
@@ -596,25 +594,27 @@ class _BulkStatement:
 
         builder = ChangeInfoBuilder(self.session, self.settings)
         batch = _Batch()
-        changed_at = self._changed_at = _now()
+        changed_at = _now()
         identity_map = self.session.identity_map
+
+        def add_history(pk: tuple[Any, ...], values: dict[str, Any], info: Any) -> None:
+            """The history rows of the row ``pk`` held ``values`` before the statement."""
+            began = values[VALID_FROM_KEY]
+            batch.add(
+                meta,
+                {**dict(zip(meta.pk_keys, pk, strict=True)), **values},
+                values[VERSION_KEY],
+                ends_at(changed_at, began),
+                info,
+                began,
+                {target: values[label] for label, target in extra.items()},
+            )
+
         if state.is_delete:
             _require_context(self.settings)
             for pk, values in old.items():
                 obj_state = self._identity_state(identity_map, pk)
-                row_values = dict(zip(meta.pk_keys, pk, strict=True))
-                row_values.update(values)
-                info = builder.build(self.cls, obj_state, deleted=True)
-                began = values[VALID_FROM_KEY]
-                batch.add(
-                    meta,
-                    row_values,
-                    values[VERSION_KEY],
-                    ends_at(changed_at, began),
-                    info,
-                    began,
-                    {target: values[label] for label, target in extra.items()},
-                )
+                add_history(pk, values, builder.build(self.cls, obj_state, deleted=True))
             batch.write(self.session)
             return result
 
@@ -636,20 +636,8 @@ class _BulkStatement:
                 _require_context(self.settings)
             bumped.append(pk)
             obj_state = self._identity_state(identity_map, pk)
-            row_values = dict(zip(meta.pk_keys, pk, strict=True))
-            row_values.update(values)
             hidden = [k for k in changed if k in meta.hidden]
-            info = builder.build(self.cls, obj_state, hidden_changed=hidden)
-            began = values[VALID_FROM_KEY]
-            batch.add(
-                meta,
-                row_values,
-                values[VERSION_KEY],
-                ends_at(changed_at, began),
-                info,
-                began,
-                {target: values[label] for label, target in extra.items()},
-            )
+            add_history(pk, values, builder.build(self.cls, obj_state, hidden_changed=hidden))
             if obj_state is not None:
                 batch.states.append(obj_state)
         if bumped:
@@ -676,6 +664,11 @@ class _BulkStatement:
             _write_descendant_history(
                 self.session, meta, {pk: old[pk][VERSION_KEY] for pk in bumped}
             )
+            # The rows' version and valid_from now (the UPDATE above computed the same).
+            bumped_to = {
+                pk: (old[pk][VERSION_KEY] + 1, ends_at(changed_at, old[pk][VALID_FROM_KEY]))
+                for pk in bumped
+            }
             # SPEC §2: loaded records learn their new version only where SQLAlchemy
             # synchronises the statement's values into the session.
             synchronised = _sync_mode(state) is not False
@@ -684,19 +677,11 @@ class _BulkStatement:
                 if before is not None and not self._touched(obj_state, before.get(pk)):
                     continue
                 if obj_state is not None and obj_state.obj() is not None:
-                    set_committed_value(obj_state.obj(), VERSION_KEY, old[pk][VERSION_KEY] + 1)
-                    set_committed_value(
-                        obj_state.obj(),
-                        VALID_FROM_KEY,
-                        ends_at(changed_at, old[pk][VALID_FROM_KEY]),
-                    )
+                    set_committed_value(obj_state.obj(), VERSION_KEY, bumped_to[pk][0])
+                    set_committed_value(obj_state.obj(), VALID_FROM_KEY, bumped_to[pk][1])
             if getattr(statement, "_returning", None):
-                bumped_to = {
-                    pk: (old[pk][VERSION_KEY] + 1, ends_at(changed_at, old[pk][VALID_FROM_KEY]))
-                    for pk in bumped
-                }
                 every = len(bumped) == len(old)
-                result = self._returned_after_bump(statement, result, bumped_to, every)
+                result = self._returned_after_bump(statement, result, bumped_to, every, changed_at)
         return result
 
     def _returned_after_bump(
@@ -705,6 +690,7 @@ class _BulkStatement:
         result: Any,
         after: dict[tuple[Any, ...], tuple[int, Any]],
         every: bool,
+        changed_at: dt.datetime,
     ) -> Any:
         """The statement's RETURNING rows with ``version`` and ``valid_from`` as the
         rows hold them after the bump (SPEC §2: RETURNING shows the row after the
@@ -757,7 +743,7 @@ class _BulkStatement:
                 for i in positions["version"]:
                     values[i] = values[i] + 1
                 for i in positions["valid_from"]:
-                    values[i] = ends_at(self._changed_at, values[i])
+                    values[i] = ends_at(changed_at, values[i])
         return frozen.with_new_rows([tuple(values) for values in rows])()
 
     def _check_pinned(self, statement: Any, params: Any) -> None:

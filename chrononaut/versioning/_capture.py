@@ -466,15 +466,20 @@ def settle_version(mapper: Any, connection: Any, target: Any) -> None:
     the flush, or none for an insert)."""
     if not _has_post_update(mapper):
         return
-    state = instance_state(target)
-    version = state.info.pop(_INSERTED_VERSION, None)
-    if version is None:
-        version = state.dict.get(VERSION_KEY)
+    version = instance_state(target).dict.get(VERSION_KEY)
     if version is not None and not isinstance(version, sa.ClauseElement):
         set_committed_value(target, VERSION_KEY, version)
 
 
-_INSERTED_VERSION = "chrononaut.inserted_version"
+def _replacing(meta: VersionMeta, key: tuple[Any, ...], replaced: dict[Any, int]) -> int | None:
+    """The version of a new record that replaces one this flush deletes (the same
+    key: SQLAlchemy's row switch), else ``None``. ``replaced``: identity key ->
+    version of the records the flush deletes."""
+    if not replaced:
+        return None
+    identity = meta.mapper.identity_key_from_primary_key(key)
+    return replaced[identity] + 1 if identity in replaced else None
+
 
 _post_update_cache: weakref.WeakKeyDictionary[Mapper[Any], bool] = weakref.WeakKeyDictionary()
 
@@ -874,8 +879,6 @@ class Capture:
             meta = meta_of(type(obj))
             if meta is None:
                 continue
-            if meta.mapper not in _post_update_cache:
-                _has_post_update(meta.mapper)  # registers settle_version where needed
             state = instance_state(obj)
             committed = state.committed_state
             dict_ = state.dict
@@ -1032,6 +1035,7 @@ class Capture:
             batch.states.append(state)
             if not item.deleted:
                 _bump(obj, state, old_version, ended)
+                _has_post_update(meta.mapper)  # registers settle_version where needed
 
         # A record deleted and a new one with its key added in one flush: SQLAlchemy
         # turns the pair into an UPDATE of the row ("row switch"), before the
@@ -1064,14 +1068,10 @@ class Capture:
             connection = session.connection(bind_arguments={"mapper": meta.mapper})
             found = reinserted(connection, meta, [key_values for _, key_values in keyed])
             for obj, key_values in keyed:
-                identity = meta.mapper.identity_key_from_primary_key(key_values)
-                version = replaced[identity] + 1 if identity in replaced else None
+                version = _replacing(meta, key_values, replaced)
                 if version is None:
                     version = found[key_values][0] if key_values in found else 0
                 setattr(obj, VERSION_KEY, version)
-                # SQLAlchemy 2.0 expires a version column it did not generate once
-                # the row is inserted; the post_update UPDATE needs it back.
-                instance_state(obj).info[_INSERTED_VERSION] = version
 
     @staticmethod
     def _continue_sequence(obj: Any, meta: VersionMeta, replaced: dict[Any, int]) -> None:
@@ -1088,13 +1088,8 @@ class Capture:
         insert_key = _insert_key(obj, meta)
         if insert_key is None:
             return
-        values = list(insert_key)
-        if replaced:
-            identity = meta.mapper.identity_key_from_primary_key(tuple(values))
-            if identity in replaced:
-                setattr(obj, VERSION_KEY, replaced[identity] + 1)
-                return
-        setattr(obj, VERSION_KEY, next_version(meta, tuple(values)))
+        version = _replacing(meta, insert_key, replaced)
+        setattr(obj, VERSION_KEY, next_version(meta, insert_key) if version is None else version)
 
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
         batch = session.info.pop(PENDING_KEY, None)

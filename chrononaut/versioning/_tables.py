@@ -115,6 +115,14 @@ def _resolve_before_create(target: sa.Table, connection: Any, **kw: Any) -> None
     resolve_types(target)
 
 
+def _resolve_on_create(history: sa.Table) -> None:
+    """Have ``create_all`` resolve ``history``'s untyped copies first, if it has any."""
+    if any(column in _types_from for column in history.c) and not sa.event.contains(
+        history, "before_create", _resolve_before_create
+    ):
+        sa.event.listen(history, "before_create", _resolve_before_create)
+
+
 def _generated_columns(base: bool) -> list[sa.Column[object]]:
     columns: list[sa.Column[object]] = [
         sa.Column(
@@ -227,8 +235,7 @@ def build_history_table(
     )
     if range_index:
         history.info[RANGE_INDEX_KEY] = True
-    if any(column in _types_from for column in history.c):
-        sa.event.listen(history, "before_create", _resolve_before_create)
+    _resolve_on_create(history)
     return history
 
 
@@ -266,9 +273,5 @@ def add_history_columns(history: sa.Table, columns: Iterable[sa.Column[object]])
     """
     for column in columns:
         if column.key not in history.c:
-            copy = copy_column(column)
-            history.append_column(copy)
-            if copy in _types_from and not sa.event.contains(
-                history, "before_create", _resolve_before_create
-            ):
-                sa.event.listen(history, "before_create", _resolve_before_create)
+            history.append_column(copy_column(column))
+    _resolve_on_create(history)

@@ -153,17 +153,21 @@ def _require_context(settings: Settings) -> None:
 def next_version(meta: VersionMeta, pk: tuple[Any, ...]) -> Any:
     """SQL for the version a row inserted with primary key ``pk`` starts at: after
     the key's newest history row (a key deleted earlier continues its sequence), or 0."""
-    base = meta.tables[0]
-    history = base.history
-    criteria = [
-        history.c[col_key] == sa.literal(value, type_=history.c[col_key].type)
-        for (_, col_key), value in zip(base.pk, pk, strict=True)
-    ]
+    history = meta.tables[0].history
     return (
         sa.select(sa.func.coalesce(sa.func.max(history.c.version) + 1, 0))
-        .where(*criteria)
+        .where(*_history_of_key(meta, pk))
         .scalar_subquery()
     )
+
+
+def _history_of_key(meta: VersionMeta, pk: tuple[Any, ...]) -> list[Any]:
+    """WHERE terms for the base history rows of the key ``pk``."""
+    base = meta.tables[0]
+    return [
+        base.history.c[col_key] == sa.literal(value, type_=base.history.c[col_key].type)
+        for (_, col_key), value in zip(base.pk, pk, strict=True)
+    ]
 
 
 def reinserted(
@@ -192,13 +196,12 @@ def next_valid_from(meta: VersionMeta, pk: tuple[Any, ...], clock: dt.datetime) 
     """SQL for the ``valid_from`` of a row inserted with primary key ``pk``: the
     clock, or where the key's newest history row ended if that is later (a key
     deleted earlier in the same transaction: ranges never overlap)."""
-    base = meta.tables[0]
-    history = base.history
-    criteria = [
-        history.c[col_key] == sa.literal(value, type_=history.c[col_key].type)
-        for (_, col_key), value in zip(base.pk, pk, strict=True)
-    ]
-    ended = sa.select(sa.func.max(history.c.changed)).where(*criteria).scalar_subquery()
+    history = meta.tables[0].history
+    ended = (
+        sa.select(sa.func.max(history.c.changed))
+        .where(*_history_of_key(meta, pk))
+        .scalar_subquery()
+    )
     return sa.func.greatest(
         sa.bindparam(None, clock, type_=sa.DateTime(timezone=True), unique=True),
         ended,
