@@ -18,7 +18,7 @@ __all__ = ["COMMANDS", "leases_command", "release_expired"]
 
 _EXPIRED_BATCH = sa.text(
     f"DELETE FROM {LEASE_TABLE} WHERE ctid = ANY(ARRAY("
-    f"SELECT ctid FROM {LEASE_TABLE} WHERE expires_at <= now() LIMIT :n))"
+    f"SELECT ctid FROM {LEASE_TABLE} WHERE expires_at <= clock_timestamp() LIMIT :n))"
 )
 
 

@@ -247,7 +247,10 @@ def _from_row(row: Any) -> _Known:
 def _statements(leases: sa.Table) -> dict[str, Any]:
     """The statements on one lease table, built once."""
     c = leases.c
-    now = sa.func.now()
+    # The clock at each statement, not now() (the transaction's start): a lease
+    # taken late in a long transaction lasts its whole ttl, and liveness is
+    # judged at the moment of the check.
+    now = sa.func.clock_timestamp()
     t = sa.bindparam("t", type_=sa.Text)
     k = sa.bindparam("k", type_=sa.Text)
     ttl = sa.bindparam("ttl", type_=sa.Interval)
@@ -496,10 +499,16 @@ def _touch(target: _Target) -> sa.Update:
     of a non-key update (foreign keys referencing the row are not blocked).
     """
     first = target.pk_columns[0]
+    # Columns with an ``onupdate`` keep their values too: Core would otherwise
+    # apply the default (an ``updated_at`` moving, unversioned, on every lease).
+    kept = {first.key: first}
+    for col in target.table.c:
+        if col.onupdate is not None:
+            kept[col.key] = col
     return (
         sa.update(target.table)
         .where(*[col == sa.bindparam(f"pk_{i}") for i, col in enumerate(target.pk_columns)])
-        .values({first.key: first})
+        .values(kept)
         .returning(sa.literal(1))
     )
 
@@ -1375,6 +1384,6 @@ def live_leases(conn: Connection, leases: sa.Table) -> Iterator[Any]:
     c = leases.c
     yield from conn.execute(
         sa.select(c.table_name, c.record_key, c.user_id, c.acquired_at, c.expires_at, c.note)
-        .where(c.expires_at > sa.func.now())
+        .where(c.expires_at > sa.func.clock_timestamp())
         .order_by(c.expires_at, c.table_name, c.record_key)
     )

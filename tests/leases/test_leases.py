@@ -15,6 +15,7 @@ from chrononaut import (
     ChrononautException,
     Lease,
     RecordLeasedError,
+    Versioned,
     VersionedSQLAlchemy,
     acting_as,
 )
@@ -377,3 +378,57 @@ def test_non_bool_force(db: VersionedSQLAlchemy, Doc: Any) -> None:
     """force must be a bool."""
     with acting_as("alice"), pytest.raises(TypeError):
         cast(Any, db.session.get(Doc, 1)).lease(force="yes")
+
+
+def test_lease_late_in_transaction_lasts_its_ttl(
+    db: VersionedSQLAlchemy, Doc: Any, new_session: Callable[[], Session]
+) -> None:
+    """A lease taken in a transaction begun earlier lasts its ttl from the moment it
+    is taken (the statement's clock, not the transaction's start)."""
+    doc = cast(Any, db.session.get(Doc, 1))  # begins the transaction
+    db.session.execute(sa.text("SELECT pg_sleep(1.2)"))
+    with acting_as("alice"):
+        lease = doc.lease(dt.timedelta(seconds=1))
+    assert lease.expires_at > dt.datetime.now(dt.timezone.utc)
+    other = new_session()
+    with acting_as("bob"):
+        cast(Any, other.get(Doc, 1)).title = "bob"
+        with pytest.raises(RecordLeasedError):
+            other.flush()
+
+
+def test_expiry_judged_at_the_check_not_transaction_start(
+    db: VersionedSQLAlchemy, Doc: Any, new_session: Callable[[], Session]
+) -> None:
+    """A writer whose transaction began before a lease expired may write once it has."""
+    with acting_as("alice"):
+        cast(Any, db.session.get(Doc, 1)).lease(dt.timedelta(seconds=1))
+    other = new_session()
+    doc = cast(Any, other.get(Doc, 1))  # bob's transaction begins while the lease lives
+    other.execute(sa.text("SELECT pg_sleep(1.2)"))
+    with acting_as("bob"):
+        doc.title = "bob"
+        other.commit()
+    assert db.session.execute(sa.text("SELECT title FROM lease_doc WHERE id = 1")).scalar() == "bob"
+
+
+def test_lease_leaves_onupdate_columns_alone(db: VersionedSQLAlchemy) -> None:
+    """Taking a lease changes no column of the record, ``onupdate`` ones included: no
+    version, no history row."""
+
+    class Stamped(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "lease_stamped"
+        __chrononaut_leases__ = True
+        id = sa.Column(sa.Integer, primary_key=True)
+        title = sa.Column(sa.String(20))
+        edits = sa.Column(sa.Integer, default=0, onupdate=sa.text("edits + 1000"))
+
+    db.create_all()
+    db.session.add(Stamped(id=1, title="t"))
+    db.session.commit()
+    record = cast(Any, db.session.get(Stamped, 1))
+    with acting_as("alice"):
+        record.lease()
+    row = db.session.execute(sa.text("SELECT edits, version FROM lease_stamped")).one()
+    assert tuple(row) == (0, 0)
+    assert record.versions() == []
