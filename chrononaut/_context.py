@@ -89,8 +89,9 @@ def flask_actor() -> Actor:
     return Actor(user_id, remote_addr)
 
 
-# Deeper nesting than this is refused (a cycle would otherwise recurse forever).
-_MAX_DEPTH = 64
+# Deeper nesting than this is refused: JSONB holds it, but encoding it to JSON
+# (and checking it here) recurses once per level, within Python's recursion limit.
+_MAX_DEPTH = 500
 
 
 def _check_text(text: str, where: str) -> None:
@@ -104,9 +105,7 @@ def _check_text(text: str, where: str) -> None:
         ) from None
 
 
-def _check_json(value: object, where: str, depth: int) -> None:
-    if depth > _MAX_DEPTH:
-        raise ValueError(f"{where}: nested deeper than {_MAX_DEPTH} levels (a cycle?)")
+def _check_json(value: object, where: str, depth: int, path: set[int] | None = None) -> None:
     if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, float):
@@ -116,16 +115,28 @@ def _check_json(value: object, where: str, depth: int) -> None:
     if isinstance(value, str):
         _check_text(value, where)
         return
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            _check_json(item, f"{where}[{index}]", depth + 1)
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{where}: JSON object keys must be str, not {type(key).__name__}")
-            _check_text(key, where)
-            _check_json(item, f"{where}[{key!r}]", depth + 1)
+    if isinstance(value, (list, tuple, dict)):
+        if depth >= _MAX_DEPTH:
+            raise ValueError(f"{where}: nested deeper than {_MAX_DEPTH} levels")
+        # The containers from the top down to this one: meeting one again is a cycle.
+        path = set() if path is None else path
+        if id(value) in path:
+            raise ValueError(f"{where}: contains itself (a cycle); JSON can't hold it")
+        path.add(id(value))
+        try:
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if not isinstance(key, str):
+                        raise TypeError(
+                            f"{where}: JSON object keys must be str, not {type(key).__name__}"
+                        )
+                    _check_text(key, where)
+                    _check_json(item, f"{where}[{key!r}]", depth + 1, path)
+            else:
+                for index, item in enumerate(value):
+                    _check_json(item, f"{where}[{index}]", depth + 1, path)
+        finally:
+            path.discard(id(value))
         return
     raise TypeError(
         f"{where}: {type(value).__name__} is not a JSON value (use dict, list, tuple, str, "
@@ -141,7 +152,8 @@ def check_json_info(info: Mapping[str, Any], what: str) -> None:
     :raises TypeError: a value (or nested key) of another type than dict with
         ``str`` keys, list, tuple, ``str``, ``int``, ``float``, ``bool``, ``None``.
     :raises ValueError: NaN or infinity, a string with a NUL character or a lone
-        surrogate, or nesting deeper than 64 levels.
+        surrogate, a container that contains itself, or nesting deeper than 500
+        levels.
     """
     for key, value in info.items():
         if not isinstance(key, str):

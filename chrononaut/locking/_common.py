@@ -70,8 +70,9 @@ def check_wait(nowait: object, timeout: object) -> int | None:
     """Validate ``nowait``/``timeout``; return the timeout in whole milliseconds.
 
     :raises TypeError: ``nowait`` is not a bool.
-    :raises ValueError: ``timeout`` is not a number > 0 (or too large for the
-        server), or ``nowait`` and ``timeout`` are both given.
+    :raises ValueError: ``timeout`` is not a number > 0, or ``nowait`` and
+        ``timeout`` are both given. A timeout beyond the server's maximum
+        (``lock_timeout``: about 24.8 days) is that maximum.
     """
     check_bool("nowait", nowait)
     if timeout is None:
@@ -86,10 +87,9 @@ def check_wait(nowait: object, timeout: object) -> int | None:
         raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
     if nowait:
         raise ValueError("pass either nowait=True or timeout=, not both")
-    millis = math.ceil(seconds * 1000)
-    if millis > _MAX_TIMEOUT_MS:
-        raise ValueError(f"timeout must be at most {_MAX_TIMEOUT_MS / 1000:.0f} seconds")
-    return millis
+    # The server's lock_timeout holds at most about 24.8 days: a longer wait is
+    # that long (an error after 24 days or after 34 is the same to a caller).
+    return min(math.ceil(seconds * 1000), _MAX_TIMEOUT_MS)
 
 
 def check_session(session: object) -> Session:

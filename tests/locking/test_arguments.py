@@ -36,7 +36,6 @@ BAD_LOCK_ARGUMENTS: list[tuple[dict[str, Any], type[Exception]]] = [
     ({"timeout": "1"}, ValueError),
     ({"timeout": True}, ValueError),
     ({"timeout": float("nan")}, ValueError),
-    ({"timeout": 10**12}, ValueError),
     ({"timeout": float("inf")}, ValueError),
     ({"timeout": -float("inf")}, ValueError),
     ({"timeout": Decimal("NaN")}, ValueError),
@@ -241,3 +240,26 @@ def test_timeout_accepts_any_real_number(db: Any, Counter: Any, timeout: Any) ->
     with advisory_lock("decimal-timeout", timeout=timeout):
         pass
     assert db.session.get(Counter, 1).n == 1
+
+
+@pytest.mark.parametrize("timeout", [3_000_000, 10**12, Decimal("1e30")])
+def test_timeout_beyond_server_maximum_waits_that_maximum(
+    db: Any, Counter: Any, timeout: Any
+) -> None:
+    """A timeout longer than lock_timeout can hold is taken as that maximum (24.8 days)."""
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        sent.append(f"{statement} {parameters}")
+
+    sa.event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        rec = db.session.get(Counter, 1)
+        with rec.lock(timeout=timeout):
+            rec.n += 1
+        with advisory_lock("huge-timeout", timeout=timeout):
+            pass
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", record)
+    assert db.session.get(Counter, 1).n == 1
+    assert sum("2147483647" in sql for sql in sent) == 2

@@ -80,6 +80,30 @@ def test_cycles_are_refused() -> None:
         extra_change_info(v=cycle)
 
 
+def test_cycle_through_a_dict_is_refused() -> None:
+    """A dict holding a list that holds the dict is a ValueError naming the cycle."""
+    outer: dict[str, Any] = {}
+    outer["inner"] = [outer]
+    with pytest.raises(ValueError, match="cycle"):
+        extra_change_info(v=outer)
+
+
+def test_deep_nesting_jsonb_holds_is_stored(db: VersionedSQLAlchemy, make_user: Any) -> None:
+    """Nesting deeper than 64 levels (JSONB holds it) is stored; the same object twice
+    side by side is not a cycle."""
+    deep: Any = "leaf"
+    for _ in range(100):
+        deep = [deep]
+    shared = {"a": 1}
+    user = make_user()
+    with extra_change_info(v=deep, twice=[shared, shared]):
+        user.name = "renamed"
+        db.session.commit()
+    stored = user.previous_version().change_info["extra"]
+    assert stored["v"] == deep
+    assert stored["twice"] == [{"a": 1}, {"a": 1}]
+
+
 def test_good_values_are_stored(db: VersionedSQLAlchemy, make_user: Any) -> None:
     """Nested dicts, lists, tuples, unicode, big ints, finite floats and None are kept."""
     user = make_user()
