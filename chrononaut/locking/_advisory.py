@@ -432,8 +432,8 @@ def record_key(record: object) -> str:
     """The string key of ``record.advisory_lock()``.
 
     The JSON array ``["chrononaut.record", schema, table, [primary key]]`` of the
-    record's physical table (its base table, after the bind's
-    ``schema_translate_map``) and whole primary key: ``advisory_lock(record_key(r))``
+    record's physical table (its base table, after the ``schema_translate_map``
+    of the session's connection, else of its bind) and whole primary key: ``advisory_lock(record_key(r))``
     is the same lock as ``r.advisory_lock()``, and two different records never share
     a key except by a 64-bit hash collision.
 
@@ -444,8 +444,13 @@ def record_key(record: object) -> str:
     state, session = check_record(record, "take an advisory lock on")
     tgt = target(state.mapper)
     pk = primary_key(state)
-    bind = session.get_bind(mapper=state.mapper)
-    schema, name = physical_table(tgt.table, bind.get_execution_options())
+    if session.in_transaction():
+        # The transaction's connection may carry a schema_translate_map of its own
+        # (session.connection(execution_options=...)): the lock is then taken on it.
+        options = session.connection(bind_arguments={"mapper": state.mapper})
+    else:
+        options = session.get_bind(mapper=state.mapper)  # type: ignore[assignment]
+    schema, name = physical_table(tgt.table, options.get_execution_options())
     return record_key_text("chrononaut.record", schema, name, pk)
 
 

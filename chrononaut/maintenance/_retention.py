@@ -161,7 +161,7 @@ def prune(
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}, not {batch_size}")
     moment = now if now is not None else dt.datetime.now(dt.timezone.utc)
-    if moment.tzinfo is None:
+    if moment.utcoffset() is None:
         moment = moment.replace(tzinfo=dt.timezone.utc)
     try:
         cutoff = moment - older_than if older_than is not None else None

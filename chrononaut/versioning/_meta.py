@@ -41,7 +41,7 @@ def as_utc(value: object, name: str) -> dt.datetime:
     """``value`` as an aware datetime; naive ones are taken as UTC."""
     if not isinstance(value, dt.datetime):
         raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None:
+    if value.utcoffset() is None:
         # Naive datetimes are taken as UTC, the way history stores time.
         return value.replace(tzinfo=dt.timezone.utc)
     return value

@@ -122,6 +122,41 @@ def test_record_key_uses_the_schema_translated_table(
         engine.dispose()
 
 
+def test_tenants_by_session_translate_map_get_different_advisory_locks(
+    database_url: str, db: VersionedSQLAlchemy, Pair: Any
+) -> None:
+    """A schema_translate_map set on the session's connection (per tenant) gives each
+    tenant's row its own advisory lock: one tenant's lock never blocks another's."""
+    with db.engine.connect() as conn:
+        for schema in ("tenant_p", "tenant_q"):
+            conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {schema}"))
+            conn.execute(
+                sa.text(f"CREATE TABLE IF NOT EXISTS {schema}.lock_pair (LIKE public.lock_pair)")
+            )
+            conn.execute(sa.text(f"INSERT INTO {schema}.lock_pair VALUES ('x', 'y')"))
+        conn.commit()
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+
+    def tenant_session(schema: str) -> Session:
+        session = Session(engine)
+        session.connection(execution_options={"schema_translate_map": {None: schema}})
+        return session
+
+    try:
+        with tenant_session("tenant_p") as p_session, tenant_session("tenant_q") as q_session:
+            p_rec, q_rec = p_session.get(Pair, ("x", "y")), q_session.get(Pair, ("x", "y"))
+            assert p_rec is not None and q_rec is not None
+            assert record_key(p_rec) == '["chrononaut.record","tenant_p","lock_pair",["x","y"]]'
+            assert record_key(q_rec) == '["chrononaut.record","tenant_q","lock_pair",["x","y"]]'
+            with p_rec.advisory_lock(commit=False), q_rec.advisory_lock(nowait=True, commit=False):
+                pass
+    finally:
+        with engine.connect() as conn:
+            conn.execute(sa.text("DROP SCHEMA tenant_p, tenant_q CASCADE"))
+            conn.commit()
+        engine.dispose()
+
+
 def test_advisory_lock_of_record_key_is_the_record_lock(
     db: VersionedSQLAlchemy, Pair: Any, new_session: Callable[[], Session]
 ) -> None:

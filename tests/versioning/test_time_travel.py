@@ -454,6 +454,27 @@ def test_version_at_naive(db: VersionedSQLAlchemy, Account: Any, timeline: Any) 
     assert cast(Any, db.session.get(Account, 1)).version_at(naive).balance == 10
 
 
+class _NoOffset(dt.tzinfo):
+    """A tzinfo that knows no offset: Python calls such datetimes naive."""
+
+    def utcoffset(self, when: dt.datetime | None) -> None:
+        return None
+
+    def dst(self, when: dt.datetime | None) -> None:
+        return None
+
+
+def test_tzinfo_without_offset_is_naive(
+    db: VersionedSQLAlchemy, Account: Any, timeline: Any
+) -> None:
+    """A datetime whose tzinfo gives no offset is naive, hence UTC, for every reader."""
+    at = timeline["t1"].astimezone(dt.timezone.utc).replace(tzinfo=_NoOffset())
+    account = cast(Any, db.session.get(Account, 1))
+    assert account.version_at(at).balance == 10
+    assert _state(db, as_of(Account, at)) == [(1, "a", 10), (2, "b", 20)]
+    assert len(account.versions(before=at)) == len(account.versions(before=timeline["t1"]))
+
+
 def test_composite_key_and_attribute_names(db: VersionedSQLAlchemy) -> None:
     """Composite primary keys and attribute keys that differ from column names."""
 
