@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapper, registry
 
 from chrononaut.errors import ChrononautException
-from chrononaut.versioning._meta import VersionMeta, meta_of
+from chrononaut.versioning._meta import VersionMeta, mapped_mappers, meta_of
 
 __all__ = [
     "base_pk_columns",
@@ -30,7 +30,7 @@ def versioned_models(source: registry | Iterable[type[Any]]) -> list[type[Any]]:
     :param source: a SQLAlchemy ``registry`` (``db.Model.registry``) or model classes.
     """
     if isinstance(source, registry):
-        mappers: list[Mapper[Any]] = list(source.mappers)
+        mappers: list[Mapper[Any]] = mapped_mappers(source)
         classes: list[type[Any]] = [m.class_ for m in mappers]
     else:
         classes = list(source)

@@ -42,6 +42,7 @@ from chrononaut.versioning._meta import (
     VERSION_KEY,
     VersionMeta,
     array_safe_values,
+    mapped_mappers,
     meta_of,
 )
 from chrononaut.versioning._tables import MANAGED_KEYS
@@ -493,7 +494,7 @@ def _has_post_update(mapper: Mapper[Any]) -> bool:
     if found is None:
         found = any(p.post_update for p in mapper.relationships) or any(
             prop.post_update and prop.direction is ONETOMANY and mapper.isa(prop.mapper)
-            for other in mapper.registry.mappers
+            for other in mapped_mappers(mapper.registry)
             for prop in other.relationships
         )
         _post_update_cache[mapper] = found

@@ -29,12 +29,27 @@ __all__ = [
     "as_utc",
     "history_class",
     "joined_descendants",
+    "mapped_mappers",
     "meta_of",
     "source_table",
 ]
 
 #: The class attribute (in the class's own ``__dict__``) holding its VersionMeta.
 META_ATTRIBUTE = "__chrononaut_meta__"
+
+
+def mapped_mappers(reg: sa.orm.registry) -> list[Mapper[Any]]:
+    """The mappers of registry ``reg``.
+
+    ``registry.mappers`` raises for a class whose declarative scan failed (a
+    model refused at class definition stays registered, unmapped); those are
+    skipped, so one refused model does not break every later flush.
+    """
+    try:
+        return list(reg.mappers)
+    except sa.orm.exc.UnmappedClassError:
+        managers = getattr(reg, "_managers", ())
+        return [manager.mapper for manager in list(managers) if manager.is_mapped]
 
 
 def as_utc(value: object, name: str) -> dt.datetime:

@@ -414,6 +414,7 @@ def _own_column(cls: Any, name: str, *args: Any, **kwargs: Any) -> sa.Column[Any
     """Chrononaut's column ``name``; for a class given its ``Table`` (``__table__``,
     declarative with an imperative table), appended to that table, since
     declarative adds no column to a table it was handed."""
+    _refuse_column_named(cls, name)
     column: sa.Column[Any] = sa.Column(name, *args, **kwargs)
     table = cls.__dict__.get("__table__")
     if isinstance(table, sa.Table):
@@ -422,6 +423,23 @@ def _own_column(cls: Any, name: str, *args: Any, **kwargs: Any) -> sa.Column[Any
         own: sa.Column[Any] = table.c[name]
         return own
     return column
+
+
+def _refuse_column_named(cls: Any, name: str) -> None:
+    """Refuse a column of the model's own *named* ``name`` under another attribute
+    key (``mine = Column("version", ...)``), as :func:`_check_own_column` refuses one
+    under the key itself; declarative would raise a bare duplicate-column error."""
+    for klass in cls.__mro__:
+        for attr, value in vars(klass).items():
+            column = getattr(value, "column", value)  # mapped_column() holds a Column
+            if isinstance(column, sa.Column) and column.name == name and attr != name:
+                if column.info.get(tables.INFO_KEY) == name:
+                    continue
+                raise ChrononautException(
+                    f"{cls.__name__}.{attr} is a column named {name!r}; Versioned adds and "
+                    f"sets a {name!r} column itself: give the model's column another name "
+                    f"(e.g. Column('{name}_', ...))"
+                )
 
 
 # Declarative reads a declared_attr's return annotation as a field declaration;

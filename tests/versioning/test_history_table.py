@@ -274,6 +274,39 @@ def test_own_version_column_refused(db: VersionedSQLAlchemy) -> None:
             version = db.Column(db.Integer)
 
 
+@pytest.mark.parametrize("name", ["version", "valid_from"])
+@pytest.mark.parametrize("style", ["db.Column", "mapped_column"])
+def test_own_column_named_like_managed_under_other_key_refused(
+    db: VersionedSQLAlchemy, name: str, style: str
+) -> None:
+    """A column *named* ``version``/``valid_from`` under another attribute key is
+    refused with ChrononautException; later flushes of other models still work."""
+    from sqlalchemy.orm import mapped_column
+
+    from chrononaut import ChrononautException
+
+    make = db.Column if style == "db.Column" else mapped_column
+    with pytest.raises(ChrononautException, match=name):
+
+        class Mine(db.Model, Versioned):  # type: ignore[name-defined,misc]
+            __tablename__ = f"mine_{name}"
+            id = db.Column(db.Integer, primary_key=True)
+            mine = make(name, db.Integer)
+
+    class Fine(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = f"fine_{name}_{style.replace('.', '_')}"
+        id = db.Column(db.Integer, primary_key=True)
+        title = db.Column(db.String(20))
+
+    db.create_all()
+    record = Fine(id=1, title="a")
+    db.session.add(record)
+    db.session.commit()
+    record.title = "b"
+    db.session.commit()
+    assert [v.title for v in record.versions()] == ["a"]
+
+
 def test_history_indexes_by_default(User: Any) -> None:
     """A base history table has the (key, changed), changed and legacy indexes, no GiST."""
     table = cast(Any, history_class(User)).__table__
