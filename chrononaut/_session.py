@@ -36,6 +36,7 @@ from chrononaut.versioning._concurrency import (
     flushing,
     watch_rollbacks,
 )
+from chrononaut.versioning._history import CLOSES_KEY, remember_session
 from chrononaut.versioning._meta import VALID_FROM_KEY, VERSION_KEY, meta_of
 
 __all__ = ["versioned_session"]
@@ -85,6 +86,33 @@ def _explain_stale_writes(cls: type[Session]) -> None:
     flush.__wrapped__ = original  # type: ignore[attr-defined]
     cls.flush = flush  # type: ignore[method-assign]
     setattr(cls, _MARK, True)
+
+
+def _count_closes(cls: type[Session]) -> None:
+    """Count the closes of ``cls``'s sessions (``session.info``): a detached record
+    reads its history through the session that last held it only while that
+    session is open (SPEC §2), and SQLAlchemy has no close event."""
+    for name in ("close", "reset", "invalidate"):
+        original = getattr(cls, name, None)
+        if original is None:
+            continue  # reset() is new in SQLAlchemy 2.0.22
+
+        def closing(self: Session, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
+            try:
+                return __original(self, *args, **kwargs)
+            finally:
+                self.info[CLOSES_KEY] = self.info.get(CLOSES_KEY, 0) + 1
+
+        closing.__doc__ = original.__doc__
+        closing.__name__ = name
+        closing.__wrapped__ = original  # type: ignore[attr-defined]
+        setattr(cls, name, closing)
+
+
+def _detached(session: Session, instance: Any) -> None:
+    # Expunged, or detached by a commit after its delete: remembered for reading.
+    if meta_of(type(instance)) is not None:
+        remember_session(session, instance_state(instance))
 
 
 def _guard_legacy_bulk(cls: type[Session]) -> None:
@@ -166,6 +194,8 @@ def _listen(target: Any, settings: Settings) -> None:
     # Appended change_info is meant for its transaction only.
     event.listen(target, "after_soft_rollback", drop_rolled_back)
     event.listen(target, "after_soft_rollback", drop_expected_versions)
+    event.listen(target, "persistent_to_detached", _detached)
+    event.listen(target, "deleted_to_detached", _detached)
     install_lease_listeners(target)  # goes around capture's listeners (see there)
     register_change_info_provider(lease_change_info)
 
@@ -232,6 +262,7 @@ def versioned_session(
     if getattr(target, _MARK, False):
         return factory  # already versioned (itself or a base class): capture once
     _explain_stale_writes(target)
+    _count_closes(target)
     _guard_legacy_bulk(target)
     _listen(target, settings)
     return factory

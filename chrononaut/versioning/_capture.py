@@ -36,7 +36,7 @@ from chrononaut.versioning._concurrency import (
     check_expected_version,
     forget_expected_version,
 )
-from chrononaut.versioning._history import LAST_SESSION_KEY
+from chrononaut.versioning._history import remember_session
 from chrononaut.versioning._meta import (
     VALID_FROM_KEY,
     VERSION_KEY,
@@ -951,7 +951,7 @@ class Capture:
             state = instance_state(obj)
             dict_ = state.dict
             # Detached once the delete commits; its history stays readable (SPEC §2).
-            state.info[LAST_SESSION_KEY] = weakref.ref(session)
+            remember_session(session, state)
             missing = set() if suppressed else {k for k in meta.tracked if k not in dict_}
             if missing or (not suppressed and VALID_FROM_KEY not in dict_):
                 missing.add(VALID_FROM_KEY)

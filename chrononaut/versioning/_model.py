@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.orm import Mapped, Mapper, declared_attr
+from sqlalchemy.orm import Mapped, Mapper, declared_attr, object_session
 from sqlalchemy.orm.properties import ColumnProperty
 
 from chrononaut._leases import LeaseMixin
@@ -34,6 +34,20 @@ VALID_FROM_KEY = tables.VALID_FROM_KEY
 def _refuse_write(mapper: Mapper[Any], connection: Any, target: Any) -> None:
     raise ChrononautException(
         f"{type(target).__name__} records are read-only; Chrononaut writes history itself"
+    )
+
+
+def _refuse_modified(target: Any, initiator: Any) -> None:
+    # The value was changed in place before this event: expired, it is read from
+    # the history row again on next access (when the record is in a session).
+    key = getattr(initiator, "key", None)
+    session = object_session(target)
+    if key is not None and session is not None:
+        session.expire(target, [key])
+    raise ChrononautException(
+        f"{type(target).__name__} records are read-only history; change the live "
+        f"{type(target).__chrononaut_model__.__name__} record instead (restore() copies "
+        f"a version back)"
     )
 
 
@@ -277,6 +291,10 @@ def _configure(mapper: Mapper[Any]) -> None:
     )
     for name in ("before_insert", "before_update", "before_delete"):
         event.listen(history_mapper, name, _refuse_write)
+    for attribute in history_mapper.class_manager.values():
+        # In-place changes of mutable values (MutableDict, MutableList) flag the
+        # attribute modified instead of setting it: refused the same, at once.
+        event.listen(attribute, "modified", _refuse_modified)
     # Untyped foreign-key copies learn their type by the time the mappers are
     # configured (the referenced table may be defined after this class).
     history_tables = [tmap.history for tmap in table_maps]

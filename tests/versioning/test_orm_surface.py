@@ -14,7 +14,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapper, deferred
 
-from chrononaut import Versioned, VersionedSQLAlchemy
+from chrononaut import ChrononautException, Versioned, VersionedSQLAlchemy
 from tests.versioning.conftest import HistoryReader
 
 
@@ -109,6 +109,36 @@ def test_mutable_dict_in_place_change(db: VersionedSQLAlchemy) -> None:
     db.session.commit()
     assert setting.version == 1
     assert [v.data for v in setting.versions()] == [{"a": 1}]
+
+
+@pytest.mark.usefixtures("mapper_listeners_restored")
+def test_mutable_value_of_history_record_is_read_only(db: VersionedSQLAlchemy) -> None:
+    """Changing a MutableDict value of a history record in place raises at once and
+    leaves nothing pending; restore() gives the live record a copy of its own."""
+    from sqlalchemy.ext.mutable import MutableDict
+
+    class Prefs(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "ro_prefs"
+        id = db.Column(db.Integer, primary_key=True)
+        data = db.Column(MutableDict.as_mutable(JSONB))
+
+    db.create_all()
+    record = Prefs(id=1, data={"k": 1})
+    db.session.add(record)
+    db.session.commit()
+    record.data["k"] = 2
+    db.session.commit()
+    (old,) = cast(Any, record).versions()
+    with pytest.raises(ChrononautException, match="read-only"):
+        old.data["k"] = 99
+    assert not db.session.dirty
+    assert old.data == {"k": 1}  # read from the history row again
+    cast(Any, record).restore(old)
+    assert record.data is not old.data
+    record.data["extra"] = True  # in place, on the live record's own copy
+    db.session.commit()
+    assert record.data == {"k": 1, "extra": True}
+    assert [v.data for v in cast(Any, record).versions()] == [{"k": 1}, {"k": 2}]
 
 
 @pytest.fixture()
@@ -269,3 +299,25 @@ def test_declarative_with_imperative_table(db: VersionedSQLAlchemy) -> None:
     db.session.commit()
     assert record.version == 1
     assert [(h.version, h.name) for h in record.versions()] == [(0, "a")]
+
+
+def test_restore_skips_generated_columns(db: VersionedSQLAlchemy) -> None:
+    """restore() leaves Computed columns to the database: the restored version's
+    stored values come back, the generated one recomputed."""
+
+    class Priced(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "restore_priced"
+        id = db.Column(db.Integer, primary_key=True)
+        price = db.Column(db.Integer)
+        doubled = db.Column(db.Integer, sa.Computed("price * 2", persisted=True))
+
+    db.create_all()
+    record = cast(Any, Priced(id=1, price=1))
+    db.session.add(record)
+    db.session.commit()
+    record.price = 2
+    db.session.commit()
+    record.restore(0)
+    db.session.commit()
+    assert (record.price, record.doubled, record.version) == (1, 2, 2)
+    assert [(v.price, v.doubled) for v in record.versions()] == [(1, 2), (2, 4)]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from chrononaut import ChrononautException, VersionedSQLAlchemy
 
@@ -81,8 +82,46 @@ def test_deleted_record_with_explicit_session(
 def test_detached_record_without_session_raises(
     db: VersionedSQLAlchemy, make_user: Callable[..., Any]
 ) -> None:
-    """A detached record with no session to use says to pass one."""
+    """A detached record whose session was closed says to pass one."""
     user = make_user(name="alice")
+    db.session.close()
+    with pytest.raises(ChrononautException, match="session="):
+        user.versions()
+
+
+def test_expunged_record_reads_through_the_session_that_held_it(
+    db: VersionedSQLAlchemy, make_user: Callable[..., Any]
+) -> None:
+    """An expunged record reads its history through the session that last held it,
+    while that session is open."""
+    user = _edited(db, make_user)
     db.session.expunge(user)
+    assert [v.name for v in user.versions()] == ["alice"]
+    assert user.previous_version().name == "alice"
+
+
+def test_deleted_record_after_its_session_closed_raises(
+    db: VersionedSQLAlchemy, make_user: Callable[..., Any]
+) -> None:
+    """Once the session that deleted the record is closed, reading needs session=."""
+    user = _deleted(db, make_user)
+    db.session.close()
+    with pytest.raises(ChrononautException, match="session="):
+        user.versions()
+    other = db.session.session_factory()
+    try:
+        assert [v.version for v in user.versions(session=other)] == [0, 1]
+    finally:
+        other.close()
+
+
+def test_record_of_a_reset_session_raises(
+    db: VersionedSQLAlchemy, make_user: Callable[..., Any]
+) -> None:
+    """A session used again after close() is not the one that held the record."""
+    user = make_user(name="alice")
+    session = db.session()
+    session.close()
+    session.execute(sa.text("SELECT 1"))  # the session is in use again
     with pytest.raises(ChrononautException, match="session="):
         user.versions()
