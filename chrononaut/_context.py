@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import current_app, has_request_context, request
 
@@ -24,6 +24,7 @@ __all__ = [
     "current_extra_info",
     "extra_change_info",
     "flask_actor",
+    "own_listener",
     "rationale",
     "resolve_actor",
     "suppress_versioning",
@@ -87,6 +88,16 @@ def flask_actor() -> Actor:
             raw = user.get_id()
             user_id = None if raw is None else str(raw)
     return Actor(user_id, remote_addr)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def own_listener(fn: _F) -> _F:
+    """Mark ``fn`` as one of Chrononaut's own session listeners (history capture
+    tells them from the application's)."""
+    fn._chrononaut_listener = True  # type: ignore[attr-defined]
+    return fn
 
 
 # Deeper nesting than this is refused: JSONB holds it, but encoding it to JSON

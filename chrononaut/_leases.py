@@ -45,7 +45,7 @@ from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.state import InstanceState
 
-from chrononaut._context import resolve_actor, versioning_suppressed
+from chrononaut._context import own_listener, resolve_actor, versioning_suppressed
 from chrononaut._lease_table import LEASE_TABLE, lease_table
 from chrononaut.errors import ChrononautException, Lease, RecordLeasedError
 
@@ -918,6 +918,7 @@ def _sortable(pk: tuple[Any, ...]) -> tuple[Any, ...]:
 class _Listeners:
     """The session listeners that enforce leases (one set per session factory)."""
 
+    @own_listener
     def before_flush(self, session: Session, flush_context: UOWTransaction, instances: Any) -> None:
         if not _any_leased:
             return

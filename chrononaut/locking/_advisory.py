@@ -433,9 +433,10 @@ def record_key(record: object) -> str:
 
     The JSON array ``["chrononaut.record", schema, table, [primary key]]`` of the
     record's physical table (its base table, after the ``schema_translate_map``
-    of the session's connection, else of its bind) and whole primary key: ``advisory_lock(record_key(r))``
-    is the same lock as ``r.advisory_lock()``, and two different records never share
-    a key except by a 64-bit hash collision.
+    of the session's connection, else of its bind) and whole primary key:
+    ``advisory_lock(record_key(r))`` is the same lock as ``r.advisory_lock()``,
+    and two different records never share a key except by a 64-bit hash
+    collision.
 
     :param record: a persistent mapped record.
     :raises TypeError: ``record`` is not a mapped record.

@@ -21,7 +21,7 @@ from sqlalchemy.orm.base import NO_RAISE, NO_VALUE, PASSIVE_NO_INITIALIZE, PASSI
 from sqlalchemy.orm.exc import UnmappedColumnError
 from sqlalchemy.orm.state import InstanceState
 
-from chrononaut._context import versioning_suppressed
+from chrononaut._context import own_listener, versioning_suppressed
 from chrononaut.errors import ChrononautException
 from chrononaut.versioning._bulk import run_bulk
 from chrononaut.versioning._change_info import (
@@ -38,6 +38,8 @@ from chrononaut.versioning._concurrency import (
 )
 from chrononaut.versioning._history import remember_session
 from chrononaut.versioning._meta import (
+    DECIDED_KEY,
+    LATE_KEY,
     VALID_FROM_KEY,
     VERSION_KEY,
     VersionMeta,
@@ -59,6 +61,8 @@ from chrononaut.versioning._writes import (
 __all__ = ["Capture"]
 
 PENDING_KEY = "chrononaut.pending_history"
+# Session.info: id(state) -> old values read in before_flush (set while expired)
+_KNOWN_KEY = "chrononaut.known_values"
 _BULK_GUARD = "chrononaut_bulk_internal"
 
 
@@ -117,6 +121,12 @@ class _FastUpdates:
 
     def __bool__(self) -> bool:
         return bool(self.groups)
+
+    def members(self) -> Iterable[Any]:
+        """The records given to :meth:`add`."""
+        for members in self.groups.values():
+            for member in members:
+                yield member[0]
 
     def add(
         self,
@@ -698,6 +708,20 @@ def _restore_key(obj: Any, meta: VersionMeta, state: InstanceState[Any]) -> None
             set_committed_value(obj, key, value)
 
 
+def _column_changed(state: InstanceState[Any], meta: VersionMeta) -> bool:
+    """Whether the flush will UPDATE ``state``'s row: a column attribute changed."""
+    committed = state.committed_state
+    dict_ = state.dict
+    manager = state.manager
+    for key in committed:
+        if key not in meta.columns:
+            continue
+        old = committed[key]
+        if old is NO_VALUE or not manager[key].impl.is_equal(old, dict_.get(key)):
+            return True
+    return False
+
+
 def _want(
     loads: dict[VersionMeta, dict[int, tuple[Any, set[str]]]],
     meta: VersionMeta,
@@ -815,11 +839,18 @@ class Capture:
 
     # -- flushes -----------------------------------------------------------------
 
+    @own_listener
     def before_flush(self, session: Session, flush_context: UOWTransaction, instances: Any) -> None:
         candidates: list[tuple[Any, int | None]] = []
         session.info[CANDIDATES_KEY] = candidates
         batch = _Batch()
         session.info[PENDING_KEY] = batch
+        # States whose versioning this listener decides; the unit of work reports
+        # the others it updates (note_update), changed by later listeners.
+        decided: set[int] = set()
+        session.info[DECIDED_KEY] = decided
+        session.info.pop(LATE_KEY, None)
+        session.info.pop(_KNOWN_KEY, None)
         suppressed = versioning_suppressed()
         builder: ChangeInfoBuilder | None = None
         changed_at = _now()
@@ -853,6 +884,7 @@ class Capture:
             # valid_from: the INSERT carries the flush's instant (no extra round trip).
             if meta_of(type(obj)) is not None:
                 new_state = instance_state(obj)
+                decided.add(id(new_state))
                 _refuse_valid_from(obj, new_state, committed=False)
                 _set_valid_from(obj, new_state, changed_at)
         fast_allowed = (
@@ -861,6 +893,11 @@ class Capture:
         fast = _FastUpdates()
         fast_keys = _FastKeys()
         expected = any_expected_version()
+        # before_flush listeners of the application's may run after this one and
+        # change records it saw unchanged (note_update versions those changes).
+        late_possible = any(
+            not getattr(fn, "_chrononaut_listener", False) for fn in session.dispatch.before_flush
+        )
         if related:
             dirty = list(dirty)
             seen = {id(o) for o in dirty}
@@ -904,6 +941,12 @@ class Capture:
                     continue
                 (changed_hidden if key in meta.hidden else changed_tracked).append(key)
             changes = bool(changed_tracked or changed_hidden or unknown or via) and not suppressed
+            forced: tuple[str, ...] = ()
+            if not changes and not suppressed and meta.onupdate_watched:
+                # An UPDATE of the row (for an untracked column) changes these too.
+                if _column_changed(state, meta):
+                    forced = meta.onupdate_watched
+                    changes = True
             version = dict_.get(VERSION_KEY)
             # The one-statement path copies the history row in the database: it
             # needs no stored values but the changed ones.
@@ -934,8 +977,16 @@ class Capture:
                         missing.add(VALID_FROM_KEY)
                     if via:
                         missing.update(k for k in via if k not in dict_ and k not in committed)
+            elif not suppressed and (late_possible or meta.changed_by_listeners()):
+                # Not a change (yet): a later listener may still change it, and its
+                # history row would need the old values the session lacks.
+                missing.update(k for k in meta.tracked if k not in dict_ and k not in committed)
+                if VALID_FROM_KEY not in dict_ and VALID_FROM_KEY not in committed:
+                    missing.add(VALID_FROM_KEY)
             if missing:
                 _want(loads, meta, obj, missing)
+            for key in forced:
+                (changed_hidden if key in meta.hidden else changed_tracked).append(key)
             pending.append(
                 _Pending(obj, meta, state, changed_tracked, changed_hidden, unknown, via, False)
             )
@@ -949,6 +1000,7 @@ class Capture:
             if meta is None:
                 continue
             state = instance_state(obj)
+            decided.add(id(state))
             dict_ = state.dict
             # Detached once the delete commits; its history stays readable (SPEC §2).
             remember_session(session, state)
@@ -969,6 +1021,10 @@ class Capture:
         for item in pending:
             obj, meta, state = item.obj, item.meta, item.state
             known = fetched.get(id(obj), {})
+            if known:
+                # Old values read for attributes set while expired: a later look at
+                # this record (after_flush) judges its changes by them too.
+                session.info.setdefault(_KNOWN_KEY, {})[id(state)] = known
             committed = state.committed_state
             dict_ = state.dict
             for key, value in known.items():
@@ -1019,6 +1075,7 @@ class Capture:
 
         if fast:
             done = fast.execute(session, changed_at)
+            decided.update(id(instance_state(obj)) for obj in fast.members() if id(obj) in done)
             if done:
                 session.info[CANDIDATES_KEY] = [c for c in candidates if id(c[0]) not in done]
                 candidates = session.info[CANDIDATES_KEY]
@@ -1034,6 +1091,7 @@ class Capture:
             values = _stored_values(obj, meta, known)
             batch.add(meta, values, old_version, ended, info, valid_from=began)
             batch.states.append(state)
+            decided.add(id(state))
             if not item.deleted:
                 _bump(obj, state, old_version, ended)
                 _has_post_update(meta.mapper)  # registers settle_version where needed
@@ -1095,8 +1153,94 @@ class Capture:
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
         batch = session.info.pop(PENDING_KEY, None)
         session.info.pop(CANDIDATES_KEY, None)
+        session.info.pop(DECIDED_KEY, None)
+        late = session.info.pop(LATE_KEY, None)
+        judged = session.info.pop(_KNOWN_KEY, None) or {}
+        if late and not versioning_suppressed():
+            if batch is None:
+                batch = _Batch()
+            self._version_late(session, late, batch, judged)
         if batch:
             batch.write(session)
+
+    def _version_late(
+        self,
+        session: Session,
+        states: list[InstanceState[Any]],
+        batch: _Batch,
+        judged: dict[int, dict[str, Any]],
+    ) -> None:
+        """Version the records the unit of work updated with changes made after
+        ``before_flush`` (later ``before_flush`` listeners, mapper ``before_update``
+        listeners): their UPDATE checked the version but did not bump it.
+
+        As in ``before_flush``: the old values are the session's committed ones,
+        the unloaded (unchanged) ones read with one SELECT per class; then one
+        UPDATE per record bumps ``version`` and ``valid_from`` (a rare path, where
+        a statement per record is cheaper than being clever).
+        """
+        changed_at = _now()
+        loads: dict[VersionMeta, dict[int, tuple[Any, set[str]]]] = {}
+        items: list[tuple[Any, VersionMeta, InstanceState[Any], list[str]]] = []
+        for state in states:
+            obj = state.obj()
+            meta = meta_of(type(obj)) if obj is not None else None
+            if meta is None or state.key is None:
+                continue
+            committed = state.committed_state
+            dict_ = state.dict
+            manager = state.manager
+            hidden: list[str] = []
+            changed = False
+            read = judged.get(id(state), {})
+            for key in committed:
+                if key not in meta.watched:
+                    continue
+                old = committed[key]
+                if old is NO_VALUE:
+                    old = read.get(key, NO_VALUE)
+                if old is not NO_VALUE and manager[key].impl.is_equal(old, dict_.get(key)):
+                    continue
+                changed = True
+                if key in meta.hidden:
+                    hidden.append(key)
+            if not changed:
+                continue
+            missing = {key for key in meta.tracked if key not in dict_ and key not in committed}
+            if VALID_FROM_KEY not in dict_ and VALID_FROM_KEY not in committed:
+                missing.add(VALID_FROM_KEY)
+            if missing:
+                _want(loads, meta, obj, missing)
+            items.append((obj, meta, state, hidden))
+        if not items:
+            return
+        _require_context(self.settings)
+        builder = ChangeInfoBuilder(session, self.settings)
+        fetched = _load_values(session, loads) if loads else {}
+        for obj, meta, state, hidden in items:
+            identity = state.key
+            assert identity is not None  # persistent: checked above
+            known = {**judged.get(id(state), {}), **fetched.get(id(obj), {})}
+            old_version = int(state.dict[VERSION_KEY])
+            check_expected_version(session, obj, state, old_version)
+            began = _old_valid_from(obj, state, known)
+            ended = ends_at(changed_at, began)
+            values = _stored_values(obj, meta, known)
+            info = builder.build(type(obj), state, hidden_changed=hidden)
+            batch.add(meta, values, old_version, ended, info, valid_from=began)
+            batch.states.append(state)
+            connection = session.connection(bind_arguments={"mapper": meta.mapper})
+            connection.execute(
+                meta.late_bump_statement(),
+                {
+                    "chrononaut_v": old_version,
+                    "chrononaut_valid_from": ended,
+                    **{f"chrononaut_k{i}": v for i, v in enumerate(identity[1])},
+                },
+            )
+            set_committed_value(obj, VERSION_KEY, old_version + 1)
+            if VALID_FROM_KEY in meta.columns:
+                set_committed_value(obj, VALID_FROM_KEY, ended)
 
     # -- ORM bulk statements -----------------------------------------------------
 

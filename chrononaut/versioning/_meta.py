@@ -20,6 +20,8 @@ from chrononaut.versioning import _statements as statements
 from chrononaut.versioning._tables import VALID_FROM_KEY, VERSION_KEY
 
 __all__ = [
+    "DECIDED_KEY",
+    "LATE_KEY",
     "META_ATTRIBUTE",
     "VALID_FROM_KEY",
     "VERSION_KEY",
@@ -31,11 +33,35 @@ __all__ = [
     "joined_descendants",
     "mapped_mappers",
     "meta_of",
+    "note_update",
     "source_table",
 ]
 
 #: The class attribute (in the class's own ``__dict__``) holding its VersionMeta.
 META_ATTRIBUTE = "__chrononaut_meta__"
+
+
+#: ``Session.info`` keys of one flush: ids of the states whose versioning the
+#: flush's ``before_flush`` decided (bumped, inserted or deleted), and the states
+#: SQLAlchemy then UPDATEd that were not among them (see :func:`note_update`).
+DECIDED_KEY = "chrononaut.decided"
+LATE_KEY = "chrononaut.late"
+
+
+def note_update(mapper: Mapper[Any], connection: Any, state: Any) -> None:
+    """``after_update`` of every Versioned mapper (raw): note a record the unit of
+    work updated although this flush's ``before_flush`` did not version it. Its
+    change was made after Chrononaut's ``before_flush`` listener ran (by a
+    ``before_flush`` listener registered after it, a mapper ``before_update``
+    listener): it is versioned in ``after_flush``. Sessions not made versioned
+    have no ``DECIDED_KEY`` and are left alone."""
+    session = state.session
+    if session is None:
+        return
+    decided = session.info.get(DECIDED_KEY)
+    if decided is None or id(state) in decided:
+        return
+    session.info.setdefault(LATE_KEY, []).append(state)
 
 
 def mapped_mappers(reg: sa.orm.registry) -> list[Mapper[Any]]:
@@ -101,6 +127,8 @@ class VersionMeta:
         self._onupdate = False
         self._onupdate_checked = -1
         self._settable: frozenset[str] | None = None
+        self._onupdate_watched: tuple[str, ...] | None = None
+        self._late_bump: sa.Update | None = None
 
     def fast_path_possible(self) -> bool:
         """Whether updates of this class may use the one-statement path.
@@ -113,7 +141,29 @@ class VersionMeta:
         if len(self.tables) != 1 or self._has_onupdate:
             return False
         dispatch = self.mapper.dispatch
-        return not (dispatch.before_update or dispatch.after_update)
+        return not (
+            any(fn is not note_update for fn in dispatch.before_update)
+            or any(fn is not note_update for fn in dispatch.after_update)
+        )
+
+    def changed_by_listeners(self) -> bool:
+        """Whether mapper ``before_update`` listeners of the application's may change
+        this class's records during the flush (after Chrononaut's ``before_flush``)."""
+        return any(fn is not note_update for fn in self.mapper.dispatch.before_update)
+
+    @property
+    def onupdate_watched(self) -> tuple[str, ...]:
+        """Tracked and hidden attribute keys whose columns change on every UPDATE of
+        the row (``onupdate`` / ``server_onupdate``): any change of the record is a
+        change of those."""
+        if self._onupdate_watched is None:
+            self._onupdate_watched = tuple(
+                key
+                for key, column in self.columns.items()
+                if key in self.watched
+                and (column.onupdate is not None or column.server_onupdate is not None)
+            )
+        return self._onupdate_watched
 
     def fast_settable_keys(self) -> frozenset[str]:
         """Attribute keys a one-statement UPDATE may set and then mark committed.
@@ -148,6 +198,30 @@ class VersionMeta:
             )
             self._onupdate_checked = count
         return self._onupdate
+
+    def late_bump_statement(self) -> sa.Update:
+        """``UPDATE <root> SET version = :v + 1, valid_from = :valid_from WHERE <key>
+        AND version = :v``: the bump of a record changed after ``before_flush``."""
+        if self._late_bump is None:
+            table = self.version_column.table
+            key = [
+                column == sa.bindparam(f"chrononaut_k{i}")
+                for i, column in enumerate(self.mapper.primary_key)
+            ]
+            old = sa.bindparam("chrononaut_v", type_=self.version_column.type)
+            self._late_bump = (
+                sa.update(table)
+                .where(*key, self.version_column == old)
+                .values(
+                    {
+                        self.version_column.key: old + 1,
+                        table.c[VALID_FROM_KEY].key: sa.bindparam(
+                            "chrononaut_valid_from", type_=table.c[VALID_FROM_KEY].type
+                        ),
+                    }
+                )
+            )
+        return self._late_bump
 
     def fast_update_statement(
         self, keys: tuple[str, ...], many: bool, shared_info: bool = False

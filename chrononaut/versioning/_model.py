@@ -23,6 +23,7 @@ from chrononaut.versioning._meta import (
     VersionMeta,
     history_class,
     meta_of,
+    note_update,
 )
 
 __all__ = ["HistoryRecord", "VersionMeta", "Versioned", "history_class", "meta_of"]
@@ -188,6 +189,10 @@ def _configure(mapper: Mapper[Any]) -> None:
         _check_own_column(cls, local, VALID_FROM_KEY)
         mapper.version_id_col = local.c[VERSION_KEY]
         mapper.version_id_generator = False
+        # Changes made after Chrononaut's before_flush (later listeners) are
+        # versioned too: the unit of work reports each row it updates. Unwrapped
+        # (raw, retval), so the one-statement path can tell it from others.
+        event.listen(mapper, "after_update", note_update, raw=True, retval=True, propagate=True)
         name = tables.history_table_name(local.name, getattr(cls, "__chrononaut_tablename__", None))
         range_index = getattr(cls, "__chrononaut_range_index__", False)
         if not isinstance(range_index, bool):

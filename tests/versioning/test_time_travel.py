@@ -463,6 +463,9 @@ class _NoOffset(dt.tzinfo):
     def dst(self, when: dt.datetime | None) -> None:
         return None
 
+    def tzname(self, when: dt.datetime | None) -> None:
+        return None
+
 
 def test_tzinfo_without_offset_is_naive(
     db: VersionedSQLAlchemy, Account: Any, timeline: Any
