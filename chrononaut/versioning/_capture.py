@@ -40,6 +40,7 @@ from chrononaut.versioning._history import remember_session
 from chrononaut.versioning._meta import (
     DECIDED_KEY,
     LATE_KEY,
+    SWITCHED_KEY,
     VALID_FROM_KEY,
     VERSION_KEY,
     VersionMeta,
@@ -1156,12 +1157,38 @@ class Capture:
         session.info.pop(DECIDED_KEY, None)
         late = session.info.pop(LATE_KEY, None)
         judged = session.info.pop(_KNOWN_KEY, None) or {}
-        if late and not versioning_suppressed():
+        switched = session.info.pop(SWITCHED_KEY, None)
+        if (late or switched) and not versioning_suppressed():
             if batch is None:
                 batch = _Batch()
-            self._version_late(session, late, batch, judged)
+            if switched:
+                self._switched_deletes(session, switched, batch)
+            if late:
+                self._version_late(session, late, batch, judged)
         if batch:
             batch.write(session)
+
+    def _switched_deletes(
+        self,
+        session: Session,
+        switched: list[tuple[Any, dict[str, Any], dt.datetime | None]],
+        batch: _Batch,
+    ) -> None:
+        """The history rows of records deleted by a row switch that ``before_flush``
+        could not see (see ``note_switch``): their final values, marked deleted."""
+        _require_context(self.settings)
+        builder = ChangeInfoBuilder(session, self.settings)
+        for obj, known, ended in switched:
+            meta = meta_of(type(obj))
+            if meta is None:
+                continue
+            state = instance_state(obj)
+            old_version = int(state.dict.get(VERSION_KEY, known.get(VERSION_KEY, 0)))
+            began = state.dict.get(VALID_FROM_KEY, known.get(VALID_FROM_KEY))
+            values = _stored_values(obj, meta, known)
+            info = builder.build(type(obj), state, deleted=True)
+            batch.add(meta, values, old_version, ended or _now(), info, valid_from=began)
+            batch.states.append(state)
 
     def _version_late(
         self,

@@ -64,6 +64,77 @@ def note_update(mapper: Mapper[Any], connection: Any, state: Any) -> None:
     session.info.setdefault(LATE_KEY, []).append(state)
 
 
+#: ``Session.info`` key: [(deleted record, its stored values read, the instant its
+#: version ended)] of SQLAlchemy's row switches in this flush (see note_switch).
+SWITCHED_KEY = "chrononaut.switched"
+
+
+def note_switch(mapper: Mapper[Any], connection: Any, state: Any) -> None:
+    """``before_insert`` of every Versioned mapper (raw): SQLAlchemy's *row switch*.
+
+    A new record whose key is that of a record the flush deletes is written as an
+    UPDATE of the row instead of a DELETE and an INSERT. When the key was only
+    known once the unit of work copied it in (from a parent's relationship) or
+    the deleted record is an orphan the unit of work deleted itself, the flush's
+    ``before_flush`` could not see the pair: here, before the UPDATE, the new
+    record gets the next version and begins when the deleted one ends, and the
+    deleted record's stored values are read for its history row (written in
+    ``after_flush``).
+    """
+    session = state.session
+    decided = session.info.get(DECIDED_KEY) if session is not None else None
+    obj = state.obj()
+    meta = meta_of(type(obj)) if obj is not None else None
+    if decided is None or meta is None:
+        return
+    from chrononaut._context import versioning_suppressed
+
+    if versioning_suppressed():
+        return
+    # The unit of work has copied the key in by now; a record of the identity map
+    # with that key is one the flush deletes (else SQLAlchemy's INSERT fails).
+    existing = session.identity_map.get(mapper.identity_key_from_instance(obj))
+    if existing is None or existing is obj:
+        return
+    old = sa.inspect(existing)
+    old_meta = meta_of(type(existing))
+    if old_meta is None:
+        return
+    wanted = [
+        key for key in (*old_meta.tracked, VERSION_KEY, VALID_FROM_KEY) if key not in old.dict
+    ]
+    known: dict[str, Any] = {}
+    if wanted:
+        # The row still holds the deleted record's values until this UPDATE.
+        cls = old_meta.mapper.class_
+        where = [
+            getattr(cls, key) == value
+            for key, value in zip(old_meta.pk_keys, old.key[1], strict=True)
+        ]
+        row = connection.execute(
+            sa.select(*[getattr(cls, key) for key in wanted]).select_from(cls).where(*where)
+        ).first()
+        if row is None:
+            return  # gone: SQLAlchemy's UPDATE reports the stale write
+        known = dict(zip(wanted, row, strict=True))
+    stored = old.dict.get(VERSION_KEY, known.get(VERSION_KEY))
+    began = old.dict.get(VALID_FROM_KEY, known.get(VALID_FROM_KEY))
+    new_began = state.dict.get(VALID_FROM_KEY)
+    ended = new_began if began is None or (new_began is not None and new_began > began) else began
+    if state.dict.get(VERSION_KEY) != int(stored) + 1:
+        setattr(obj, VERSION_KEY, int(stored) + 1)
+    if ended is not None and ended != new_began:
+        setattr(obj, VALID_FROM_KEY, ended)
+    if id(old) not in decided:
+        decided.add(id(old))
+        session.info.setdefault(SWITCHED_KEY, []).append((existing, known, ended))
+
+
+def own_mapper_listener(fn: Any) -> bool:
+    """Whether ``fn`` (from a mapper's dispatch) is one of Chrononaut's own."""
+    return fn is note_update or fn is note_switch
+
+
 def mapped_mappers(reg: sa.orm.registry) -> list[Mapper[Any]]:
     """The mappers of registry ``reg``.
 
@@ -142,14 +213,14 @@ class VersionMeta:
             return False
         dispatch = self.mapper.dispatch
         return not (
-            any(fn is not note_update for fn in dispatch.before_update)
-            or any(fn is not note_update for fn in dispatch.after_update)
+            any(not own_mapper_listener(fn) for fn in dispatch.before_update)
+            or any(not own_mapper_listener(fn) for fn in dispatch.after_update)
         )
 
     def changed_by_listeners(self) -> bool:
         """Whether mapper ``before_update`` listeners of the application's may change
         this class's records during the flush (after Chrononaut's ``before_flush``)."""
-        return any(fn is not note_update for fn in self.mapper.dispatch.before_update)
+        return any(not own_mapper_listener(fn) for fn in self.mapper.dispatch.before_update)
 
     @property
     def onupdate_watched(self) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from chrononaut.versioning._meta import (
     VersionMeta,
     history_class,
     meta_of,
+    note_switch,
     note_update,
 )
 
@@ -193,6 +194,7 @@ def _configure(mapper: Mapper[Any]) -> None:
         # versioned too: the unit of work reports each row it updates. Unwrapped
         # (raw, retval), so the one-statement path can tell it from others.
         event.listen(mapper, "after_update", note_update, raw=True, retval=True, propagate=True)
+        event.listen(mapper, "before_insert", note_switch, raw=True, retval=True, propagate=True)
         name = tables.history_table_name(local.name, getattr(cls, "__chrononaut_tablename__", None))
         range_index = getattr(cls, "__chrononaut_range_index__", False)
         if not isinstance(range_index, bool):

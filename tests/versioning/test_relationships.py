@@ -571,3 +571,108 @@ def test_post_update_one_to_many_child(db: VersionedSQLAlchemy) -> None:
     item.name = "b"
     db.session.commit()
     assert [(h.version, h.name) for h in item.versions()] == [(0, "a")]
+
+
+@pytest.fixture()
+def profile(db: VersionedSQLAlchemy) -> tuple[Any, Any]:
+    """``Owner`` with a one-to-one delete-orphan ``profile``: a Versioned ``Profile``
+    keyed by its owner's key; owner "o1" with a profile committed."""
+
+    class Owner(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "rs_owner"
+        id = db.Column(db.String(10), primary_key=True)
+        profile = relationship("Profile", uselist=False, cascade="all, delete-orphan")
+
+    class Profile(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "rs_profile"
+        id = db.Column(db.String(10), db.ForeignKey("rs_owner.id"), primary_key=True)
+        data = db.Column(db.String(40))
+
+    db.create_all()
+    owner = Owner(id="o1")
+    owner.profile = Profile(data="v1")
+    db.session.add(owner)
+    db.session.commit()
+    return Owner, Profile
+
+
+@pytest.mark.parametrize("explicit_key", [False, True])
+def test_replacing_an_orphan_with_a_new_record_of_its_key(
+    db: VersionedSQLAlchemy, profile: tuple[Any, Any], explicit_key: bool
+) -> None:
+    """A new one-to-one child replacing its delete-orphan predecessor under the same
+    key (SQLAlchemy's row switch, the key copied in by the flush or given): the
+    predecessor's history row is written, the new record is the next version."""
+    Owner, Profile = profile
+    owner = cast(Any, db.session.get(Owner, "o1"))
+    owner.profile = Profile(id="o1", data="v2") if explicit_key else Profile(data="v2")
+    db.session.commit()
+    record = cast(Any, db.session.get(Profile, "o1"))
+    assert (record.version, record.data) == (1, "v2")
+    (old,) = record.versions()
+    assert (old.version, old.data, old.change_info["deleted"]) == (0, "v1", True)
+    assert record.valid_from == old.changed
+    record.data = "v3"
+    db.session.commit()
+    assert [v.data for v in record.versions()] == ["v1", "v2"]
+
+
+def test_row_switch_refuses_a_stale_copy_of_the_replaced_record(
+    db: VersionedSQLAlchemy, profile: tuple[Any, Any]
+) -> None:
+    """A copy of the replaced record loaded before the row switch can't write."""
+    Owner, Profile = profile
+    other = db.session.session_factory()
+    try:
+        stale = cast(Any, other.get(Profile, "o1"))
+        cast(Any, db.session.get(Owner, "o1")).profile = Profile(data="v2")
+        db.session.commit()
+        stale.data = "stale"
+        with pytest.raises(StaleWriteError):
+            other.commit()
+    finally:
+        other.close()
+
+
+def test_explicit_delete_and_new_child_through_the_relationship(
+    db: VersionedSQLAlchemy, profile: tuple[Any, Any]
+) -> None:
+    """session.delete() of the child and a new child whose key the relationship
+    copies in: one version sequence."""
+    Owner, Profile = profile
+    owner = cast(Any, db.session.get(Owner, "o1"))
+    db.session.delete(owner.profile)
+    owner.profile = Profile(data="v2")
+    db.session.commit()
+    record = cast(Any, db.session.get(Profile, "o1"))
+    assert record.version == 1
+    assert [(v.version, v.data) for v in record.versions()] == [(0, "v1")]
+
+
+def test_collection_replaced_by_records_of_the_same_keys(db: VersionedSQLAlchemy) -> None:
+    """Replacing a delete-orphan collection by new children that reuse the old keys
+    (composite key: parent, position) continues each key's versions."""
+
+    class Order(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "rs_order"
+        id = db.Column(db.Integer, primary_key=True)
+        lines = relationship("Line", cascade="all, delete-orphan")
+
+    class Line(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "rs_line"
+        order_id = db.Column(db.Integer, db.ForeignKey("rs_order.id"), primary_key=True)
+        pos = db.Column(db.Integer, primary_key=True)
+        product = db.Column(db.String(20))
+
+    db.create_all()
+    order = Order(id=1, lines=[Line(pos=0, product="apple"), Line(pos=1, product="pear")])
+    db.session.add(order)
+    db.session.commit()
+    order.lines = [Line(pos=0, product="banana")]
+    db.session.commit()
+    line = cast(Any, db.session.get(Line, (1, 0)))
+    assert (line.version, line.product) == (1, "banana")
+    line.product = "cherry"
+    db.session.commit()
+    assert [(v.version, v.product) for v in line.versions()] == [(0, "apple"), (1, "banana")]
+    assert db.session.get(Line, (1, 1)) is None
