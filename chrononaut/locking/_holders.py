@@ -31,6 +31,7 @@ from chrononaut.locking._keys import (
     marker_base,
     pg_locks_ids,
     physical_table,
+    quote_identifier,
     quoted_table,
     row_marker,
 )
@@ -71,11 +72,10 @@ def row_holder(
 
     Two round trips (snapshot refresh, lookup); never waits, never locks.
     """
-    preparer = conn.dialect.identifier_preparer
     schema, name, quoted = physical_regclass(conn, table)
     direct, value = row_marker(schema, name, pk, "key_share")
     where = " AND ".join(
-        f"t.{preparer.quote(getattr(column, 'name', ''))} = :pk_{i}"
+        f"t.{quote_identifier(getattr(column, 'name', ''))} = :pk_{i}"
         for i, column in enumerate(pk_columns)
     )
     if direct:

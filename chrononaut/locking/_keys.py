@@ -19,6 +19,8 @@ __all__ = [
     "advisory_key",
     "pg_locks_ids",
     "physical_table",
+    "quote_identifier",
+    "quoted_table",
     "record_key_text",
     "row_marker",
     "string_key",
@@ -134,10 +136,19 @@ def physical_table(
 
 
 def quoted_table(dialect: sa.Dialect, schema: str | None, name: str) -> str:
-    """``"schema"."name"`` (or ``"name"``) quoted for SQL and ``regclass`` casts."""
-    preparer = dialect.identifier_preparer
-    quoted = preparer.quote(name)
-    return f"{preparer.quote_schema(schema)}.{quoted}" if schema else quoted
+    """``"schema"."name"`` (or ``"name"``) quoted for SQL and ``regclass`` casts.
+
+    Always quoted, exactly as named, and never %-escaped: the text goes into
+    ``text()`` (which escapes ``%`` itself for the driver) and into bound values
+    (where an escaped ``%%`` would name another table).
+    """
+    quote = quote_identifier
+    return f"{quote(schema)}.{quote(name)}" if schema else quote(name)
+
+
+def quote_identifier(identifier: str) -> str:
+    """``identifier`` as a quoted SQL identifier, not %-escaped (see quoted_table)."""
+    return '"' + identifier.replace('"', '""') + '"'
 
 
 def _key_value(value: Any) -> Any:

@@ -88,7 +88,7 @@ class _Batch:
 
 
 # Per dialect (one per engine), dropped with it: engines come and go in tests.
-_lean_cache: weakref.WeakKeyDictionary[Any, dict[Any, tuple[str, list[tuple[str, Any]]]]] = (
+_lean_cache: weakref.WeakKeyDictionary[Any, dict[Any, tuple[str, list[tuple[str, str, Any]]]]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -124,16 +124,19 @@ def _execute_lean(
             compile_kwargs = {"schema_translate_map": translate, "render_schema_translate": True}
         compiled = statement.compile(dialect=dialect, column_keys=column_keys, **compile_kwargs)
         assert isinstance(compiled, SQLCompiler)
+        # Names the SQL can't hold as they are (a column "Value Col") are escaped
+        # in it ("Value_Col"): the values go under the escaped names.
+        escaped = getattr(compiled, "escaped_bind_names", None) or {}
         processors = [
-            (name, bind.type.dialect_impl(dialect).bind_processor(dialect))
+            (name, escaped.get(name, name), bind.type.dialect_impl(dialect).bind_processor(dialect))
             for name, bind in compiled.binds.items()
         ]
         entry = (str(compiled), processors)
         cache[key] = entry
     sql, processors = entry
     values = {
-        name: (process(params[name]) if process is not None else params[name])
-        for name, process in processors
+        sent: (process(params[name]) if process is not None else params[name])
+        for name, sent, process in processors
     }
     return connection.exec_driver_sql(sql, values)
 
