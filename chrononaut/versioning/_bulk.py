@@ -1452,8 +1452,9 @@ class _Upsert(_OneStatement):
         pk_names = [column.name for column in pk_columns]
         version = table.c[meta.version_column.key]
         target = self._target(post, table)
-        rows = self._rows(statement)
+        rows = self._rows(statement, table)
         names = list(rows[0])
+        named = {column.name: column for column in table.c}
         set_ = {getattr(key, "name", key): value for key, value in _set_items(post)}
         if set(set_) & {*pk_names, *target}:
             raise ChrononautException(
@@ -1469,13 +1470,13 @@ class _Upsert(_OneStatement):
                 "values in Python first"
             )
         proposed = sa.values(
-            *[sa.column(n, table.c[n].type) for n in names], name="chrononaut_pv"
+            *[sa.column(n, named[n].type) for n in names], name="chrononaut_pv"
         ).data([tuple(row[n] for n in names) for row in rows])
         # Each proposed value as the column's type, as the INSERT (and so excluded.*)
         # has it: PostgreSQL types a VALUES column from its literals (text for an
         # enum's or for only NULLs, an unrounded numeric for Numeric(10, 2)).
         proposed_rows = sa.select(
-            *[_cast(proposed.c[n], table.c[n].type).label(n) for n in names]
+            *[_cast(proposed.c[n], named[n].type).label(n) for n in names]
         ).cte("chrononaut_v")
         changed_at = _now()
         builder = ChangeInfoBuilder(self.session, self.settings)
@@ -1484,7 +1485,7 @@ class _Upsert(_OneStatement):
 
         key_labels = [column.label(f"k{i}") for i, column in enumerate(pk_columns)]
         everything = [column.label(f"c_{column.name}") for column in table.c]
-        targets_of_table = [table.c[n] for n in target]
+        targets_of_table = [named[n] for n in target]
         in_proposed = sa.tuple_(*targets_of_table).in_(
             sa.select(*[proposed_rows.c[n] for n in target])
         )
@@ -1593,14 +1594,15 @@ class _Upsert(_OneStatement):
         unseen = sa.tuple_(*pk_columns).not_in(
             sa.select(*[old.c[f"k{i}"] for i in range(len(pk_columns))])
         )
-        new_set: dict[Any, Any] = dict(set_)
-        new_set[version.name] = sa.case(
+        # By Column: a string in set_ is taken for a column *key*.
+        new_set: dict[Any, Any] = {named[name]: value for name, value in set_.items()}
+        new_set[version] = sa.case(
             (unseen, sa.cast(sa.literal(f"{_STALE_UPSERT}:") + key_text, sa.Integer())),
             (sa.or_(sa.false(), *in_set), version + sa.literal_column("1")),
             else_=version,
         )
         live_valid_from = table.c[VALID_FROM_KEY]
-        new_set[live_valid_from.name] = sa.case(
+        new_set[live_valid_from] = sa.case(
             (
                 sa.or_(sa.false(), *in_set),
                 sa.func.greatest(changed, live_valid_from, type_=sa.DateTime(timezone=True)),
@@ -1675,24 +1677,30 @@ class _Upsert(_OneStatement):
             "of plain columns (index_elements=[...] or a named unique constraint)"
         )
 
-    def _rows(self, statement: Any) -> list[dict[str, Any]]:
+    def _rows(self, statement: Any, table: sa.Table) -> list[dict[str, Any]]:
         """The proposed rows, by column name, all with the same columns."""
         rows: list[dict[str, Any]] = []
+
+        def name_of(key: Any) -> str:
+            # A Column (or attribute) by its name; a string is a column key, which
+            # differs from the name for Column("db name", key="kk").
+            if isinstance(key, str):
+                return table.c[key].name if key in table.c else key
+            return str(getattr(key, "name", key))
+
         if statement._multi_values:
             for group in statement._multi_values:
                 for row in group:
                     if not isinstance(row, dict):
                         rows = []
                         break
-                    rows.append({str(getattr(k, "name", k)): v for k, v in row.items()})
+                    rows.append({name_of(k): v for k, v in row.items()})
         elif statement._values:
             # The statement's own bind parameters belong to its VALUES clause: the
             # proposed rows get fresh ones for the same values.
             rows.append(
                 {
-                    str(getattr(k, "name", k)): (
-                        v.effective_value if isinstance(v, BindParameter) else v
-                    )
+                    name_of(k): (v.effective_value if isinstance(v, BindParameter) else v)
                     for k, v in statement._values.items()
                 }
             )
