@@ -7,7 +7,14 @@ import datetime as dt
 import weakref
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from sqlalchemy.orm import InstanceState, Query, Session, object_session, scoped_session
+from sqlalchemy.orm import (
+    InstanceState,
+    Query,
+    Session,
+    object_session,
+    scoped_session,
+    with_polymorphic,
+)
 from sqlalchemy.orm.attributes import instance_state
 
 from chrononaut.errors import ChrononautException
@@ -88,12 +95,13 @@ class HistoryReadMixin:
             base.history.c[col_key] == value
             for (_, col_key), value in zip(base.pk, state.key[1], strict=True)
         ]
-        return (
+        query: Query[Any] = (
             self._chrononaut_session(session)
             .query(history_cls)
             .filter(*criteria)
             .order_by(base.history.c.version)
         )
+        return query
 
     @overload
     def versions(
@@ -324,18 +332,45 @@ class HistoryReadMixin:
         return repr(values[0]) if len(values) == 1 else repr(tuple(values))
 
 
-def _history_class_of_tables(meta: Any) -> type[Any]:
-    """The history class to read a record's versions with: that of the topmost
-    class mapped to the same tables (single-table inheritance), so a key that
-    was another class of the hierarchy before a delete keeps its earlier versions
-    (each loaded as the class it was then)."""
+_polymorphic_history: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _history_class_of_tables(meta: Any) -> Any:
+    """What to read a record's versions with.
+
+    A class outside any hierarchy: its history class. A class in a hierarchy
+    with a discriminator: the root's history class loading every subclass
+    (``with_polymorphic``), so a key that was another class of the hierarchy
+    before a delete — a single-table sibling, a joined-table one, the base — keeps
+    its earlier versions, each loaded as the class it was then. Without a
+    discriminator, the topmost class mapped to the same tables.
+    """
     from chrononaut.versioning._meta import meta_of
 
-    tables = [tmap.history for tmap in meta.tables]
+    if meta.mapper.inherits is None and not meta.mapper.polymorphic_map:
+        found: type[Any] = meta.history_mapper.class_
+        return found
+    own = meta
+    cached = _polymorphic_history.get(own)
+    if cached is not None:
+        return cached
+    root = meta
     while True:
-        parent = meta.mapper.inherits
+        parent = root.mapper.inherits
         parent_meta = meta_of(parent.class_) if parent is not None else None
-        if parent_meta is None or [t.history for t in parent_meta.tables] != tables:
-            found: type[Any] = meta.history_mapper.class_
-            return found
-        meta = parent_meta
+        if parent_meta is None:
+            break
+        root = parent_meta
+    if root.history_mapper.polymorphic_on is not None:
+        entity: Any = with_polymorphic(root.history_mapper.class_, "*")
+    else:
+        tables = [tmap.history for tmap in meta.tables]
+        while True:
+            parent = meta.mapper.inherits
+            parent_meta = meta_of(parent.class_) if parent is not None else None
+            if parent_meta is None or [t.history for t in parent_meta.tables] != tables:
+                break
+            meta = parent_meta
+        entity = meta.history_mapper.class_
+    _polymorphic_history[own] = entity
+    return entity

@@ -393,3 +393,65 @@ def test_key_reinserted_as_other_single_table_class(db: VersionedSQLAlchemy) -> 
         "name": ("generic", "car"),
         "doors": (None, 5),
     }
+
+
+def test_key_reinserted_across_joined_and_single_table_siblings(
+    db: VersionedSQLAlchemy,
+) -> None:
+    """A key used by a single-table subclass, deleted, then inserted as a joined-table
+    sibling (and back): every class reads the key's whole history, each row as the
+    class it was, with its subclass columns loaded in the same query."""
+
+    class Animal(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "ri_animal"
+        id = db.Column(db.Integer, primary_key=True)
+        kind = db.Column(db.String(10))
+        name = db.Column(db.String(20))
+        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "animal"}
+
+    class Dog(Animal):
+        __tablename__ = "ri_dog"
+        id = db.Column(db.ForeignKey("ri_animal.id"), primary_key=True)
+        bark = db.Column(db.String(10))
+        __mapper_args__ = {"polymorphic_identity": "dog"}
+
+    class Cat(Animal):
+        meow = db.Column(db.String(10), nullable=True)
+        __mapper_args__ = {"polymorphic_identity": "cat"}
+
+    db.create_all()
+    cat = Cat(id=5, name="tom", meow="m")
+    db.session.add(cat)
+    db.session.commit()
+    cat.name = "TOM"
+    db.session.commit()
+    db.session.delete(cat)
+    db.session.commit()
+    dog = cast(Any, Dog(id=5, name="rex", bark="woof"))
+    db.session.add(dog)
+    db.session.commit()
+    dog.name = "REX"
+    db.session.commit()
+    assert dog.version == 3
+    sent: list[str] = []
+    sa.event.listen(db.engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+    found = [(type(h), h.version, h.name) for h in dog.versions()]
+    barks = [h.bark for h in dog.versions() if isinstance(h, history_class(Dog))]
+    assert found == [
+        (history_class(Cat), 0, "tom"),
+        (history_class(Cat), 1, "TOM"),
+        (history_class(Dog), 2, "rex"),
+    ]
+    assert barks == ["woof"]
+    assert len(sent) == 2  # one query per versions() call, subclass columns included
+    db.session.delete(dog)
+    db.session.commit()
+    again = cast(Any, Cat(id=5, name="felix"))
+    db.session.add(again)
+    db.session.commit()
+    assert [(type(h), h.version) for h in again.versions()] == [
+        (history_class(Cat), 0),
+        (history_class(Cat), 1),
+        (history_class(Dog), 2),
+        (history_class(Dog), 3),
+    ]
