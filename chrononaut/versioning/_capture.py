@@ -1153,7 +1153,6 @@ class Capture:
 
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
         batch = session.info.pop(PENDING_KEY, None)
-        session.info.pop(CANDIDATES_KEY, None)
         session.info.pop(DECIDED_KEY, None)
         late = session.info.pop(LATE_KEY, None)
         judged = session.info.pop(_KNOWN_KEY, None) or {}
@@ -1167,6 +1166,9 @@ class Capture:
                 self._version_late(session, late, batch, judged)
         if batch:
             batch.write(session)
+        # Kept until here: a stale write found by the history INSERT is explained
+        # from them, as one found by SQLAlchemy's statements.
+        session.info.pop(CANDIDATES_KEY, None)
 
     def _switched_deletes(
         self,

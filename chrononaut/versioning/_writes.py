@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -75,16 +76,35 @@ class _Batch:
             if any(len(row) != len(keys) for row in rows):
                 rows = [{key: row.get(key) for key in keys} for row in rows]
             connection = session.connection(bind_arguments={"mapper": self.mapper_for[table]})
-            if len(rows) == 1:
-                _execute_lean(connection, table.insert(), rows[0], (table, tuple(rows[0])))
-            else:
-                connection.execute(table.insert(), rows)
+            try:
+                if len(rows) == 1:
+                    _execute_lean(connection, table.insert(), rows[0], (table, tuple(rows[0])))
+                else:
+                    connection.execute(table.insert(), rows)
+            except sa.exc.IntegrityError as exc:
+                if not _already_recorded(exc, table):
+                    raise
+                # Another transaction wrote this version's history row: it changed
+                # or deleted the record after this session read it, and no version
+                # check caught it (a mapper with confirm_deleted_rows=False).
+                raise StaleDataError(
+                    f"a history row of {table.name} for this version already exists: the "
+                    "record was changed or deleted by another transaction"
+                ) from exc
         for state in self.states:
             consume_appended(state)
             forget_expected_version(state)
 
     def __bool__(self) -> bool:
         return bool(self.rows)
+
+
+def _already_recorded(exc: sa.exc.IntegrityError, table: sa.Table) -> bool:
+    """Whether ``exc`` is a duplicate key of history table ``table``."""
+    orig = exc.orig
+    code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
+    diag = getattr(orig, "diag", None)
+    return code == "23505" and getattr(diag, "table_name", None) == table.name
 
 
 # Per dialect (one per engine), dropped with it: engines come and go in tests.

@@ -248,3 +248,36 @@ def test_changed_fields_per_change(
     doc.title = "alice's"
     error = _alice_commit(db)
     assert error.changed_fields == [["title"], ["body", "secret"]]
+
+
+@pytest.mark.parametrize("bob", ["updates", "deletes"])
+def test_stale_delete_without_confirmed_rows_is_stale_write(
+    db: VersionedSQLAlchemy, other: Session, bob: str
+) -> None:
+    """A mapper with ``confirm_deleted_rows=False`` (SQLAlchemy then checks no row
+    count): deleting a record that another transaction changed or deleted since it
+    was read is a StaleWriteError, and nothing is written."""
+    from chrononaut import Versioned
+
+    class Note(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "stale_note"
+        __mapper_args__ = {"confirm_deleted_rows": False}
+        id = db.Column(db.Integer, primary_key=True)
+        text = db.Column(db.String(20))
+
+    db.create_all()
+    note = cast(Any, Note(id=1, text="a"))
+    db.session.add(note)
+    db.session.commit()
+    assert note.text == "a"  # loaded at version 0
+    if bob == "updates":
+        _bob_edits(other, Note, 1, text="b")
+    else:
+        _bob_deletes(other, Note, 1)
+    db.session.delete(note)
+    error = _alice_commit(db)
+    assert error.expected_version == 0
+    assert error.current_version == (1 if bob == "updates" else None)
+    db.session.rollback()
+    history = [(h.version, h.change_info["user_id"]) for h in note.versions(session=other)]
+    assert history == [(0, "bob")]
