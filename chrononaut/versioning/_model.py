@@ -180,12 +180,25 @@ def _configure(mapper: Mapper[Any]) -> None:
             f"{cls.__name__} sets __chrononaut_range_index__, which only the root class of "
             f"a hierarchy can set: set it on {parent_meta.mapper.base_mapper.class_.__name__}"
         )
+    if mapper.concrete:
+        raise ChrononautException(
+            f"{cls.__name__} uses concrete table inheritance, which Versioned does not "
+            f"support: use joined-table or single-table inheritance, or make each "
+            f"concrete class a Versioned model of its own (not inheriting from another)"
+        )
     if parent is None or parent_meta is None:
         # The root of a hierarchy: versioned by SQLAlchemy's own version_id_col.
         # Chrononaut increments it itself (only for tracked or hidden changes), so
         # the generator is off; the UPDATE still checks the old value.
         if VERSION_KEY not in local.c:
             raise ChrononautException(f"{cls.__name__} has no {VERSION_KEY!r} column")
+        own_version = mapper.version_id_col
+        if own_version is not None and own_version is not local.c[VERSION_KEY]:
+            raise ChrononautException(
+                f"{cls.__name__} sets version_id_col in __mapper_args__; Versioned "
+                f"maintains its own {VERSION_KEY!r} column as the version counter: drop "
+                f"version_id_col (and version_id_generator) from __mapper_args__"
+            )
         _check_own_column(cls, local, VERSION_KEY)
         _check_own_column(cls, local, VALID_FROM_KEY)
         mapper.version_id_col = local.c[VERSION_KEY]
@@ -411,7 +424,15 @@ class Versioned(HistoryReadMixin, OptimisticMixin, LockableMixin, LeaseMixin):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
 
-        mapper = sa.inspect(cls, raiseerr=False)
+        try:
+            mapper = sa.inspect(cls, raiseerr=False)
+        except sa.orm.exc.UnmappedClassError:
+            # AbstractConcreteBase: mapped only when configured, concretely.
+            raise ChrononautException(
+                f"{cls.__name__} uses concrete table inheritance (AbstractConcreteBase), "
+                f"which Versioned does not support: use joined-table or single-table "
+                f"inheritance, or make each concrete class a Versioned model of its own"
+            ) from None
         if isinstance(mapper, Mapper) and mapper.class_ is cls:
             # Declarative bases that map in __init_subclass__ got here first.
             _configure(mapper)

@@ -61,8 +61,16 @@ def history_table_name(table_name: str, override: str | None = None) -> str:
             raise ChrononautException(
                 f"__chrononaut_tablename__ must be a non-empty string, not {override!r}"
             )
-        return override
-    return f"{table_name}_history"
+        name = override
+    else:
+        name = f"{table_name}_history"
+    if len(name.encode()) > 63:
+        # PostgreSQL would cut the name at 63 bytes (create_all fails on it).
+        raise ChrononautException(
+            f"the history table name {name!r} is longer than PostgreSQL's 63 bytes: "
+            f"set __chrononaut_tablename__ on the model to a shorter name"
+        )
+    return name
 
 
 def copy_column(column: sa.Column[object]) -> sa.Column[object]:

@@ -416,3 +416,79 @@ def test_untyped_foreign_key_to_a_later_table(
     player.team_id = 2
     db.session.commit()
     assert [h.team_id for h in player.versions()] == [1]
+
+
+def test_own_version_id_col_refused(db: VersionedSQLAlchemy) -> None:
+    """A model's own ``version_id_col`` in __mapper_args__ is refused at class
+    definition (Versioned would replace it, leaving the model's counter unmaintained)."""
+    from chrononaut import ChrononautException
+
+    with pytest.raises(ChrononautException, match="version_id_col"):
+
+        class Counted(db.Model, Versioned):  # type: ignore[name-defined,misc]
+            __tablename__ = "own_counter"
+            id = db.Column(db.Integer, primary_key=True)
+            rev = db.Column(db.Integer, nullable=False)
+            __mapper_args__ = {"version_id_col": rev}
+
+
+def test_concrete_inheritance_refused(db: VersionedSQLAlchemy) -> None:
+    """A concrete-table subclass of a Versioned model is refused at class definition."""
+    from chrononaut import ChrononautException
+
+    class Employee(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "conc_employee"
+        id = db.Column(db.Integer, primary_key=True)
+        name = db.Column(db.String(20))
+
+    with pytest.raises(ChrononautException, match="concrete"):
+
+        class Manager(Employee):
+            __tablename__ = "conc_manager"
+            id = db.Column(db.Integer, primary_key=True)
+            name = db.Column(db.String(20))
+            __mapper_args__ = {"concrete": True}
+
+
+def test_abstract_concrete_base_refused() -> None:
+    """Versioned with SQLAlchemy's AbstractConcreteBase is refused at class definition."""
+    from sqlalchemy.ext.declarative import AbstractConcreteBase
+    from sqlalchemy.orm import DeclarativeBase
+
+    from chrononaut import ChrononautException
+
+    class Base(DeclarativeBase):
+        pass
+
+    with pytest.raises(ChrononautException, match="concrete"):
+
+        class Staff(Versioned, AbstractConcreteBase, Base):
+            pass
+
+
+@pytest.mark.parametrize("length", [56, 63])
+def test_history_table_name_beyond_63_bytes_refused(db: VersionedSQLAlchemy, length: int) -> None:
+    """A table whose ``<table>_history`` would pass PostgreSQL's 63-byte limit is
+    refused with a pointer to ``__chrononaut_tablename__``, which fixes it."""
+    from chrononaut import ChrononautException
+
+    name = "t" * length
+    with pytest.raises(ChrononautException, match="__chrononaut_tablename__"):
+
+        class Long(db.Model, Versioned):  # type: ignore[name-defined,misc]
+            __tablename__ = name
+            id = db.Column(db.Integer, primary_key=True)
+
+    class Named(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "n" * length
+        __chrononaut_tablename__ = "named_history"
+        id = db.Column(db.Integer, primary_key=True)
+        title = db.Column(db.String(10))
+
+    db.create_all()
+    record = Named(id=1, title="a")
+    db.session.add(record)
+    db.session.commit()
+    record.title = "b"
+    db.session.commit()
+    assert [v.title for v in cast(Any, record).versions()] == ["a"]
