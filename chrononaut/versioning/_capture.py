@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import MANYTOONE, ONETOMANY, Mapper, ORMExecuteState, Session, UOWTransaction
-from sqlalchemy.orm.attributes import instance_state, set_committed_value
+from sqlalchemy.orm.attributes import instance_dict, instance_state, set_committed_value
 from sqlalchemy.orm.base import NO_RAISE, NO_VALUE, PASSIVE_NO_INITIALIZE, PASSIVE_OFF
 from sqlalchemy.orm.exc import UnmappedColumnError
 from sqlalchemy.orm.state import InstanceState
@@ -39,6 +39,7 @@ from chrononaut.versioning._concurrency import (
 from chrononaut.versioning._history import remember_session
 from chrononaut.versioning._meta import (
     DECIDED_KEY,
+    FAST_DONE_KEY,
     LATE_KEY,
     SWITCHED_KEY,
     VALID_FROM_KEY,
@@ -113,7 +114,8 @@ class _FastUpdates:
     """
 
     def __init__(self) -> None:
-        self.groups: dict[tuple[Any, tuple[str, ...]], list[tuple[Any, Any, int, Any]]] = {}
+        #: (class, changed keys) -> [(record, state, its dict, old version, change_info)]
+        self.groups: dict[tuple[Any, tuple[str, ...]], list[_Member]] = {}
         # committed_state keys as iterated -> the sorted changed keys: most records
         # of a flush change the same columns
         self._sorted: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -123,17 +125,12 @@ class _FastUpdates:
     def __bool__(self) -> bool:
         return bool(self.groups)
 
-    def members(self) -> Iterable[Any]:
-        """The records given to :meth:`add`."""
-        for members in self.groups.values():
-            for member in members:
-                yield member[0]
-
     def add(
         self,
         meta: VersionMeta,
         obj: Any,
         state: InstanceState[Any],
+        dict_: dict[str, Any],
         old_version: int,
         info: dict[str, Any],
     ) -> None:
@@ -141,7 +138,7 @@ class _FastUpdates:
         keys = self._sorted.get(seen)
         if keys is None:
             keys = self._sorted[seen] = tuple(sorted(key for key in seen if key != VERSION_KEY))
-        self.groups.setdefault((meta, keys), []).append((obj, state, old_version, info))
+        self.groups.setdefault((meta, keys), []).append((obj, state, dict_, old_version, info))
 
     def execute(self, session: Session, changed_at: dt.datetime) -> set[int]:
         """Run the statements; return ids of the records written."""
@@ -151,6 +148,8 @@ class _FastUpdates:
         self._expected = any_expected_version()
         for (meta, keys), members in self.groups.items():
             connection = session.connection(bind_arguments={"mapper": meta.mapper})
+            # The keys each written record commits (once per group, not per record).
+            commit = (*keys, VERSION_KEY, VALID_FROM_KEY), (*keys, VERSION_KEY)
             if len(members) > 1 and meta.arrays_supported(keys):
                 for start in range(0, len(members), _FAST_CHUNK):
                     chunk = members[start : start + _FAST_CHUNK]
@@ -162,11 +161,11 @@ class _FastUpdates:
                         ]
                     for member, was_written in zip(chunk, written, strict=True):
                         if was_written:
-                            done.add(self._written(keys, member, changed_at))
+                            done.add(self._written(keys, commit, member, changed_at))
             else:
                 for member in members:
                     if self._one(connection, meta, keys, member, changed_at):
-                        done.add(self._written(keys, member, changed_at))
+                        done.add(self._written(keys, commit, member, changed_at))
         return done
 
     @staticmethod
@@ -174,11 +173,10 @@ class _FastUpdates:
         connection: sa.Connection,
         meta: VersionMeta,
         keys: tuple[str, ...],
-        member: tuple[Any, Any, int, Any],
+        member: _Member,
         changed_at: dt.datetime,
     ) -> bool:
-        _, state, old_version, info = member
-        dict_ = state.dict
+        _, state, dict_, old_version, info = member
         params: dict[str, Any] = {
             "chrononaut_changed": changed_at,
             "chrononaut_v": old_version,
@@ -198,60 +196,87 @@ class _FastUpdates:
         connection: sa.Connection,
         meta: VersionMeta,
         keys: tuple[str, ...],
-        chunk: list[tuple[Any, Any, int, Any]],
+        chunk: list[_Member],
         changed_at: dt.datetime,
     ) -> list[bool] | None:
         """Run one statement for ``chunk``; whether each member's row was written
         (``None``: nothing sent, its values can't travel as arrays)."""
+        # psycopg 3 dumps a list element by element in Python; integer arrays go
+        # as their text form instead, joined in C (psycopg2 adapts lists in C).
+        text_ints = connection.dialect.driver == "psycopg"
         params: dict[str, Any] = {"chrononaut_changed": changed_at}
-        params["chrononaut_v"] = [member[2] for member in chunk]
-        infos = [member[3] for member in chunk]
+        versions = [member[3] for member in chunk]
+        params["chrononaut_v"] = _int_array_text(versions) if text_ints else versions
+        infos = [member[4] for member in chunk]
         first = infos[0]
         # Rows without parts of their own share one document (ChangeInfoBuilder).
         shared = all(info is first or info == first for info in infos)
         params["chrononaut_ci"] = first if shared else infos
         key_values = [_key_of(member[1]) for member in chunk]
+        integer_keys = meta.integer_keys()
         for i in range(len(meta.pk_keys)):
-            params[f"chrononaut_k{i}"] = [pk[i] for pk in key_values]
-        dicts = [member[1].dict for member in chunk]
+            column = [pk[i] for pk in key_values]
+            if text_ints and integer_keys[i]:
+                params[f"chrononaut_k{i}"] = _int_array_text(column)
+            else:
+                params[f"chrononaut_k{i}"] = column
+        dicts = [member[2] for member in chunk]
         for i, key in enumerate(keys):
             values = [dict_.get(key) for dict_ in dicts]
             if not array_safe_values(values):
                 return None
             params[f"chrononaut_s{i}"] = values
-        statement = meta.fast_update_statement(keys, many=True, shared_info=shared)
+        statement = meta.fast_update_statement(
+            keys, many=True, shared_info=shared, text_ints=text_ints
+        )
         written = {tuple(row) for row in connection.execute(statement, params).all()}
         return [key in written for key in key_values]
 
     def _written(
         self,
         keys: tuple[str, ...],
-        member: tuple[Any, Any, int, Any],
+        commit: tuple[tuple[str, ...], tuple[str, ...]],
+        member: _Member,
         changed_at: dt.datetime,
     ) -> int:
-        """Tell the session the record's row now holds its values: no UPDATE left."""
-        obj, state, old_version, _ = member
-        dict_ = state.dict
+        """Tell the session the record's row now holds its values: no UPDATE left.
+        ``commit``: the keys to commit with ``valid_from`` loaded, and without."""
+        obj, state, dict_, old_version, _ = member
         # What set_committed_value() does for a column attribute (the only kind in
         # ``keys``: VersionMeta.fast_settable_keys), for all keys at once: store
         # the value, then one InstanceState._commit() of them (drops their
         # history, expiry and loader callables; no events).
         for key in keys:
-            dict_[key] = dict_.get(key)
+            if key not in dict_:
+                dict_[key] = None  # deleted (del record.attr): the row holds NULL
         dict_[VERSION_KEY] = old_version + 1
         # The statement set valid_from = greatest(changed, valid_from), the same
         # computation as here from the value the version check vouches for.
-        if VALID_FROM_KEY in dict_:
-            dict_[VALID_FROM_KEY] = ends_at(changed_at, dict_[VALID_FROM_KEY])
-            state._commit(dict_, (*keys, VERSION_KEY, VALID_FROM_KEY))
+        began = dict_.get(VALID_FROM_KEY, _NOT_LOADED)
+        if began is not _NOT_LOADED:
+            dict_[VALID_FROM_KEY] = (
+                began if began is not None and began > changed_at else changed_at
+            )
+            state._commit(dict_, commit[0])
         else:
-            state._commit(dict_, (*keys, VERSION_KEY))
+            state._commit(dict_, commit[1])
             state._expire_attributes(dict_, [VALID_FROM_KEY])
         if self._appended:
             consume_appended(state)
         if self._expected:
             forget_expected_version(state)
         return id(obj)
+
+
+def _int_array_text(values: list[int]) -> str:
+    """PostgreSQL's text form of an integer array (versions, integer keys: ints
+    as loaded, never None)."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+#: A fast-path member: (record, state, its dict, old version, change_info).
+_Member = tuple[Any, InstanceState[Any], dict[str, Any], int, dict[str, Any]]
+_NOT_LOADED = object()
 
 
 def _key_of(state: InstanceState[Any]) -> tuple[Any, ...]:
@@ -852,6 +877,7 @@ class Capture:
         session.info[DECIDED_KEY] = decided
         session.info.pop(LATE_KEY, None)
         session.info.pop(_KNOWN_KEY, None)
+        session.info.pop(FAST_DONE_KEY, None)
         suppressed = versioning_suppressed()
         builder: ChangeInfoBuilder | None = None
         changed_at = _now()
@@ -920,13 +946,14 @@ class Capture:
                 continue
             state = instance_state(obj)
             committed = state.committed_state
-            dict_ = state.dict
+            dict_ = instance_dict(obj)
             if not _MANAGED.isdisjoint(committed):
                 _refuse_managed(obj, committed)
             if VALID_FROM_KEY in committed:
                 _refuse_valid_from(obj, state, committed=True)
             via = related[id(obj)][1] if related and id(obj) in related else None
             watched = meta.watched
+            hidden = meta.hidden
             changed_tracked: list[str] = []
             changed_hidden: list[str] = []
             unknown: list[str] = []
@@ -940,7 +967,7 @@ class Capture:
                     continue
                 if manager[key].impl.is_equal(old, dict_.get(key)):
                     continue
-                (changed_hidden if key in meta.hidden else changed_tracked).append(key)
+                (changed_hidden if key in hidden else changed_tracked).append(key)
             changes = bool(changed_tracked or changed_hidden or unknown or via) and not suppressed
             forced: tuple[str, ...] = ()
             if not changes and not suppressed and meta.onupdate_watched:
@@ -964,7 +991,7 @@ class Capture:
                     check_expected_version(session, obj, state, old_version)
                 candidates.append((obj, old_version))
                 info = change_info().build(type(obj), state, hidden_changed=changed_hidden)
-                fast.add(meta, obj, state, old_version, info)
+                fast.add(meta, obj, state, dict_, old_version, info)
                 continue
             missing: set[str] = set()
             if version is None:
@@ -1070,14 +1097,15 @@ class Capture:
                 continue
             if item.fast:
                 info = change_info().build(type(obj), state, hidden_changed=changed_hidden)
-                fast.add(meta, obj, state, old_version, info)
+                fast.add(meta, obj, state, dict_, old_version, info)
             else:
                 general.append((item, old_version, changed_tracked, changed_hidden, known))
 
         if fast:
             done = fast.execute(session, changed_at)
-            decided.update(id(instance_state(obj)) for obj in fast.members() if id(obj) in done)
             if done:
+                # Written: a later listener's change to one joins its version.
+                session.info[FAST_DONE_KEY] = done
                 session.info[CANDIDATES_KEY] = [c for c in candidates if id(c[0]) not in done]
                 candidates = session.info[CANDIDATES_KEY]
 
@@ -1154,6 +1182,7 @@ class Capture:
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
         batch = session.info.pop(PENDING_KEY, None)
         session.info.pop(DECIDED_KEY, None)
+        session.info.pop(FAST_DONE_KEY, None)
         late = session.info.pop(LATE_KEY, None)
         judged = session.info.pop(_KNOWN_KEY, None) or {}
         switched = session.info.pop(SWITCHED_KEY, None)

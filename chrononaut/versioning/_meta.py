@@ -21,6 +21,7 @@ from chrononaut.versioning._tables import VALID_FROM_KEY, VERSION_KEY
 
 __all__ = [
     "DECIDED_KEY",
+    "FAST_DONE_KEY",
     "LATE_KEY",
     "META_ATTRIBUTE",
     "VALID_FROM_KEY",
@@ -46,6 +47,8 @@ META_ATTRIBUTE = "__chrononaut_meta__"
 #: SQLAlchemy then UPDATEd that were not among them (see :func:`note_update`).
 DECIDED_KEY = "chrononaut.decided"
 LATE_KEY = "chrononaut.late"
+#: ids of the records the one-statement path wrote in this flush
+FAST_DONE_KEY = "chrononaut.fast_done"
 
 
 def note_update(mapper: Mapper[Any], connection: Any, state: Any) -> None:
@@ -55,13 +58,19 @@ def note_update(mapper: Mapper[Any], connection: Any, state: Any) -> None:
     ``before_flush`` listener registered after it, a mapper ``before_update``
     listener): it is versioned in ``after_flush``. Sessions not made versioned
     have no ``DECIDED_KEY`` and are left alone."""
+    if not state.committed_state:
+        return  # nothing changed (the one-statement path commits what it wrote)
     session = state.session
     if session is None:
         return
-    decided = session.info.get(DECIDED_KEY)
+    info = session.info
+    decided = info.get(DECIDED_KEY)
     if decided is None or id(state) in decided:
         return
-    session.info.setdefault(LATE_KEY, []).append(state)
+    done = info.get(FAST_DONE_KEY)
+    if done and id(state.obj()) in done:
+        return
+    info.setdefault(LATE_KEY, []).append(state)
 
 
 #: ``Session.info`` key: [(deleted record, its stored values read, the instant its
@@ -187,19 +196,16 @@ class VersionMeta:
     #: attribute key -> the column it maps to in its own table
     columns: dict[str, sa.Column[Any]]
 
-    @property
-    def watched(self) -> frozenset[str]:
-        """Attribute keys whose change makes a new version."""
-        return self._watched
-
     def __post_init__(self) -> None:
-        self._watched = frozenset(self.tracked) | self.hidden
-        self._fast_statements: dict[tuple[tuple[str, ...], bool, bool], sa.Update] = {}
+        #: attribute keys whose change makes a new version
+        self.watched: frozenset[str] = frozenset(self.tracked) | self.hidden
+        self._fast_statements: dict[tuple[tuple[str, ...], bool, bool, bool], sa.Update] = {}
         self._onupdate = False
         self._onupdate_checked = -1
         self._settable: frozenset[str] | None = None
         self._onupdate_watched: tuple[str, ...] | None = None
         self._late_bump: sa.Update | None = None
+        self._integer_keys: tuple[bool, ...] | None = None
 
     def fast_path_possible(self) -> bool:
         """Whether updates of this class may use the one-statement path.
@@ -295,7 +301,11 @@ class VersionMeta:
         return self._late_bump
 
     def fast_update_statement(
-        self, keys: tuple[str, ...], many: bool, shared_info: bool = False
+        self,
+        keys: tuple[str, ...],
+        many: bool,
+        shared_info: bool = False,
+        text_ints: bool = False,
     ) -> sa.Update:
         """The one-statement UPDATE + history INSERT for records setting ``keys``.
 
@@ -307,15 +317,24 @@ class VersionMeta:
         ``unnest`` turns into rows; the SQL text does not depend on the number of
         records, so it is compiled (and, with psycopg 3, prepared) once.
         ``shared_info=True`` (with ``many``): ``chrononaut_ci`` is one document for all
-        records.
-        Built once per (keys, many, shared_info) and reused.
+        records. ``text_ints=True`` (with ``many``): ``chrononaut_v`` and the key
+        arrays of integer columns are the arrays' text forms (``'{1,2}'``).
+        Built once per (keys, many, shared_info, text_ints) and reused.
         """
-        cache_key = (keys, many, shared_info)
+        cache_key = (keys, many, shared_info, text_ints)
         statement = self._fast_statements.get(cache_key)
         if statement is None:
-            statement = statements.fast_update(self, keys, many, shared_info)
+            statement = statements.fast_update(self, keys, many, shared_info, text_ints)
             self._fast_statements[cache_key] = statement
         return statement
+
+    def integer_keys(self) -> tuple[bool, ...]:
+        """For each primary-key column, whether its values are plain ints."""
+        if self._integer_keys is None:
+            self._integer_keys = tuple(
+                statements.is_integer(self.columns[key].type) for key in self.pk_keys
+            )
+        return self._integer_keys
 
     def arrays_supported(self, keys: tuple[str, ...]) -> bool:
         """Whether the columns of ``keys`` (and the key) can travel as arrays: not

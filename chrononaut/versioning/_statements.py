@@ -15,7 +15,7 @@ from chrononaut.versioning._tables import VALID_FROM_KEY
 if TYPE_CHECKING:
     from chrononaut.versioning._meta import VersionMeta
 
-__all__ = ["fast_update"]
+__all__ = ["fast_update", "is_integer"]
 
 
 def _typed(name: str, type_: Any) -> sa.Cast[Any]:
@@ -23,11 +23,28 @@ def _typed(name: str, type_: Any) -> sa.Cast[Any]:
     return sa.cast(sa.bindparam(name, type_=type_), type_)
 
 
+def _int_array_as_text(name: str, type_: Any) -> sa.Cast[Any]:
+    # An integer array sent as its text form ('{1,2,3}'), cast by the server: for
+    # psycopg 3, whose list dumping costs Python time per element.
+    return sa.cast(sa.bindparam(name, type_=sa.Text()), ARRAY(type_))
+
+
+def is_integer(type_: Any) -> bool:
+    """Whether values of ``type_`` are plain Python ints (key columns' types)."""
+    return isinstance(type_, sa.Integer) and not isinstance(type_, sa.TypeDecorator)
+
+
 def fast_update(
-    meta: VersionMeta, keys: tuple[str, ...], many: bool, shared_info: bool = False
+    meta: VersionMeta,
+    keys: tuple[str, ...],
+    many: bool,
+    shared_info: bool = False,
+    text_ints: bool = False,
 ) -> sa.Update:
     """A version-checked UPDATE of ``keys`` whose CTE copies the stored rows into
-    the history table (see ``VersionMeta.fast_update_statement`` for parameters)."""
+    the history table (see ``VersionMeta.fast_update_statement`` for parameters).
+    ``text_ints``: the version array, and key arrays of integer columns, are sent
+    as text."""
     table = meta.version_column.table
     tmap = meta.tables[0]
     history = tmap.history
@@ -38,9 +55,15 @@ def fast_update(
     if many:
         # One row per record, from parallel arrays.
         array_of = ARRAY
+
+        def ints(name: str, type_: Any) -> sa.Cast[Any]:
+            if text_ints and is_integer(type_):
+                return _int_array_as_text(name, type_)
+            return _typed(name, array_of(type_))
+
         arrays = [
-            *[_typed(f"chrononaut_k{i}", array_of(c.type)) for i, c in enumerate(pk_columns)],
-            _typed("chrononaut_v", array_of(sa.Integer())),
+            *[ints(f"chrononaut_k{i}", c.type) for i, c in enumerate(pk_columns)],
+            ints("chrononaut_v", sa.Integer()),
             *[_typed(f"chrononaut_s{i}", array_of(c.type)) for i, c in enumerate(set_columns)],
         ]
         names = [

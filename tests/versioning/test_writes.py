@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -611,3 +611,25 @@ def test_make_transient_copy_is_a_new_row(
     assert (user.version, original.version) == (0, 1)
     assert user.valid_from is not None and user.valid_from > original.valid_from
     assert user.versions() == []
+
+
+def test_many_records_with_big_integer_keys_in_one_flush(db: VersionedSQLAlchemy) -> None:
+    """Records keyed by BigInteger and SmallInteger columns beyond 32 bits (and
+    negative) change together in one flush: each gets its history row and bump."""
+
+    class Wide(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "wide_keyed"
+        big = db.Column(db.BigInteger, primary_key=True, autoincrement=False)
+        small = db.Column(db.SmallInteger, primary_key=True, autoincrement=False)
+        title = db.Column(db.String(10))
+
+    db.create_all()
+    keys = [(2**40, 1), (-(2**62), -3), (7, 32000)]
+    db.session.add_all([Wide(big=b, small=s, title="a") for b, s in keys])
+    db.session.commit()
+    for record in db.session.scalars(sa.select(Wide)).all():
+        record.title = "b"
+    db.session.commit()
+    for big, small in keys:
+        record = cast(Any, db.session.get(Wide, (big, small)))
+        assert (record.version, [v.title for v in record.versions()]) == (1, ["a"])
