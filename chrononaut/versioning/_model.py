@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -37,6 +38,20 @@ def _refuse_write(mapper: Mapper[Any], connection: Any, target: Any) -> None:
     raise ChrononautException(
         f"{type(target).__name__} records are read-only; Chrononaut writes history itself"
     )
+
+
+def _utc_on_load(target: Any, context: Any, attrs: Any = None) -> None:
+    """``load`` / ``refresh`` of history and Versioned records: ``changed`` and
+    ``valid_from`` in UTC, whatever the connection's ``TimeZone`` (PostgreSQL
+    returns them in it: the same instant, another offset)."""
+    values = target.__dict__
+    for key in _UTC_KEYS:
+        value = values.get(key)
+        if value is not None and value.tzinfo is not dt.timezone.utc:
+            values[key] = value.astimezone(dt.timezone.utc)
+
+
+_UTC_KEYS = (VALID_FROM_KEY, "changed")
 
 
 def _refuse_modified(target: Any, initiator: Any) -> None:
@@ -311,6 +326,10 @@ def _configure(mapper: Mapper[Any]) -> None:
     )
     for name in ("before_insert", "before_update", "before_delete"):
         event.listen(history_mapper, name, _refuse_write)
+    if parent is None or parent_meta is None:
+        for name in ("load", "refresh"):
+            event.listen(history_mapper, name, _utc_on_load, propagate=True)
+            event.listen(mapper, name, _utc_on_load, propagate=True)
     for attribute in history_mapper.class_manager.values():
         # In-place changes of mutable values (MutableDict, MutableList) flag the
         # attribute modified instead of setting it: refused the same, at once.

@@ -185,3 +185,42 @@ def test_history_record_has_valid_from(db: VersionedSQLAlchemy, make_user: Any) 
     db.session.commit()
     (old,) = user.versions()
     assert old.valid_from == first and old.changed == user.valid_from
+
+
+def test_times_read_back_in_utc_whatever_the_session_time_zone(database_url: str) -> None:
+    """With a connection TimeZone other than UTC, ``changed`` and ``valid_from`` of
+    history records, live records and as_of() records still come back in UTC."""
+    from sqlalchemy.orm import DeclarativeBase, sessionmaker
+
+    from chrononaut import as_of, versioned_session
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Memo(Base, Versioned):
+        __tablename__ = "tz_memo"
+        id = sa.Column(sa.Integer, primary_key=True)
+        text = sa.Column(sa.String(10))
+
+    engine = sa.create_engine(
+        database_url,
+        poolclass=sa.pool.NullPool,
+        connect_args={"options": "-c timezone=America/New_York"},
+    )
+    Base.metadata.create_all(engine)
+    try:
+        maker = versioned_session(sessionmaker(engine))
+        with maker() as session:
+            memo: Any = Memo(id=1, text="a")
+            session.add(memo)
+            session.commit()
+            memo.text = "b"
+            session.commit()
+            assert session.execute(sa.text("SHOW TimeZone")).scalar() == "America/New_York"
+            (old,) = memo.versions()
+            past = session.scalars(sa.select(as_of(Memo, old.changed))).one()
+            for value in (memo.valid_from, old.changed, old.valid_from, past.valid_from):
+                assert value.tzinfo is dt.timezone.utc
+    finally:
+        Base.metadata.drop_all(engine)
+        engine.dispose()
