@@ -20,6 +20,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from chrononaut._leases import _install_listeners as install_lease_listeners
 from chrononaut._leases import lease_change_info
 from chrononaut.errors import ChrononautException, StaleWriteError
+from chrononaut.locking._common import drop_rolled_back_locks
 from chrononaut.versioning._bulk import continued_inserts
 from chrononaut.versioning._capture import Capture
 from chrononaut.versioning._change_info import (
@@ -194,6 +195,9 @@ def _listen(target: Any, settings: Settings) -> None:
     # Appended change_info is meant for its transaction only.
     event.listen(target, "after_soft_rollback", drop_rolled_back)
     event.listen(target, "after_soft_rollback", drop_expected_versions)
+    # Row locks taken in a rolled-back savepoint are released: history rows no
+    # longer claim them.
+    event.listen(target, "after_soft_rollback", drop_rolled_back_locks)
     event.listen(target, "persistent_to_detached", _detached)
     event.listen(target, "deleted_to_detached", _detached)
     install_lease_listeners(target)  # goes around capture's listeners (see there)

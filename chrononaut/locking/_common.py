@@ -228,6 +228,11 @@ class TxnLocks:
     txn: weakref.ReferenceType[Any]
     rows: dict[tuple[Any, tuple[Any, ...]], dict[str, Any]] = field(default_factory=dict)
     keys: list[str] = field(default_factory=list)
+    #: per row, the locks taken on it, oldest first, each with the savepoint
+    #: (``begin_nested()``) it was taken in: rolling that back releases it
+    layers: dict[tuple[Any, tuple[Any, ...]], list[tuple[Any, dict[str, Any]]]] = field(
+        default_factory=dict
+    )
 
 
 def _current_txn(session: Session) -> Any:
@@ -266,11 +271,44 @@ def record_row_lock(
     held = locks.rows.get(identity)
     if held is not None and _STRENGTH[held["mode"]] >= _STRENGTH[mode]:
         return
-    locks.rows[identity] = {
+    info = {
         "user_id": user_id,
         "mode": mode,
         "acquired_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
     }
+    locks.rows[identity] = info
+    nested = session.get_nested_transaction()
+    taken_in = weakref.ref(nested) if nested is not None else None
+    locks.layers.setdefault(identity, []).append((taken_in, info))
+
+
+def drop_rolled_back_locks(session: Session, previous_transaction: Any) -> None:
+    """``after_soft_rollback``: forget the row locks taken in a rolled-back
+    savepoint (or in one inside it): PostgreSQL released them."""
+    if not getattr(previous_transaction, "nested", False):
+        return  # the whole transaction: its TxnLocks ends with it
+    locks: TxnLocks | None = session.info.get(LOCKS_KEY)
+    if locks is None or not locks.layers:
+        return
+
+    def inside(ref: Any) -> bool:
+        txn = ref() if ref is not None else None
+        while txn is not None:
+            if txn is previous_transaction:
+                return True
+            txn = txn.parent
+        return False
+
+    for identity, layers in list(locks.layers.items()):
+        kept = [layer for layer in layers if not inside(layer[0])]
+        if len(kept) == len(layers):
+            continue
+        if kept:
+            locks.layers[identity] = kept
+            locks.rows[identity] = kept[-1][1]
+        else:
+            del locks.layers[identity]
+            locks.rows.pop(identity, None)
 
 
 def may_hold_row_locks(session: Session) -> bool:

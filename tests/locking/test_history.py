@@ -105,3 +105,32 @@ def test_failed_block_writes_no_history(db: Any, Account: Any) -> None:
         raise RuntimeError
     assert acct.balance == 100
     assert acct.versions() == []
+
+
+def test_lock_taken_in_rolled_back_savepoint_is_not_recorded(db: Any, Account: Any) -> None:
+    """A row lock taken inside a savepoint that rolls back is released by the
+    server: the record's next history row does not claim it, and a lock taken
+    before the savepoint (weaker, then strengthened inside it) is claimed again."""
+    first, second = db.session.get(Account, 1), db.session.get(Account, 2)
+    with acting_as("olga"), first.lock("share", commit=False):
+        savepoint = db.session.begin_nested()
+        with second.lock(commit=False), first.lock(commit=False):
+            pass
+        savepoint.rollback()
+        first.balance -= 1
+        second.balance -= 1
+        db.session.commit()
+    assert "lock" not in second.versions()[-1].change_info
+    assert first.versions()[-1].change_info["lock"]["mode"] == "share"
+
+
+def test_lock_taken_in_released_savepoint_is_recorded(db: Any, Account: Any) -> None:
+    """A savepoint that is released keeps its locks: they are recorded."""
+    record = db.session.get(Account, 1)
+    with acting_as("olga"):
+        with db.session.begin_nested():
+            with record.lock(commit=False):
+                pass
+        record.balance -= 1
+        db.session.commit()
+    assert record.versions()[-1].change_info["lock"]["mode"] == "update"
