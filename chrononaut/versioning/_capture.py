@@ -38,9 +38,11 @@ from chrononaut.versioning._concurrency import (
 )
 from chrononaut.versioning._history import remember_session
 from chrononaut.versioning._meta import (
+    CLOCK_KEY,
     DECIDED_KEY,
     FAST_DONE_KEY,
     LATE_KEY,
+    OWN_VALID_FROM_KEY,
     SWITCHED_KEY,
     VALID_FROM_KEY,
     VERSION_KEY,
@@ -56,6 +58,7 @@ from chrononaut.versioning._writes import (
     _now,
     _require_context,
     ends_at,
+    next_valid_from,
     next_version,
     reinserted,
 )
@@ -312,7 +315,7 @@ def _stored_values(
     return values
 
 
-_OWN_VALID_FROM = "chrononaut.valid_from"
+_OWN_VALID_FROM = OWN_VALID_FROM_KEY
 
 
 def _refuse_valid_from(obj: Any, state: InstanceState[Any], committed: bool) -> None:
@@ -1177,7 +1180,17 @@ class Capture:
         if insert_key is None:
             return
         version = _replacing(meta, insert_key, replaced)
-        setattr(obj, VERSION_KEY, next_version(meta, insert_key) if version is None else version)
+        if version is None:
+            setattr(obj, VERSION_KEY, next_version(meta, insert_key))
+            # A key deleted earlier began its last version's end at that delete's
+            # clock, which may be later than this writer's (clocks differ): the
+            # new version begins no earlier, so the ranges never overlap.
+            clock = state.dict.get(VALID_FROM_KEY)
+            if isinstance(clock, dt.datetime):
+                state.info[CLOCK_KEY] = clock
+                _set_valid_from(obj, state, next_valid_from(meta, insert_key, clock))
+        else:
+            setattr(obj, VERSION_KEY, version)
 
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
         batch = session.info.pop(PENDING_KEY, None)

@@ -20,10 +20,12 @@ from chrononaut.versioning import _statements as statements
 from chrononaut.versioning._tables import VALID_FROM_KEY, VERSION_KEY
 
 __all__ = [
+    "CLOCK_KEY",
     "DECIDED_KEY",
     "FAST_DONE_KEY",
     "LATE_KEY",
     "META_ATTRIBUTE",
+    "OWN_VALID_FROM_KEY",
     "VALID_FROM_KEY",
     "VERSION_KEY",
     "HistoryRecord",
@@ -72,6 +74,12 @@ def note_update(mapper: Mapper[Any], connection: Any, state: Any) -> None:
         return
     info.setdefault(LATE_KEY, []).append(state)
 
+
+#: ``InstanceState.info`` keys of a new record: the flush's clock (when its
+#: ``valid_from`` is SQL that continues an earlier key's ranges), and the
+#: ``valid_from`` Chrononaut gave it (an application's own is refused).
+CLOCK_KEY = "chrononaut.clock"
+OWN_VALID_FROM_KEY = "chrononaut.valid_from"
 
 #: ``Session.info`` key: [(deleted record, its stored values read, the instant its
 #: version ended)] of SQLAlchemy's row switches in this flush (see note_switch).
@@ -129,11 +137,15 @@ def note_switch(mapper: Mapper[Any], connection: Any, state: Any) -> None:
     stored = old.dict.get(VERSION_KEY, known.get(VERSION_KEY))
     began = old.dict.get(VALID_FROM_KEY, known.get(VALID_FROM_KEY))
     new_began = state.dict.get(VALID_FROM_KEY)
+    if isinstance(new_began, sa.ClauseElement):
+        # SQL continuing the key's ranges (a re-insert): decided here instead.
+        new_began = state.info.get(CLOCK_KEY)
     ended = new_began if began is None or (new_began is not None and new_began > began) else began
     if state.dict.get(VERSION_KEY) != int(stored) + 1:
         setattr(obj, VERSION_KEY, int(stored) + 1)
-    if ended is not None and ended != new_began:
+    if ended is not None and ended is not state.dict.get(VALID_FROM_KEY):
         setattr(obj, VALID_FROM_KEY, ended)
+        state.info[OWN_VALID_FROM_KEY] = ended
     if id(old) not in decided:
         decided.add(id(old))
         session.info.setdefault(SWITCHED_KEY, []).append((existing, known, ended))

@@ -40,18 +40,24 @@ def _refuse_write(mapper: Mapper[Any], connection: Any, target: Any) -> None:
     )
 
 
+def _in_utc(values: dict[str, Any], key: str) -> None:
+    value = values.get(key)
+    if isinstance(value, dt.datetime) and value.tzinfo is not dt.timezone.utc:
+        values[key] = value.astimezone(dt.timezone.utc)
+
+
 def _utc_on_load(target: Any, context: Any, attrs: Any = None) -> None:
-    """``load`` / ``refresh`` of history and Versioned records: ``changed`` and
-    ``valid_from`` in UTC, whatever the connection's ``TimeZone`` (PostgreSQL
-    returns them in it: the same instant, another offset)."""
+    """``load`` / ``refresh`` of Versioned records: ``valid_from`` in UTC, whatever
+    the connection's ``TimeZone`` (PostgreSQL returns it in that zone: the same
+    instant, another offset)."""
+    _in_utc(target.__dict__, VALID_FROM_KEY)
+
+
+def _history_utc_on_load(target: Any, context: Any, attrs: Any = None) -> None:
+    """The same for history records, whose ``changed`` is Chrononaut's too."""
     values = target.__dict__
-    for key in _UTC_KEYS:
-        value = values.get(key)
-        if value is not None and value.tzinfo is not dt.timezone.utc:
-            values[key] = value.astimezone(dt.timezone.utc)
-
-
-_UTC_KEYS = (VALID_FROM_KEY, "changed")
+    _in_utc(values, VALID_FROM_KEY)
+    _in_utc(values, "changed")
 
 
 def _refuse_modified(target: Any, initiator: Any) -> None:
@@ -328,7 +334,7 @@ def _configure(mapper: Mapper[Any]) -> None:
         event.listen(history_mapper, name, _refuse_write)
     if parent is None or parent_meta is None:
         for name in ("load", "refresh"):
-            event.listen(history_mapper, name, _utc_on_load, propagate=True)
+            event.listen(history_mapper, name, _history_utc_on_load, propagate=True)
             event.listen(mapper, name, _utc_on_load, propagate=True)
     for attribute in history_mapper.class_manager.values():
         # In-place changes of mutable values (MutableDict, MutableList) flag the

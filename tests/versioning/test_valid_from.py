@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -224,3 +224,32 @@ def test_times_read_back_in_utc_whatever_the_session_time_zone(database_url: str
     finally:
         Base.metadata.drop_all(engine)
         engine.dispose()
+
+
+def test_reinsert_by_flush_begins_after_a_later_clock_ended_the_key(
+    db: VersionedSQLAlchemy, make_user: Any, User: Any
+) -> None:
+    """A key deleted by a writer whose clock runs ahead, inserted again by a flush
+    on a slower clock: the new version begins when the deleted one ended, so
+    as_of() and version_at() never see two versions of the key."""
+    from chrononaut import as_of
+
+    user = make_user(name="a")
+    user_id = user.id
+    db.session.delete(user)
+    db.session.commit()
+    ahead = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)
+    db.session.execute(
+        sa.text("UPDATE appuser_history SET changed = :t WHERE id = :id"),
+        {"t": ahead, "id": user_id},
+    )
+    db.session.commit()
+    again = User(id=user_id, name="again", email="again@example.com")
+    db.session.add(again)
+    db.session.commit()
+    assert cast(Any, again).valid_from == ahead
+    between = ahead - dt.timedelta(seconds=1)
+    past = as_of(User, between)
+    assert [r.name for r in db.session.scalars(sa.select(past))] == ["a"]
+    assert cast(Any, again).version_at(between).name == "a"
+    assert cast(Any, again).version_at(ahead) is again
