@@ -201,6 +201,13 @@ def _configure(mapper: Mapper[Any]) -> None:
             f"{cls.__name__} sets __chrononaut_range_index__, which only the root class of "
             f"a hierarchy can set: set it on {parent_meta.mapper.base_mapper.class_.__name__}"
         )
+    if getattr(mapper, "column_prefix", None):
+        raise ChrononautException(
+            f"{cls.__name__} sets column_prefix in __mapper_args__, which would rename "
+            f"Chrononaut's own 'version' and 'valid_from' attributes: give the columns "
+            f"that need other attribute keys those keys explicitly "
+            f"(e.g. _name = Column('name', ...)) instead"
+        )
     if mapper.concrete:
         raise ChrononautException(
             f"{cls.__name__} uses concrete table inheritance, which Versioned does not "
@@ -330,6 +337,10 @@ def _configure(mapper: Mapper[Any]) -> None:
         **inherit_kwargs,
         **polymorphic,
     )
+    if history_table is None and history_cls.__dict__.get("__table__", False) is None:
+        # A single-table subclass's history class shares its parent's table, as
+        # declarative's ``Sub.__table__`` is the parent's.
+        type.__delattr__(history_cls, "__table__")
     for name in ("before_insert", "before_update", "before_delete"):
         event.listen(history_mapper, name, _refuse_write)
     if parent is None or parent_meta is None:

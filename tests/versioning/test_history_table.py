@@ -501,3 +501,33 @@ def test_history_table_name_beyond_63_bytes_refused(db: VersionedSQLAlchemy, len
     record.title = "b"
     db.session.commit()
     assert [v.title for v in cast(Any, record).versions()] == ["a"]
+
+
+def test_column_prefix_refused(db: VersionedSQLAlchemy) -> None:
+    """``column_prefix`` would rename Chrononaut's own attributes: refused clearly."""
+    from chrononaut import ChrononautException
+
+    with pytest.raises(ChrononautException, match="column_prefix"):
+
+        class Prefixed(db.Model, Versioned):  # type: ignore[name-defined,misc]
+            __tablename__ = "prefixed"
+            __mapper_args__ = {"column_prefix": "_"}
+            id = db.Column(db.Integer, primary_key=True)
+
+
+def test_single_table_subclass_history_class_has_parent_table(db: VersionedSQLAlchemy) -> None:
+    """history_class(SingleTableSub).__table__ is the shared history table, as
+    Sub.__table__ is the shared table."""
+
+    class Pet(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "sti_pet_t"
+        id = db.Column(db.Integer, primary_key=True)
+        kind = db.Column(db.String(10))
+        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "pet"}
+
+    class Dog(Pet):
+        bark = db.Column(db.String(10), nullable=True)
+        __mapper_args__ = {"polymorphic_identity": "dog"}
+
+    assert cast(Any, history_class(Dog)).__table__ is cast(Any, history_class(Pet)).__table__
+    assert cast(Any, history_class(Dog)).__table__.name == "sti_pet_t_history"
