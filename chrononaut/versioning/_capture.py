@@ -737,6 +737,12 @@ def _restore_key(obj: Any, meta: VersionMeta, state: InstanceState[Any]) -> None
             set_committed_value(obj, key, value)
 
 
+def _both_nan(old: Any, new: Any) -> bool:
+    """NaN replaced by NaN: PostgreSQL holds them equal (bulk statements compare
+    with IS DISTINCT FROM), so it is no change; Python's ``==`` says otherwise."""
+    return isinstance(old, float) and isinstance(new, float) and old != old and new != new
+
+
 def _column_changed(state: InstanceState[Any], meta: VersionMeta) -> bool:
     """Whether the flush will UPDATE ``state``'s row: a column attribute changed."""
     committed = state.committed_state
@@ -968,7 +974,8 @@ class Capture:
                 if old is NO_VALUE:
                     unknown.append(key)
                     continue
-                if manager[key].impl.is_equal(old, dict_.get(key)):
+                new_value = dict_.get(key)
+                if manager[key].impl.is_equal(old, new_value) or _both_nan(old, new_value):
                     continue
                 (changed_hidden if key in hidden else changed_tracked).append(key)
             changes = bool(changed_tracked or changed_hidden or unknown or via) and not suppressed
@@ -1085,7 +1092,9 @@ class Capture:
             for key in item.unknown:
                 if key not in known:
                     continue
-                if manager[key].impl.is_equal(known[key], dict_.get(key)):
+                if manager[key].impl.is_equal(known[key], dict_.get(key)) or _both_nan(
+                    known[key], dict_.get(key)
+                ):
                     continue
                 (changed_hidden if key in meta.hidden else changed_tracked).append(key)
             for key, value in (item.via or {}).items():
@@ -1270,7 +1279,10 @@ class Capture:
                 old = committed[key]
                 if old is NO_VALUE:
                     old = read.get(key, NO_VALUE)
-                if old is not NO_VALUE and manager[key].impl.is_equal(old, dict_.get(key)):
+                if old is not NO_VALUE and (
+                    manager[key].impl.is_equal(old, dict_.get(key))
+                    or _both_nan(old, dict_.get(key))
+                ):
                     continue
                 changed = True
                 if key in meta.hidden:

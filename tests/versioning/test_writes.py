@@ -633,3 +633,24 @@ def test_many_records_with_big_integer_keys_in_one_flush(db: VersionedSQLAlchemy
     for big, small in keys:
         record = cast(Any, db.session.get(Wide, (big, small)))
         assert (record.version, [v.title for v in record.versions()]) == (1, ["a"])
+
+
+def test_nan_replaced_by_nan_is_no_change(db: VersionedSQLAlchemy) -> None:
+    """A float NaN assigned over NaN is no change (PostgreSQL holds NaN = NaN, as
+    bulk statements compare): no history row, same version; a real change is one."""
+
+    class Reading(db.Model, Versioned):  # type: ignore[name-defined,misc]
+        __tablename__ = "nan_reading"
+        id = db.Column(db.Integer, primary_key=True)
+        value = db.Column(db.Float)
+
+    db.create_all()
+    record = cast(Any, Reading(id=1, value=float("nan")))
+    db.session.add(record)
+    db.session.commit()
+    record.value = float("nan")
+    db.session.commit()
+    assert (record.version, record.versions()) == (0, [])
+    record.value = 1.0
+    db.session.commit()
+    assert record.version == 1
