@@ -315,9 +315,6 @@ def _stored_values(
     return values
 
 
-_OWN_VALID_FROM = OWN_VALID_FROM_KEY
-
-
 def _refuse_valid_from(obj: Any, state: InstanceState[Any], committed: bool) -> None:
     """Refuse an application's own ``valid_from``: Chrononaut sets it."""
     dict_ = state.dict
@@ -334,7 +331,7 @@ def _refuse_valid_from(obj: Any, state: InstanceState[Any], committed: bool) -> 
             # Unset, or carried over from a loaded row (make_transient()):
             # Chrononaut sets it for the new row.
             return
-    if value is state.info.get(_OWN_VALID_FROM):
+    if value is state.info.get(OWN_VALID_FROM_KEY):
         return  # ours, from an earlier attempt at this flush
     raise ChrononautException(
         f"{type(obj).__name__}.valid_from is set by Chrononaut (when the record's "
@@ -343,7 +340,7 @@ def _refuse_valid_from(obj: Any, state: InstanceState[Any], committed: bool) -> 
 
 
 def _set_valid_from(obj: Any, state: InstanceState[Any], value: dt.datetime) -> None:
-    state.info[_OWN_VALID_FROM] = value
+    state.info[OWN_VALID_FROM_KEY] = value
     setattr(obj, VALID_FROM_KEY, value)
 
 
@@ -737,9 +734,12 @@ def _restore_key(obj: Any, meta: VersionMeta, state: InstanceState[Any]) -> None
             set_committed_value(obj, key, value)
 
 
-def _both_nan(old: Any, new: Any) -> bool:
-    """NaN replaced by NaN: PostgreSQL holds them equal (bulk statements compare
-    with IS DISTINCT FROM), so it is no change; Python's ``==`` says otherwise."""
+def _same(state: InstanceState[Any], key: str, old: Any, new: Any) -> bool:
+    """Whether ``new`` is no change from ``old`` for attribute ``key``: SQLAlchemy's
+    comparison, and NaN replaced by NaN (PostgreSQL holds them equal, as bulk
+    statements compare with IS DISTINCT FROM; Python's ``==`` says otherwise)."""
+    if state.manager[key].impl.is_equal(old, new):
+        return True
     return isinstance(old, float) and isinstance(new, float) and old != old and new != new
 
 
@@ -747,12 +747,11 @@ def _column_changed(state: InstanceState[Any], meta: VersionMeta) -> bool:
     """Whether the flush will UPDATE ``state``'s row: a column attribute changed."""
     committed = state.committed_state
     dict_ = state.dict
-    manager = state.manager
     for key in committed:
         if key not in meta.columns:
             continue
         old = committed[key]
-        if old is NO_VALUE or not manager[key].impl.is_equal(old, dict_.get(key)):
+        if old is NO_VALUE or not _same(state, key, old, dict_.get(key)):
             return True
     return False
 
@@ -966,7 +965,6 @@ class Capture:
             changed_tracked: list[str] = []
             changed_hidden: list[str] = []
             unknown: list[str] = []
-            manager = state.manager
             for key in committed:
                 if key not in watched:
                     continue
@@ -974,8 +972,7 @@ class Capture:
                 if old is NO_VALUE:
                     unknown.append(key)
                     continue
-                new_value = dict_.get(key)
-                if manager[key].impl.is_equal(old, new_value) or _both_nan(old, new_value):
+                if _same(state, key, old, dict_.get(key)):
                     continue
                 (changed_hidden if key in hidden else changed_tracked).append(key)
             changes = bool(changed_tracked or changed_hidden or unknown or via) and not suppressed
@@ -1088,13 +1085,10 @@ class Capture:
                 continue
             changed_tracked = list(item.changed_tracked)
             changed_hidden = list(item.changed_hidden)
-            manager = state.manager
             for key in item.unknown:
                 if key not in known:
                     continue
-                if manager[key].impl.is_equal(known[key], dict_.get(key)) or _both_nan(
-                    known[key], dict_.get(key)
-                ):
+                if _same(state, key, known[key], dict_.get(key)):
                     continue
                 (changed_hidden if key in meta.hidden else changed_tracked).append(key)
             for key, value in (item.via or {}).items():
@@ -1269,7 +1263,6 @@ class Capture:
                 continue
             committed = state.committed_state
             dict_ = state.dict
-            manager = state.manager
             hidden: list[str] = []
             changed = False
             read = judged.get(id(state), {})
@@ -1279,10 +1272,7 @@ class Capture:
                 old = committed[key]
                 if old is NO_VALUE:
                     old = read.get(key, NO_VALUE)
-                if old is not NO_VALUE and (
-                    manager[key].impl.is_equal(old, dict_.get(key))
-                    or _both_nan(old, dict_.get(key))
-                ):
+                if old is not NO_VALUE and _same(state, key, old, dict_.get(key)):
                     continue
                 changed = True
                 if key in meta.hidden:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapper
 
+from chrononaut._context import versioning_suppressed
 from chrononaut.errors import ChrononautException, HiddenAttributeError, UntrackedAttributeError
 from chrononaut.versioning import _statements as statements
 from chrononaut.versioning._tables import VALID_FROM_KEY, VERSION_KEY
@@ -104,8 +105,6 @@ def note_switch(mapper: Mapper[Any], connection: Any, state: Any) -> None:
     meta = meta_of(type(obj)) if obj is not None else None
     if decided is None or meta is None:
         return
-    from chrononaut._context import versioning_suppressed
-
     if versioning_suppressed():
         return
     # The unit of work has copied the key in by now; a record of the identity map
